@@ -1,0 +1,179 @@
+"""Typed configs shared by the CLI and the Python API.
+
+Each dataclass groups one concern; every field carries a one-line docstring that
+`unmask CMD --help` shows. `__post_init__` rejects impossible values by naming the
+field and what is allowed, so a typo in a YAML file fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+OBJECTIVES = ("ar", "mdm", "ar_orderings")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration or input error, shown as one line by the CLI."""
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass
+class DataConfig:
+    """Corpus → tokenizer → token shards with an exact unique-token budget."""
+
+    inputs: list[str] = field(default_factory=list)
+    """Text/JSONL/parquet files or folders, or HF datasets saved on disk; empty = embedded Jane Austen corpus."""
+    text_field: str = "text"
+    """Field holding the document text in JSONL, parquet and HF datasets."""
+    doc_split: str = "file"
+    """How plain text splits into documents: 'file' (one per file), 'blank' (blank lines), or a separator line."""
+    tokenizer: str | None = None
+    """Existing tokenizer.json to load (a mask token is added if missing); None = train a byte-level BPE."""
+    vocab_size: int = 1024
+    """Vocabulary size of the trained BPE, special tokens included."""
+    tokenizer_train_bytes: int = 64_000_000
+    """Train the BPE on at most this many bytes of training documents."""
+    unique_tokens: int = 25_000
+    """U: exact number of unique training tokens (documents in order, the last one truncated)."""
+    val_tokens: int = 16_384
+    """Exact number of validation tokens (fewer only if the corpus runs out)."""
+    val_fraction: float = 0.1
+    """Each document goes to validation with this probability (seeded), the rest to training."""
+    seq_len: int = 64
+    """Length of the fixed training sequences the token stream is chunked into."""
+    seed: int = 0
+    """Seed of the train/validation assignment."""
+
+    def __post_init__(self) -> None:
+        check(self.vocab_size >= 260, f"data.vocab_size={self.vocab_size}: must be >= 260 (256 bytes + specials)")
+        check(self.unique_tokens > 0, f"data.unique_tokens={self.unique_tokens}: must be > 0")
+        check(self.val_tokens >= 0, f"data.val_tokens={self.val_tokens}: must be >= 0")
+        check(0.0 <= self.val_fraction < 1.0, f"data.val_fraction={self.val_fraction}: must be in [0, 1)")
+        check(
+            self.val_fraction > 0 or self.val_tokens == 0,
+            "data.val_fraction=0 puts no document in validation: set data.val_tokens=0 too",
+        )
+        check(self.seq_len >= 2, f"data.seq_len={self.seq_len}: must be >= 2")
+        check(self.doc_split != "", "data.doc_split: must be 'file', 'blank' or a non-empty separator line")
+
+
+@dataclass
+class ModelConfig:
+    """The one Transformer shared by AR and MDM (only `causal` differs)."""
+
+    size: str | None = None
+    """A row of unmask.model.SIZES; when set it overrides n_layer, d_model and n_head."""
+    n_layer: int = 3
+    """Number of Transformer blocks."""
+    d_model: int = 96
+    """Residual stream width."""
+    n_head: int = 4
+    """Attention heads (d_model must divide evenly)."""
+    vocab_size: int = 1024
+    """Embedding rows; set from the data (tokenizer size rounded up to a multiple of 64)."""
+    seq_len: int = 64
+    """Longest sequence the RoPE table covers; set from the data."""
+    dropout: float = 0.0
+    """Dropout on attention weights and residual branches."""
+    init_std: float = 0.02
+    """Standard deviation of the normal initialisation of all weight matrices."""
+    rope_base: float = 10_000.0
+    """RoPE frequency base."""
+    causal: bool = True
+    """Causal attention (AR) or bidirectional (MDM); set from the objective."""
+
+    def __post_init__(self) -> None:
+        if self.size is not None:
+            from unmask.model import SIZES
+
+            check(self.size in SIZES, f"model.size={self.size!r}: must be one of {sorted(SIZES)} or null")
+            self.n_layer, self.d_model, self.n_head = SIZES[self.size]
+        check(self.n_layer > 0 and self.d_model > 0 and self.n_head > 0, "model: n_layer, d_model, n_head must be > 0")
+        check(
+            self.d_model % self.n_head == 0,
+            f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}",
+        )
+        check((self.d_model // self.n_head) % 2 == 0, "model: head_dim = d_model / n_head must be even for RoPE")
+        check(0.0 <= self.dropout < 1.0, f"model.dropout={self.dropout}: must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    """One run: objective, epochs over U, one cosine schedule, AdamW."""
+
+    objective: Literal["ar", "mdm", "ar_orderings"] = "mdm"
+    """Training objective: 'ar', 'mdm' or 'ar_orderings'."""
+    epochs: int = 1
+    """E: passes over the U unique tokens, each a fresh shuffle; the run sees exactly E·U tokens."""
+    batch_size: int = 16
+    """Sequences per optimiser step."""
+    micro_batch_size: int | None = None
+    """Sequences per forward pass (gradient accumulation); None = batch_size."""
+    lr: float = 2e-3
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """The cosine decays to lr * min_lr_ratio."""
+    warmup_frac: float = 0.01
+    """Fraction of all steps spent in linear warm-up."""
+    weight_decay: float = 0.1
+    """AdamW weight decay (not applied to norm weights)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 = off)."""
+    mdm_eps: float = 1e-3
+    """MDM: mask probability p = (1 - eps) t + eps keeps 1/p bounded."""
+    n_orderings: int = 4
+    """ar_orderings: identity + (n - 1) fixed random permutations."""
+    eval_every: int = 0
+    """Validate every this many steps (0 = about 20 times per run); always at the end."""
+    eval_mc_passes: int = 4
+    """MDM: Monte Carlo passes of the validation ELBO during training (fixed seed)."""
+    eval_batch_size: int = 64
+    """Sequences per validation forward pass."""
+    seed: int = 0
+    """Seed of initialisation, shuffling and noise."""
+    device: str = "auto"
+    """'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ..."""
+    compile: bool | None = None
+    """torch.compile the model; None = on CUDA only."""
+    stop_at_step: int | None = None
+    """Stop after this step with a resumable checkpoint; the schedule still spans the whole run."""
+
+    def __post_init__(self) -> None:
+        check(
+            self.objective in OBJECTIVES, f"train.objective={self.objective!r}: must be one of {', '.join(OBJECTIVES)}"
+        )
+        check(self.epochs >= 1, f"train.epochs={self.epochs}: must be >= 1")
+        check(self.batch_size >= 1, f"train.batch_size={self.batch_size}: must be >= 1")
+        mb = self.micro_batch_size
+        check(
+            mb is None or (mb >= 1 and self.batch_size % mb == 0),
+            f"train.micro_batch_size={mb}: must divide train.batch_size={self.batch_size}",
+        )
+        check(self.lr > 0, f"train.lr={self.lr}: must be > 0")
+        check(0.0 <= self.min_lr_ratio <= 1.0, f"train.min_lr_ratio={self.min_lr_ratio}: must be in [0, 1]")
+        check(0.0 <= self.warmup_frac < 1.0, f"train.warmup_frac={self.warmup_frac}: must be in [0, 1)")
+        check(0.0 < self.mdm_eps < 1.0, f"train.mdm_eps={self.mdm_eps}: must be in (0, 1)")
+        check(self.n_orderings >= 1, f"train.n_orderings={self.n_orderings}: must be >= 1")
+        check(self.eval_mc_passes >= 1, f"train.eval_mc_passes={self.eval_mc_passes}: must be >= 1")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, values: dict) -> Any:
+    """Build a config dataclass, naming any unknown key (typos must not pass silently)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    check(not unknown, f"unknown {cls.__name__} key(s) {unknown}; allowed: {sorted(names)}")
+    return cls(**values)

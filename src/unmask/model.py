@@ -1,0 +1,194 @@
+"""The one Transformer used by every objective.
+
+Decoder-only, pre-norm RMSNorm, SwiGLU MLP, rotary position embeddings, no biases,
+tied input/output embeddings, PyTorch SDPA attention. AR and MDM differ only in
+`causal` (the study's control: never fork this file).
+
+Shapes: B batch, T sequence, D d_model, H heads, Dh head_dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from unmask.config import ModelConfig, from_dict, to_dict
+
+# name: (n_layer, d_model, n_head). The names of the paper-scale rows are total
+# parameters with the GPT-2 vocabulary padded to 50304 (tested in test_model.py).
+SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (2, 64, 4),  # CPU tests
+    "demo": (3, 96, 4),  # 0.43M at vocab 1024: the CPU demo
+    "7M": (3, 128, 4),
+    "14M": (8, 192, 4),
+    "35M": (6, 448, 7),
+    "85M": (10, 640, 10),
+    "170M": (12, 896, 14),
+    "350M": (24, 1024, 16),
+    "700M": (22, 1536, 16),
+    "1.5B": (22, 2304, 18),
+    "2.5B": (30, 2560, 20),
+}
+
+
+def mlp_hidden(d_model: int) -> int:
+    """SwiGLU width: 8/3 · d_model (same parameters as a 4x GELU MLP), rounded up to 32."""
+    return 32 * math.ceil(8 * d_model / 3 / 32)
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Closed-form parameter count (tied embeddings, no biases)."""
+    d, h = cfg.d_model, mlp_hidden(cfg.d_model)
+    per_block = 4 * d * d + 3 * d * h + 2 * d  # attention, SwiGLU, two RMSNorms
+    return cfg.vocab_size * d + cfg.n_layer * per_block + d  # + final norm
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def rope_table(seq_len: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)  # (T, Dh/2)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., :Dh/2], x[..., Dh/2:]); cos/sin are (T, Dh/2) or (B, 1, T, Dh/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, rope_q, rope_k, causal: bool, attn_mask):
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, *rope_q), apply_rope(k, *rope_k)  # (B, H, T, Dh)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=causal and attn_mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = mlp_hidden(cfg.d_model)
+        self.gate_up = nn.Linear(cfg.d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm, self.attn = RMSNorm(cfg.d_model), Attention(cfg)
+        self.mlp_norm, self.mlp = RMSNorm(cfg.d_model), MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope_q, rope_k, causal, attn_mask):
+        x = x + self.drop(self.attn(self.attn_norm(x), rope_q, rope_k, causal, attn_mask))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.d_model)
+        cos, sin = rope_table(cfg.seq_len, cfg.d_model // cfg.n_head, cfg.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                # Output projections scaled down with depth (GPT-2), so the residual stream stays O(1).
+                scale = 1 / math.sqrt(2 * self.cfg.n_layer) if name.endswith(("proj.weight", "down.weight")) else 1
+                nn.init.normal_(p, std=self.cfg.init_std * scale)
+
+    def _rope(self, pos: torch.Tensor | None, T: int):
+        if pos is None:
+            return self.rope_cos[:T], self.rope_sin[:T]  # (T, Dh/2), broadcast over B, H
+        return self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)  # (B, 1, T, Dh/2)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        pos: torch.Tensor | None = None,
+        query_pos: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, V) for tokens idx (B, T).
+
+        pos: position of each token (B, T) for RoPE, default 0..T-1.
+        query_pos: position rotated into the queries instead of `pos`; ar_orderings
+            gives the position of the token to predict here (see objectives.py).
+        key_padding_mask: (B, T) True for real tokens; padding is never attended to.
+        """
+        B, T = idx.shape
+        rope_k = self._rope(pos, T)
+        rope_q = rope_k if query_pos is None else self._rope(query_pos, T)
+        attn_mask = None
+        if key_padding_mask is not None:
+            attn_mask = key_padding_mask[:, None, None, :]  # (B, 1, 1, T)
+            if self.cfg.causal:
+                attn_mask = attn_mask & torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+        x = self.embed(idx)
+        for block in self.blocks:
+            x = block(x, rope_q, rope_k, self.cfg.causal, attn_mask)
+        return F.linear(self.norm(x), self.embed.weight)  # tied output embedding
+
+
+def save_model(model: Transformer, path: Path) -> None:
+    """Write weights as safetensors (atomically) and the model config beside them."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    state = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
+    save_file(state, str(tmp))
+    tmp.replace(path)
+    config_path = path.parent / "model_config.json"
+    if not config_path.exists():
+        config_path.write_text(json.dumps(to_dict(_unwrap(model).cfg), indent=2))
+
+
+def load_model(path: Path, device: str | torch.device = "cpu") -> Transformer:
+    path = Path(path)
+    cfg = from_dict(ModelConfig, {**json.loads((path.parent / "model_config.json").read_text()), "size": None})
+    model = Transformer(cfg)
+    model.load_state_dict(load_file(str(path), device="cpu"))
+    return model.to(device).eval()
+
+
+def _unwrap(model: nn.Module) -> Transformer:
+    return getattr(model, "_orig_mod", model)  # torch.compile wraps the module
