@@ -13,7 +13,7 @@ import torch
 from unmask.config import DataConfig, ModelConfig, TrainConfig
 from unmask.model import Transformer, count_params
 from unmask.objectives import OBJECTIVES, Specials
-from unmask.train import make_optimizer
+from unmask.train import keep_freed_memory, make_optimizer
 
 
 def time_train_steps(model: Transformer, objective: str, x: torch.Tensor, steps: int, warmup: int = 5) -> float:
@@ -39,6 +39,7 @@ def time_train_steps(model: Transformer, objective: str, x: torch.Tensor, steps:
 def bench_train(steps: int, threads: int, size: str, batch_size: int, seq_len: int, vocab_size: int) -> dict:
     if threads:
         torch.set_num_threads(threads)
+    keep_freed_memory()
     torch.manual_seed(0)
     x = torch.randint(3, vocab_size, (batch_size, seq_len))
     results = {}

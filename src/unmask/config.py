@@ -82,7 +82,7 @@ class ModelConfig:
     dropout: float = 0.0
     """Dropout on attention weights and residual branches."""
     init_std: float = 0.02
-    """Standard deviation of the normal initialisation of all weight matrices."""
+    """Std of the normal initialisation of weight matrices (residual projections also / sqrt(2 n_layer))."""
     rope_base: float = 10_000.0
     """RoPE frequency base."""
     causal: bool = True

@@ -59,16 +59,20 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-def rope_table(seq_len: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_table(seq_len: int, head_dim: int, base: float) -> torch.Tensor:
+    """Rotations e^{i·pos·θ_k} as a complex (T, Dh/2) table (computed in float64, stored complex64)."""
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)  # (T, Dh/2)
-    return angles.cos().float(), angles.sin().float()
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[..., :Dh/2], x[..., Dh/2:]); cos/sin are (T, Dh/2) or (B, 1, T, Dh/2)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of x (..., T, Dh) as complex numbers; rotation is (T, Dh/2) or (B, 1, T, Dh/2).
+
+    One complex multiply is about twice as fast on CPU as the rotate-half form (cat + 4 muls).
+    """
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (..., T, Dh/2)
+    return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)
 
 
 class Attention(nn.Module):
@@ -82,7 +86,7 @@ class Attention(nn.Module):
     def forward(self, x, rope_q, rope_k, causal: bool, attn_mask):
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, *rope_q), apply_rope(k, *rope_k)  # (B, H, T, Dh)
+        q, k = apply_rope(q, rope_q), apply_rope(k, rope_k)  # (B, H, T, Dh)
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -125,22 +129,25 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model)
-        cos, sin = rope_table(cfg.seq_len, cfg.d_model // cfg.n_head, cfg.rope_base)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer(
+            "rope", rope_table(cfg.seq_len, cfg.d_model // cfg.n_head, cfg.rope_base), persistent=False
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        # 0.02 (GPT-2) at every size. Probed at the demo size (d_model 96): a fan-in init (~0.1)
+        # made AR overfit far sooner (best val 5.42 vs 4.38) and left MDM no better.
+        std = self.cfg.init_std
         for name, p in self.named_parameters():
             if p.dim() == 2:
                 # Output projections scaled down with depth (GPT-2), so the residual stream stays O(1).
                 scale = 1 / math.sqrt(2 * self.cfg.n_layer) if name.endswith(("proj.weight", "down.weight")) else 1
-                nn.init.normal_(p, std=self.cfg.init_std * scale)
+                nn.init.normal_(p, std=std * scale)
 
-    def _rope(self, pos: torch.Tensor | None, T: int):
+    def _rope(self, pos: torch.Tensor | None, T: int) -> torch.Tensor:
         if pos is None:
-            return self.rope_cos[:T], self.rope_sin[:T]  # (T, Dh/2), broadcast over B, H
-        return self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)  # (B, 1, T, Dh/2)
+            return self.rope[:T]  # (T, Dh/2), broadcast over B, H
+        return self.rope[pos].unsqueeze(1)  # (B, 1, T, Dh/2)
 
     def forward(
         self,

@@ -1,0 +1,157 @@
+"""The command line: one table of commands, --help everywhere, one-line errors, no half-written output."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+
+import pytest
+
+from unmask import cli
+
+
+def unmask(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_command_table_matches_the_python_functions():
+    parser_commands = set(cli.build_parser()._subcommands_action.choices)
+    assert parser_commands == set(cli.COMMANDS) == {"prepare", "train", "eval", "sample", "demo", "bench"}
+    for name, fn in cli.COMMANDS.items():
+        assert fn.__doc__, f"{name} needs a docstring: it is the --help text"
+        assert all(p.annotation is not inspect.Parameter.empty for p in inspect.signature(fn).parameters.values())
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_every_command_has_help(capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("unmask: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def test_missing_input_file(capsys, tmp_path):
+    code, _, err = unmask(capsys, "prepare", tmp_path / "nope.txt", "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "nope.txt does not exist")
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_corpus(capsys, tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n  \n")
+    code, _, err = unmask(capsys, "prepare", tmp_path / "empty.txt", "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "corpus is empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt"]
+
+
+def test_non_utf8_file(capsys, tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1") * 100)
+    code, _, err = unmask(
+        capsys,
+        "prepare",
+        tmp_path / "latin1.txt",
+        "--out",
+        tmp_path / "out",
+        "--data.vocab_size",
+        "300",
+        "--data.unique_tokens",
+        "10",
+        "--data.val_tokens",
+        "0",
+    )
+    assert_one_line_error(code, err, "latin1.txt is not UTF-8", "iconv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latin1.txt"]
+
+
+def test_binary_file(capsys, tmp_path):
+    (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 10)
+    code, _, err = unmask(capsys, "prepare", tmp_path / "blob.bin", "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "looks binary")
+    assert not (tmp_path / "out").exists()
+
+
+def test_budget_larger_than_the_corpus(capsys, tmp_path):
+    (tmp_path / "small.txt").write_text("A short document about nothing much at all.\n" * 20)
+    code, _, err = unmask(
+        capsys,
+        "prepare",
+        tmp_path / "small.txt",
+        "--out",
+        tmp_path / "out",
+        "--data.vocab_size",
+        "300",
+        "--data.unique_tokens",
+        "1000000",
+        "--data.val_tokens",
+        "0",
+    )
+    assert_one_line_error(code, err, "data.unique_tokens=1000000 is larger than the corpus")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.txt"]  # no temp folder left behind
+
+
+def test_unknown_objective(capsys, tiny_data_dir, tmp_path):
+    code, _, err = unmask(
+        capsys, "train", "--data", tiny_data_dir, "--out", tmp_path / "run", "--train.objective", "gpt"
+    )
+    assert_one_line_error(code, err, "train.objective", "gpt")
+    assert not (tmp_path / "run").exists()
+
+
+def test_impossible_value_names_the_field(capsys, tiny_data_dir, tmp_path):
+    code, _, err = unmask(
+        capsys,
+        "train",
+        "--data",
+        tiny_data_dir,
+        "--out",
+        tmp_path / "run",
+        "--train.batch_size",
+        "8",
+        "--train.micro_batch_size",
+        "3",
+    )
+    assert_one_line_error(code, err, "train.micro_batch_size=3")
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_config_with_dotted_overrides(capsys, tiny_data_dir, tmp_path):
+    (tmp_path / "run.yaml").write_text(
+        f"data: {tiny_data_dir}\nout: {tmp_path / 'run'}\nmodel:\n  size: tiny\n"
+        "train:\n  objective: ar\n  epochs: 1\n  batch_size: 8\n  eval_every: 100\n"
+    )
+    code, out, err = unmask(
+        capsys, "train", "--config", tmp_path / "run.yaml", "--train.lr", "0.001", "--tensorboard", "false"
+    )
+    assert code == 0, err
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["lr"] == 0.001 and saved["train"]["objective"] == "ar"
+    assert saved["model"]["n_layer"] == 2  # the 'tiny' row
+    assert "NLL" in out
+
+    code, out, _ = unmask(capsys, "eval", tmp_path / "run", "--json", "true")
+    result = json.loads(out)
+    assert code == 0 and result["kind"] == "NLL" and result["stderr"] is None
+    code, out, _ = unmask(capsys, "sample", tmp_path / "run", "--prompt", "She was", "--length", "8")
+    assert code == 0 and out.startswith("She was")
+
+
+def test_module_entry_point_exits_nonzero_with_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "unmask", "eval", str(tmp_path / "missing")], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip() == f"unmask: error: {tmp_path / 'missing'} is not a run directory (no config.json); "
+        "train one with unmask train"
+    )

@@ -1,0 +1,79 @@
+"""The one Transformer: sizes, causality, padding, save/load."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from unmask.config import ConfigError, ModelConfig
+from unmask.model import SIZES, Transformer, count_params, load_model, save_model
+
+
+@pytest.mark.parametrize("size", ["tiny", "demo", "7M"])
+def test_closed_form_parameter_count_matches_the_built_model(size):
+    cfg = ModelConfig(size=size, vocab_size=1024 if size != "7M" else 50304)
+    assert sum(p.numel() for p in Transformer(cfg).parameters()) == count_params(cfg)
+
+
+def test_size_names_match_their_parameter_counts():
+    """Paper-scale rows are named by total parameters at the GPT-2 vocabulary (50304), within 10%."""
+    scale = {"M": 1e6, "B": 1e9}
+    for name in SIZES:
+        if name in ("tiny", "demo"):
+            continue
+        target = float(name[:-1]) * scale[name[-1]]
+        actual = count_params(ModelConfig(size=name, vocab_size=50304))
+        assert abs(actual / target - 1) < 0.10, (name, actual)
+    assert abs(count_params(ModelConfig(size="demo", vocab_size=1024)) / 0.43e6 - 1) < 0.02
+
+
+def test_ar_has_no_future_leakage():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(size="tiny", vocab_size=64, seq_len=16, causal=True)).eval()
+    x = torch.randint(0, 64, (2, 16))
+    for j in (5, 15):
+        y = x.clone()
+        y[:, j] = (y[:, j] + 1) % 64
+        a, b = model(x), model(y)
+        assert torch.equal(a[:, :j], b[:, :j])  # bitwise: position i < j never sees token j
+        assert not torch.allclose(a[:, j:], b[:, j:])
+
+
+def test_mdm_attends_both_ways():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(size="tiny", vocab_size=64, seq_len=16, causal=False)).eval()
+    x = torch.randint(0, 64, (1, 16))
+    y = x.clone()
+    y[0, 10] = (y[0, 10] + 1) % 64
+    assert not torch.allclose(model(x)[:, :10], model(y)[:, :10])
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_padding_changes_nothing_for_real_tokens(causal):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(size="tiny", vocab_size=64, seq_len=16, causal=causal)).eval()
+    real = torch.randint(0, 64, (1, 10))
+    padded = torch.cat([real, torch.full((1, 6), 3)], dim=1)
+    keep = torch.arange(16)[None] < 10
+    expected = model(real)
+    got = model(padded, key_padding_mask=keep)[:, :10]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_save_then_load_gives_identical_logits(tmp_path):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(size="tiny", vocab_size=64, seq_len=16, causal=False)).eval()
+    save_model(model, tmp_path / "best.safetensors")
+    loaded = load_model(tmp_path / "best.safetensors")
+    x = torch.randint(0, 64, (3, 16))
+    assert torch.equal(model(x), loaded(x))
+    assert dataclasses.replace(loaded.cfg, size="tiny") == model.cfg
+
+
+def test_impossible_shapes_are_rejected_by_name():
+    with pytest.raises(ConfigError, match="model.d_model=100 is not divisible by model.n_head=3"):
+        ModelConfig(d_model=100, n_head=3)
+    with pytest.raises(ConfigError, match="model.size='huge'"):
+        ModelConfig(size="huge")
