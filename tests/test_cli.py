@@ -6,6 +6,7 @@ import inspect
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -155,3 +156,11 @@ def test_module_entry_point_exits_nonzero_with_one_line(tmp_path):
         proc.stderr.strip() == f"unmask: error: {tmp_path / 'missing'} is not a run directory (no config.json); "
         "train one with unmask train"
     )
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_parse(path):
+    command = "demo" if path.name == "demo.yaml" else "train"
+    cfg = cli.build_parser().parse_args([command, "--config", str(path)])
+    init = cli.build_parser().instantiate(cfg)
+    assert init.command == command

@@ -145,3 +145,13 @@ def test_impossible_data_settings_name_the_field(cfg, message):
 def test_reading_back_requires_a_prepared_folder(tmp_path):
     with pytest.raises(ConfigError, match="not a prepared data folder"):
         TokenData(tmp_path)
+
+
+def test_parquet_reader(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["one doc", "", "two doc"], "id": [1, 2, 3]}), tmp_path / "c.parquet")
+    assert list(iter_documents(DataConfig(inputs=[str(tmp_path / "c.parquet")]))) == ["one doc", "two doc"]
+    with pytest.raises(ConfigError, match="has no column 'body'"):
+        list(iter_documents(DataConfig(inputs=[str(tmp_path / "c.parquet")], text_field="body")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -38,6 +39,11 @@ def test_tiny_demo_writes_table_plot_and_samples(tmp_path, capsys):
     demo(cfg)
     assert (tmp_path / "demo" / "ar-E3" / "best.safetensors").stat().st_mtime == mtime
 
+    # Changed settings retrain instead of reporting stale numbers.
+    changed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=1e-3), ar_epochs=[3], mdm_epochs=[])
+    demo(changed)
+    assert json.loads((tmp_path / "demo" / "ar-E3" / "config.json").read_text())["train"]["lr"] == 1e-3
+
 
 def test_findings_say_what_the_numbers_show():
     def run(objective, epochs, best, best_epoch, final):
@@ -52,16 +58,18 @@ def test_findings_say_what_the_numbers_show():
     results = {
         "runs": [
             run("ar", 1, 5.9, 1, 5.9),
-            run("ar", 8, 5.4, 4, 5.6),
-            run("ar", 32, 5.5, 3, 6.5),
+            run("ar", 8, 5.4, 7, 5.45),
+            run("ar", 32, 5.2, 9, 6.5),
             run("mdm", 1, 6.3, 1, 6.3),
             run("mdm", 64, 5.3, 64, 5.3),
         ],
-        "best": {"ar": {"best_val_loss": 5.4}, "mdm": {"best_val_loss": 5.3}},
+        "best": {"ar": {"final_val_loss": 5.45}, "mdm": {"final_val_loss": 5.3}},
     }
     text = "\n".join(findings(results))
     assert "After 1 epoch AR is better" in text
-    assert "AR is best at 8 epochs" in text and "32 epochs end at 6.500" in text
+    assert "AR is best at 8 epochs (5.450)" in text and "32 epochs end at 6.500" in text
+    assert "the 32-epoch run bottoms at 5.200 (epoch 9) and ends at 6.500" in text
     assert "MDM is still improving at the largest epoch count (64)" in text
-    assert "MDM's best (5.300) beats AR's best (5.400)" in text
+    assert "MDM's best run (5.300) beats AR's best run (5.450)" in text
+    assert "AR's lowest loss anywhere, 5.200, needs early stopping" in text
     assert "upper bounds" in text

@@ -87,3 +87,15 @@ def test_ar_greedy_decoding_extends_the_prompt():
     assert out.shape == (1, 12) and torch.equal(out[:, :2], prompt)
     expected_first = model(prompt)[:, -1].argmax(-1)
     assert out[0, 2] == expected_first
+
+
+def test_ar_orderings_runs_decode_with_target_positions_in_the_queries():
+    """Greedy decoding of an ar_orderings model must score exactly as its loss does (identity order)."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(size="tiny", vocab_size=20, seq_len=8, causal=True)).eval()
+    prompt = torch.tensor([[3, 4, 5]])
+    out = generate_ar(model, prompt, max_new_tokens=1, query_is_target=True)
+    pos = torch.arange(3)[None]
+    assert out[0, 3] == model(prompt, pos=pos, query_pos=pos + 1)[0, -1].argmax()
+    long = generate_ar(model, prompt, max_new_tokens=10, query_is_target=True)  # crops to seq_len - 1
+    assert long.shape == (1, 13)

@@ -115,3 +115,14 @@ def test_existing_run_directory_is_never_overwritten(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="already exists; pass --resume true"):
         run(tiny_data, out, objective="ar", epochs=1)
     assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_gradient_accumulation_matches_the_full_batch(tiny_data, tmp_path):
+    """Micro-batches are normalised by the whole step's token count, so the update is the same."""
+    full = run(tiny_data, tmp_path / "full", objective="ar", epochs=1, eval_every=1000)
+    accumulated = run(tiny_data, tmp_path / "acc", objective="ar", epochs=1, eval_every=1000, micro_batch_size=2)
+    assert losses(accumulated) == pytest.approx(losses(full), rel=1e-4)
+    a, _ = load_run(full, "last")
+    b, _ = load_run(accumulated, "last")
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)

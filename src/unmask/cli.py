@@ -165,7 +165,15 @@ def sample(
             raise ConfigError(f"--steps {steps} must be between 1 and --length {length}")
         tokens = generate_mdm(model, x, length, steps, data.mask_id, temperature, banned, g).tokens
     else:
-        tokens = generate_ar(model, x, length, temperature, banned_ids=banned, generator=g)
+        tokens = generate_ar(
+            model,
+            x,
+            length,
+            temperature,
+            banned_ids=banned,
+            generator=g,
+            query_is_target=cfg.objective == "ar_orderings",
+        )
     skip = 0 if prompt else 1
     texts = [tok.decode(row[skip:].tolist()) for row in tokens]
     for text in texts:

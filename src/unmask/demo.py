@@ -13,6 +13,7 @@ import dataclasses
 import json
 import multiprocessing as mp
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +31,11 @@ class DemoConfig:
     """The corpus and its budget (default: 25K unique tokens of the embedded Jane Austen corpus)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Model shared by AR and MDM (default: the 0.43M 'demo' size)."""
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(eval_every=0, eval_mc_passes=2))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(eval_every=0, eval_mc_passes=4))
     """Settings shared by all runs; objective and epochs are set per run."""
-    ar_epochs: list[int] = field(default_factory=lambda: [1, 4, 16, 48])
+    ar_epochs: list[int] = field(default_factory=lambda: [1, 4, 12, 32])
     """Epoch counts of the AR runs (each its own run and schedule)."""
-    mdm_epochs: list[int] = field(default_factory=lambda: [1, 4, 16, 48, 128])
+    mdm_epochs: list[int] = field(default_factory=lambda: [1, 4, 16, 48, 96])
     """Epoch counts of the MDM runs."""
     workers: int = 0
     """Parallel runs, one CPU thread each; 0 = number of CPU cores."""
@@ -52,17 +53,32 @@ def _run_one(job: dict, queue) -> dict:
     from unmask.train import train
 
     torch.set_num_threads(1)  # one core per run: runs in parallel beat threads in one small run
-    name = job["name"]
+    name, out = job["name"], Path(job["out"])
+    if out.exists() and not _same_run(out, job):
+        shutil.rmtree(out)  # trained with other settings: start afresh rather than report stale numbers
     train(
         job["data"],
-        job["out"],
+        out,
         ModelConfig(**job["model"]),
         TrainConfig(**job["train"]),
-        resume=Path(job["out"], "config.json").exists(),
+        resume=(out / "config.json").exists(),
         quiet=True,
         on_step=lambda step, total: queue.put((name, step, total)),
     )
     return job
+
+
+def _same_run(out: Path, job: dict) -> bool:
+    """Was this run directory trained (or started) with the job's settings?"""
+    if not (out / "config.json").exists():
+        return False
+    saved = json.loads((out / "config.json").read_text())
+    user_model_fields = ("n_layer", "d_model", "n_head", "dropout", "init_std", "rope_base")
+    return (
+        saved["train"] == {**job["train"], "stop_at_step": None}
+        and all(saved["model"][k] == job["model"][k] for k in user_model_fields)
+        and Path(saved["data"]) == Path(job["data"]).resolve()
+    )
 
 
 def demo(cfg: DemoConfig | None = None) -> dict:
@@ -76,6 +92,8 @@ def demo(cfg: DemoConfig | None = None) -> dict:
     if not _same_data(data_dir, cfg.data):
         print(f"preparing {cfg.data.unique_tokens:,} unique tokens of the corpus → {data_dir}")
         prepare(cfg.data, data_dir, overwrite=True)
+        for stale in out.glob("*-E*"):  # runs trained on other data
+            shutil.rmtree(stale)
     jobs = []
     for objective, epochs in [("ar", e) for e in cfg.ar_epochs] + [("mdm", e) for e in cfg.mdm_epochs]:
         train_cfg = dataclasses.replace(cfg.train, objective=objective, epochs=epochs)
@@ -95,7 +113,7 @@ def demo(cfg: DemoConfig | None = None) -> dict:
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager, make_progress() as progress:
         queue = manager.Queue()
-        tasks = {j["name"]: progress.add_task(j["name"], total=None, info="", rate="") for j in jobs}
+        tasks = {j["name"]: progress.add_task(j["name"], total=None, start=False, info="", rate="") for j in jobs}
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             futures = [pool.submit(_run_one, job, queue) for job in jobs]
             while not all(f.done() for f in futures) or not queue.empty():
@@ -103,6 +121,7 @@ def demo(cfg: DemoConfig | None = None) -> dict:
                     name, step, total = queue.get(timeout=0.2)
                 except Exception:  # queue.Empty from the manager proxy
                     continue
+                progress.start_task(tasks[name])  # the clock starts when the run does
                 progress.update(tasks[name], completed=step, total=total)
             for f in futures:
                 f.result()  # re-raise a worker's error here
@@ -144,10 +163,13 @@ def summarise(jobs: list[dict], out: Path) -> dict:
             }
         )
     by_obj = {o: [r for r in runs if r["objective"] == o] for o in ("ar", "mdm")}
-    best = {o: min(rs, key=lambda r: r["best_val_loss"]) for o, rs in by_obj.items() if rs}
+    best = {o: min(rs, key=lambda r: r["final_val_loss"]) for o, rs in by_obj.items() if rs}  # the best run
     return {
         "runs": runs,
-        "best": {o: {k: r[k] for k in ("epochs", "best_val_loss", "best_epoch", "run")} for o, r in best.items()},
+        "best": {
+            o: {k: r[k] for k in ("epochs", "final_val_loss", "best_val_loss", "best_epoch", "run")}
+            for o, r in best.items()
+        },
         "out": str(out),
     }
 

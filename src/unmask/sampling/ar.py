@@ -20,16 +20,24 @@ def generate_ar(
     eod_id: int | None = None,
     banned_ids: tuple[int, ...] = (),
     generator: torch.Generator | None = None,
+    query_is_target: bool = False,
 ) -> torch.Tensor:
     """Continue prompts (B, P) by max_new_tokens; returns (B, P + max_new_tokens).
 
     After a sequence emits eod_id it keeps emitting eod_id (so batches stay rectangular).
+    query_is_target: the model was trained with `ar_orderings`, whose queries carry the
+    position of the token to predict (the next one, read left to right).
     """
-    seq_len = model.cfg.seq_len
+    context = model.cfg.seq_len - 1 if query_is_target else model.cfg.seq_len  # target positions stay in the table
     x = prompt
     done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     for _ in range(max_new_tokens):
-        logits = model(x[:, -seq_len:])[:, -1].float()  # (B, V)
+        window = x[:, -context:]
+        kwargs = {}
+        if query_is_target:
+            pos = torch.arange(window.shape[1], device=x.device).expand(len(x), -1)
+            kwargs = {"pos": pos, "query_pos": pos + 1}
+        logits = model(window, **kwargs)[:, -1].float()  # (B, V)
         logits[:, list(banned_ids)] = float("-inf")
         nxt = sample_categorical(logits, temperature, generator)
         if eod_id is not None:
