@@ -35,7 +35,7 @@ class DemoConfig:
     """Settings shared by all runs; objective and epochs are set per run."""
     ar_epochs: list[int] = field(default_factory=lambda: [1, 4, 12, 32])
     """Epoch counts of the AR runs (each its own run and schedule)."""
-    mdm_epochs: list[int] = field(default_factory=lambda: [1, 4, 16, 48, 96])
+    mdm_epochs: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
     """Epoch counts of the MDM runs."""
     workers: int = 0
     """Parallel runs, one CPU thread each; 0 = number of CPU cores."""
