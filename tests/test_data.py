@@ -155,3 +155,8 @@ def test_parquet_reader(tmp_path):
     assert list(iter_documents(DataConfig(inputs=[str(tmp_path / "c.parquet")]))) == ["one doc", "two doc"]
     with pytest.raises(ConfigError, match="has no column 'body'"):
         list(iter_documents(DataConfig(inputs=[str(tmp_path / "c.parquet")], text_field="body")))
+
+
+def test_manifest_says_whether_the_last_training_document_was_cut(tiny_data):
+    ends_with_eod = int(tiny_data.tokens["train"][-1]) == tiny_data.eod_id
+    assert tiny_data.manifest["last_train_document_truncated"] == (not ends_with_eod)

@@ -190,7 +190,7 @@ def demo(config: DemoConfig | None = None) -> dict:
 
 
 def bench(
-    what: Literal["train", "prepare"] = "train",
+    what: Literal["train", "prepare"],
     steps: int = 30,
     threads: int = 0,
     size: str = "demo",

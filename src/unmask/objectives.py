@@ -41,13 +41,18 @@ def _padding(x: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor |
     return real, (None if bool(real.all()) else real)
 
 
+def _next_token_nll(logits: torch.Tensor, x: torch.Tensor, real: torch.Tensor) -> LossOutput:
+    """Summed cross-entropy of logits (B, T-1, V) against x[:, 1:], padding excluded."""
+    targets = x[:, 1:].masked_fill(~real[:, 1:], -100)
+    loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+    return LossOutput(loss_sum, int(real[:, 1:].sum()))
+
+
 def ar_loss(model: Transformer, x: torch.Tensor, sp: Specials, generator=None) -> LossOutput:
     """Next-token cross-entropy: predict x[:, 1:] from x[:, :-1] under a causal mask."""
     real, kpm = _padding(x, sp.pad_id)
     logits = model(x[:, :-1], key_padding_mask=None if kpm is None else kpm[:, :-1])  # (B, T-1, V)
-    targets = x[:, 1:].masked_fill(~real[:, 1:], -100)
-    loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
-    return LossOutput(loss_sum, int(real[:, 1:].sum()))
+    return _next_token_nll(logits, x, real)
 
 
 def mask_probability(B: int, eps: float, generator: torch.Generator | None, device) -> torch.Tensor:
@@ -113,9 +118,7 @@ def ar_orderings_loss(
     logits = model(
         xp[:, :-1], pos=perm[:, :-1], query_pos=perm[:, 1:], key_padding_mask=None if kpm is None else kpm[:, :-1]
     )
-    targets = xp[:, 1:].masked_fill(~real[:, 1:], -100)
-    loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
-    return LossOutput(loss_sum, int(real[:, 1:].sum()))
+    return _next_token_nll(logits, xp, real)
 
 
 OBJECTIVES = {"ar": ar_loss, "mdm": mdm_loss, "ar_orderings": ar_orderings_loss}

@@ -119,7 +119,7 @@ def _write_shards(cfg: DataConfig, sources: list[Path], tmp: Path, quiet: bool) 
     pairs = assign_splits(iter_documents(cfg), cfg.val_fraction, cfg.seed)
     with progress_bar("tokenising", total=cfg.unique_tokens + cfg.val_tokens, disable=quiet) as bar:
         for batch in _batches(pairs):
-            encodings = tok.encode_batch_fast([doc for _, doc in batch])  # parallel, in Rust
+            encodings = tok.encode_batch_fast([doc for _, doc in batch])  # parallel over all cores, in Rust
             for (is_val, doc), enc in zip(batch, encodings, strict=True):
                 writer = val if is_val else train
                 counts["read"] += 1
@@ -129,7 +129,8 @@ def _write_shards(cfg: DataConfig, sources: list[Path], tmp: Path, quiet: bool) 
                     continue
                 doc_ids = enc.ids + [ids.eod_id]
                 n = writer.write(doc_ids)
-                truncated = n < len(doc_ids)
+                if not is_val:
+                    truncated = n < len(doc_ids)
                 counts["val" if is_val else "train"] += 1
                 bar.advance(n)
             if train.full and val.full:
