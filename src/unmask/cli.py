@@ -244,7 +244,9 @@ def build_parser():
         else:
             variadic = VARIADIC_POSITIONALS.get(name)
             if variadic:
-                sub.add_argument(variadic, nargs="*", type=str, help="Input files or folders.")
+                sub.add_argument(
+                    variadic, nargs="*", type=str, default=[], help="Files or folders; none = the embedded corpus."
+                )
             sub.add_function_arguments(fn, as_group=False, as_positional=True, skip={variadic} if variadic else None)
         subcommands.add_subcommand(name, sub, help=(fn.__doc__ or "").splitlines()[0])
     return parser

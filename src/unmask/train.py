@@ -154,10 +154,13 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         generator.set_state(state["generator"].to(generator.get_state().device))
+        if state["cuda_rng"] is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         start_step, best, skipped = state["step"], state["best_val"], state["skipped_steps"]
         tokens_seen = state["tokens_seen"]
-        _truncate_metrics(out / "metrics.jsonl", start_step)
-    elif not resume:
+    if resume:
+        _truncate_metrics(out / "metrics.jsonl", start_step)  # drop what was logged after the checkpoint
+    else:
         _create_run_dir(out, data_set, model_cfg, cfg, budget)
     if start_step >= budget.total_steps:
         return out
@@ -194,6 +197,7 @@ def train(
                 "model": net.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if use_cuda else None,  # dropout on the GPU
                 "generator": generator.get_state().cpu(),
                 "best_val": best,
                 "skipped_steps": skipped,
@@ -206,7 +210,7 @@ def train(
         metrics.flush()
         if writer is not None:
             for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and value is not None:
+                if key != "step" and isinstance(value, (int, float)):
                     writer.add_scalar(key, value, record["step"])
 
     net.train()
@@ -220,7 +224,7 @@ def train(
                 if order is None or i == 0:
                     order = data_set.epoch_order(epoch, cfg.seed)
                 x = data_set.batch("train", order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
-                tokens_seen += int((x != sp.pad_id).sum())  # on the CPU copy: no device sync
+                n_real = int((x != sp.pad_id).sum())  # on the CPU copy: no device sync
                 x = x.to(device)
                 n_step = n_targets(cfg.objective, x, sp.pad_id)
                 lr = learning_rate(step, budget, cfg)
@@ -240,7 +244,8 @@ def train(
                     skipped += 1
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                tokens_since += int(x.numel())
+                tokens_seen += n_real
+                tokens_since += n_real
                 log(
                     {
                         "step": step,
@@ -304,7 +309,7 @@ def _create_run_dir(out: Path, data: TokenData, model_cfg: ModelConfig, cfg: Tra
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records logged after the checkpoint we resume from, so the log has no duplicates."""
+    """Keep only records up to `step`, the checkpoint a run resumes from, so the log has no duplicates."""
     if path.exists():
         keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         atomic_write_text(path, "".join(line + "\n" for line in keep))
