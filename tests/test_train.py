@@ -126,3 +126,15 @@ def test_gradient_accumulation_matches_the_full_batch(tiny_data, tmp_path):
     b, _ = load_run(accumulated, "last")
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q, atol=2e-4, rtol=1e-3)  # summation order differs
+
+
+def test_metrics_also_go_to_tensorboard(tiny_data, tmp_path):
+    out = train(
+        tiny_data.path,
+        tmp_path / "r",
+        tiny_model_config(tiny_data),
+        tiny_train_config(objective="ar", epochs=1),
+        quiet=True,
+        tensorboard=True,
+    )
+    assert list((out / "tb").glob("events.out.tfevents.*"))

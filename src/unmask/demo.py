@@ -13,6 +13,7 @@ import dataclasses
 import json
 import multiprocessing as mp
 import os
+import queue as queue_lib
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -54,6 +55,11 @@ def _run_one(job: dict, queue) -> dict:
 
     torch.set_num_threads(1)  # one core per run: runs in parallel beat threads in one small run
     name, out = job["name"], Path(job["out"])
+
+    def report(step: int, total: int) -> None:
+        if step % 10 == 0 or step == total:  # one message per 10 steps keeps IPC off the hot path
+            queue.put((name, step, total))
+
     if out.exists() and not _same_run(out, job):
         shutil.rmtree(out)  # trained with other settings: start afresh rather than report stale numbers
     train(
@@ -63,7 +69,7 @@ def _run_one(job: dict, queue) -> dict:
         TrainConfig(**job["train"]),
         resume=(out / "config.json").exists(),
         quiet=True,
-        on_step=lambda step, total: queue.put((name, step, total)),
+        on_step=report,
     )
     return job
 
@@ -119,7 +125,7 @@ def demo(cfg: DemoConfig | None = None) -> dict:
             while not all(f.done() for f in futures) or not queue.empty():
                 try:
                     name, step, total = queue.get(timeout=0.2)
-                except Exception:  # queue.Empty from the manager proxy
+                except queue_lib.Empty:
                     continue
                 progress.start_task(tasks[name])  # the clock starts when the run does
                 progress.update(tasks[name], completed=step, total=total)
