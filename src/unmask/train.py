@@ -154,7 +154,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         generator.set_state(state["generator"].to(generator.get_state().device))
-        if state["cuda_rng"] is not None and device.type == "cuda":
+        if state.get("cuda_rng") is not None and device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         start_step, best, skipped = state["step"], state["best_val"], state["skipped_steps"]
         tokens_seen = state["tokens_seen"]
