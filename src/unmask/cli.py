@@ -90,13 +90,13 @@ def evaluate(
     from unmask.checkpoint import load_run, run_configs
     from unmask.data.dataset import TokenData
     from unmask.evaluation import validation_loss
-    from unmask.objectives import make_orderings
+    from unmask.objectives import run_orderings
     from unmask.train import resolve_device
 
     model, config = load_run(run, which, resolve_device(device))
     _, cfg = run_configs(config)
     data = TokenData(config["data"])
-    orderings = make_orderings(cfg.n_orderings, data.seq_len, cfg.seed) if cfg.objective == "ar_orderings" else None
+    orderings = run_orderings(cfg, data.seq_len)
     val = validation_loss(
         model, data, cfg.objective, mc_passes or cfg.eval_mc_passes, seed, cfg.eval_batch_size, orderings, cfg.mdm_eps
     )
@@ -140,42 +140,9 @@ def sample(
         seed: Sampling seed.
         which: Weights to use: best or last.
     """
-    import torch
+    from unmask.sampling.text import generate_text
 
-    from unmask.checkpoint import load_run, run_configs
-    from unmask.data.dataset import TokenData
-    from unmask.sampling import generate_ar, generate_mdm
-
-    model, config = load_run(run, which)
-    _, cfg = run_configs(config)
-    data = TokenData(config["data"])
-    tok = data.tokenizer()
-    ids = tok.encode(prompt).ids if prompt else [data.eod_id]
-    x = torch.tensor([ids] * n)
-    g = torch.Generator().manual_seed(seed)
-    banned = (data.pad_id, data.mask_id)
-    if cfg.objective == "mdm":
-        if x.shape[1] + length > data.seq_len:
-            raise ConfigError(
-                f"prompt ({x.shape[1]} tokens) + length {length} exceeds the model's seq_len "
-                f"{data.seq_len}; shorten --length or the prompt"
-            )
-        steps = steps or length
-        if not 1 <= steps <= length:
-            raise ConfigError(f"--steps {steps} must be between 1 and --length {length}")
-        tokens = generate_mdm(model, x, length, steps, data.mask_id, temperature, banned, g).tokens
-    else:
-        tokens = generate_ar(
-            model,
-            x,
-            length,
-            temperature,
-            banned_ids=banned,
-            generator=g,
-            query_is_target=cfg.objective == "ar_orderings",
-        )
-    skip = 0 if prompt else 1
-    texts = [tok.decode(row[skip:].tolist()) for row in tokens]
+    texts = generate_text(run, prompt, n, length, steps, temperature, seed, which)
     for text in texts:
         print(text)
         print("---")

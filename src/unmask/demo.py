@@ -181,24 +181,11 @@ def summarise(jobs: list[dict], out: Path) -> dict:
 
 
 def demo_samples(results: dict, cfg: DemoConfig) -> dict[str, list[str]]:
-    import torch
+    """Samples (temperature 1) from the best run of each objective, continuing the same prompt."""
+    from unmask.sampling.text import generate_text
 
-    from unmask.checkpoint import load_run
-    from unmask.data.dataset import TokenData
-    from unmask.sampling import generate_ar, generate_mdm
-
-    data = TokenData(Path(cfg.out) / "data")
-    tok = data.tokenizer()
-    prompt = torch.tensor([tok.encode("She was").ids] * cfg.samples)
-    banned = (data.pad_id, data.mask_id)
-    gen_len = min(48, data.seq_len - prompt.shape[1])
-    samples = {}
-    for objective, best in results["best"].items():
-        model, _ = load_run(best["run"])
-        g = torch.Generator().manual_seed(0)
-        if objective == "mdm":
-            tokens = generate_mdm(model, prompt, gen_len, gen_len, data.mask_id, 1.0, banned, g).tokens
-        else:
-            tokens = generate_ar(model, prompt, gen_len, 1.0, banned_ids=banned, generator=g)
-        samples[objective] = [tok.decode(row.tolist()) for row in tokens]
-    return samples
+    length = min(48, cfg.data.seq_len - 16)  # MDM denoises prompt + answer in one window of seq_len
+    return {
+        objective: generate_text(best["run"], "She was", n=cfg.samples, length=length, temperature=1.0)
+        for objective, best in results["best"].items()
+    }

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from unmask.config import TrainConfig
 from unmask.model import Transformer
 
 
@@ -95,6 +96,11 @@ def make_orderings(n: int, seq_len: int, seed: int) -> torch.Tensor:
     for _ in range(n - 1):
         rows.append(torch.cat([torch.zeros(1, dtype=torch.long), 1 + torch.randperm(seq_len - 1, generator=g)]))
     return torch.stack(rows)
+
+
+def run_orderings(cfg: TrainConfig, seq_len: int) -> torch.Tensor | None:
+    """The orderings of an ar_orderings run, rebuilt from its config (None for other objectives)."""
+    return make_orderings(cfg.n_orderings, seq_len, cfg.seed) if cfg.objective == "ar_orderings" else None
 
 
 def ar_orderings_loss(

@@ -33,7 +33,7 @@ from unmask.config import ConfigError, ModelConfig, TrainConfig, to_dict
 from unmask.data.dataset import TokenData
 from unmask.evaluation.likelihood import validation_loss
 from unmask.model import Transformer, count_params, save_model
-from unmask.objectives import OBJECTIVES, Specials, make_orderings, n_targets
+from unmask.objectives import OBJECTIVES, Specials, n_targets, run_orderings
 from unmask.progress import progress_bar
 
 
@@ -168,7 +168,7 @@ def train(
     use_cuda = device.type == "cuda"
     compiled = torch.compile(net) if (cfg.compile if cfg.compile is not None else use_cuda) else net
     sp = Specials(mask_id=data_set.mask_id, pad_id=data_set.pad_id)
-    orderings = make_orderings(cfg.n_orderings, data_set.seq_len, cfg.seed) if cfg.objective == "ar_orderings" else None
+    orderings = run_orderings(cfg, data_set.seq_len)
     extra = {"mdm": {"eps": cfg.mdm_eps}, "ar_orderings": {"orderings": orderings}}.get(cfg.objective, {})
     loss_fn = partial(OBJECTIVES[cfg.objective], **extra)
     evaluate = partial(
