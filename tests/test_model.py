@@ -77,3 +77,11 @@ def test_impossible_shapes_are_rejected_by_name():
         ModelConfig(d_model=100, n_head=3)
     with pytest.raises(ConfigError, match="model.size='huge'"):
         ModelConfig(size="huge")
+
+
+def test_output_mask_gives_the_same_logits_at_the_selected_positions():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(size="tiny", vocab_size=64, seq_len=16, causal=False)).eval()
+    x = torch.randint(0, 64, (2, 16))
+    select = torch.rand(2, 16) < 0.4
+    torch.testing.assert_close(model(x, output_mask=select), model(x)[select])

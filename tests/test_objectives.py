@@ -37,12 +37,12 @@ class Tamper(nn.Module):
         super().__init__()
         self.model, self.bump_unmasked, self.bump_mask_logit = model, bump_unmasked, bump_mask_logit
 
-    def forward(self, idx, **kwargs):
-        logits = self.model(idx, **kwargs).clone()
+    def forward(self, idx, output_mask=None, **kwargs):
+        logits = self.model(idx, **kwargs).clone()  # every position, so the tampering is real
         unmasked = idx != MASK
         logits[unmasked] += self.bump_unmasked * torch.randn_like(logits[unmasked])
         logits[..., MASK] += self.bump_mask_logit
-        return logits
+        return logits if output_mask is None else logits[output_mask]
 
 
 def test_mdm_loss_ignores_unmasked_positions_and_never_predicts_the_mask():

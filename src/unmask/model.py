@@ -155,13 +155,16 @@ class Transformer(nn.Module):
         pos: torch.Tensor | None = None,
         query_pos: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
+        output_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, T, V) for tokens idx (B, T).
+        """Logits (B, T, V) for tokens idx (B, T); (M, V) at the M positions of `output_mask` if given.
 
         pos: position of each token (B, T) for RoPE, default 0..T-1.
         query_pos: position rotated into the queries instead of `pos`; ar_orderings
             gives the position of the token to predict here (see objectives.py).
         key_padding_mask: (B, T) True for real tokens; padding is never attended to.
+        output_mask: (B, T) positions whose logits are needed (MDM: the masked ones); the
+            output projection, the largest matmul at small sizes, then skips the rest.
         """
         B, T = idx.shape
         rope_k = self._rope(pos, T)
@@ -174,7 +177,10 @@ class Transformer(nn.Module):
         x = self.embed(idx)
         for block in self.blocks:
             x = block(x, rope_q, rope_k, self.cfg.causal, attn_mask)
-        return F.linear(self.norm(x), self.embed.weight)  # tied output embedding
+        h = self.norm(x)
+        if output_mask is not None:
+            h = h[output_mask]  # (M, D)
+        return F.linear(h, self.embed.weight)  # tied output embedding
 
 
 def save_model(model: Transformer, path: Path) -> None:

@@ -82,7 +82,7 @@ def mdm_loss(model: Transformer, x: torch.Tensor, sp: Specials, generator=None, 
     p = mask_probability(B, eps, generator, x.device)  # (B,)
     masked = (torch.rand(B, T, generator=generator, device=x.device) < p[:, None]) & real  # (B, T)
     x_t = x.masked_fill(masked, sp.mask_id)
-    logits = model(x_t, key_padding_mask=kpm)[masked].float()  # (M, V), M masked tokens
+    logits = model(x_t, key_padding_mask=kpm, output_mask=masked).float()  # (M, V), M masked tokens
     logits[:, sp.mask_id] = float("-inf")  # the clean data never contains the mask token
     ce = F.cross_entropy(logits, x[masked], reduction="none")  # (M,)
     weight = (1.0 / p)[:, None].expand(B, T)[masked]  # (M,)
