@@ -159,3 +159,10 @@ def test_token_count_is_known_before_the_forward(objective):
     out = fn(model, x, SP, torch.Generator().manual_seed(0), **kwargs)
     assert out.n_tokens == n_targets(objective, x, PAD)
     assert torch.isfinite(out.loss_sum)
+
+
+def test_config_names_exactly_the_objectives_that_exist():
+    from unmask.config import OBJECTIVES as CONFIG_OBJECTIVES
+    from unmask.objectives import OBJECTIVES
+
+    assert set(CONFIG_OBJECTIVES) == set(OBJECTIVES)

@@ -224,9 +224,9 @@ def train(
                 if order is None or i == 0:
                     order = data_set.epoch_order(epoch, cfg.seed)
                 x = data_set.batch("train", order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
-                n_real = int((x != sp.pad_id).sum())  # on the CPU copy: no device sync
+                # Counted on the CPU copy, before the move: no device sync.
+                n_real, n_step = int((x != sp.pad_id).sum()), n_targets(cfg.objective, x, sp.pad_id)
                 x = x.to(device)
-                n_step = n_targets(cfg.objective, x, sp.pad_id)
                 lr = learning_rate(step, budget, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr

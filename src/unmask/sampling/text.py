@@ -48,7 +48,14 @@ def generate_text(
             raise ConfigError(f"--steps {steps} must be between 1 and --length {length}")
         tokens = generate_mdm(model, x, length, steps, data.mask_id, temperature, banned, g).tokens
     else:
-        query_is_target = cfg.objective == "ar_orderings"
-        tokens = generate_ar(model, x, length, temperature, None, banned, g, query_is_target)
+        tokens = generate_ar(
+            model,
+            x,
+            length,
+            temperature,
+            banned_ids=banned,
+            generator=g,
+            query_is_target=cfg.objective == "ar_orderings",
+        )
     skip = 0 if prompt else 1
     return [tok.decode(row[skip:].tolist()) for row in tokens]
