@@ -153,7 +153,7 @@ def test_module_entry_point_exits_nonzero_with_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert (
-        proc.stderr.strip() == f"unmask: error: {tmp_path / 'missing'} is not a run directory (no config.json); "
+        proc.stderr.strip() == f"unmask: error: run {tmp_path / 'missing'} does not exist or is not a directory; "
         "train one with unmask train"
     )
 

@@ -12,18 +12,21 @@ import torch
 
 from unmask.config import DataConfig, ModelConfig, TrainConfig
 from unmask.model import Transformer, count_params
-from unmask.objectives import OBJECTIVES, Specials
-from unmask.train import keep_freed_memory, make_optimizer
+from unmask.objectives import Specials, get_objective
+from unmask.runtime import keep_freed_memory
+from unmask.training import make_optimizer
 
 
 def time_train_steps(model: Transformer, objective: str, x: torch.Tensor, steps: int, warmup: int = 5) -> float:
-    """Seconds per optimiser step (forward, backward, clip, AdamW) of `ar` or `mdm` on a fixed batch."""
-    optimizer = make_optimizer(model, TrainConfig())
+    """Seconds per optimiser step (forward, backward, clip, AdamW) of an objective on a fixed batch."""
+    cfg = TrainConfig(objective=objective)
+    optimizer = make_optimizer(model, cfg)
+    loss_fn = get_objective(objective).make_loss(cfg, x.shape[1])
     sp = Specials(mask_id=1, pad_id=2)
     for i in range(warmup + steps):
         if i == warmup:
             start = time.perf_counter()
-        out = OBJECTIVES[objective](model, x, sp, None)
+        out = loss_fn(model, x, sp, None)
         (out.loss_sum / out.n_tokens).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -39,7 +42,8 @@ def bench_train(steps: int, threads: int, size: str, batch_size: int, seq_len: i
     x = torch.randint(3, vocab_size, (batch_size, seq_len))
     results = {}
     for objective in ("ar", "mdm"):
-        cfg = ModelConfig(size=size, vocab_size=vocab_size, seq_len=seq_len, causal=objective != "mdm")
+        causal = get_objective(objective).causal
+        cfg = ModelConfig(size=size, vocab_size=vocab_size, seq_len=seq_len, causal=causal)
         seconds = time_train_steps(Transformer(cfg), objective, x, steps)
         results[objective] = {"ms_per_step": 1000 * seconds, "tokens_per_s": batch_size * seq_len / seconds}
     print(
@@ -91,21 +95,19 @@ def bench_prepare(megabytes: int) -> dict:
     return {"megabytes": n_bytes / 1e6, "tokens": total, "seconds": seconds, "tokens_per_s": rate}
 
 
-def quality_of(gen, run: str, judge_run: str | None, device: str = "cpu") -> dict[str, float]:
+def quality_of(gen, judge_run: str | None, device: str = "cpu") -> dict[str, float]:
     """`text_quality` of a `Generation` (sampling/text.py), gen PPL under the judge run when one is given."""
-    from unmask.checkpoint import load_run, read_run_config, run_configs
     from unmask.config import check
-    from unmask.data.dataset import TokenData
     from unmask.evaluation.metrics import text_quality
-    from unmask.train import resolve_device
+    from unmask.run import Run
+    from unmask.runtime import resolve_device
 
     check(gen.output.tokens.shape[1] > gen.prompt_len, "metrics: need --length > 0 (they score the continuation)")
-    eod_id = TokenData(read_run_config(run)["data"]).eod_id
     judge, query_is_target = None, False
     if judge_run:
-        judge, config = load_run(judge_run, "best", resolve_device(device))
-        query_is_target = run_configs(config)[1].objective == "ar_orderings"
-    return text_quality(gen.output.tokens, eod_id, judge, gen.prompt_len, judge_query_is_target=query_is_target)
+        opened = Run(judge_run)
+        judge, query_is_target = opened.load_model("best", resolve_device(device)), opened.objective.query_is_target
+    return text_quality(gen.output.tokens, gen.eod_id, judge, gen.prompt_len, judge_query_is_target=query_is_target)
 
 
 # name: SamplerConfig options, each at the bench's temperature; "{L}" is the generation length, "{L/4}" a quarter.
@@ -175,7 +177,7 @@ def bench_sample(
             "forward_passes_per_token": out.forward_passes / length,
             "energy_passes": out.energy_passes,
             "seconds": gen.seconds,
-            **quality_of(gen, row_run, judge_run, device),
+            **quality_of(gen, judge_run, device),
         }
     table = Table(
         title=f"unmask bench sample: {run}, {n} x {length} tokens, temperature {temperature}, "

@@ -1,21 +1,15 @@
-"""Run directories: atomic writes, training state for exact resume, loading back.
+"""Writing run directories safely: atomic writes, one writer per run, verified training states.
 
-A run directory holds:
-  config.json        resolved model + train config and the data folder
-  budget.json        U, E, sequences, steps: the exact budget of this run
-  tokenizer.json     copied from the data folder
-  best.safetensors   weights at the best validation loss   (+ model_config.json)
-  last.safetensors   weights at the last checkpoint
-  checkpoints/       the last K training states (model, optimiser, step, data position,
-                     RNG states: everything --resume needs) + manifest.json with a
-                     SHA-256 per file, so a torn or corrupt one is detected and skipped
-  metrics.jsonl      one JSON record per step / validation
-  provenance.json    git SHA, versions, hardware
-  tb/                TensorBoard scalars
+checkpoints/ holds the last K training states (model, optimiser, step, data position, RNG
+states: everything --resume needs; the format is unmask.training.state.TrainState's) and
+manifest.json with a SHA-256 per file, so a torn or corrupt one is detected and skipped.
+The layout of a whole run directory is described in unmask.run.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -30,13 +24,14 @@ from typing import Any
 import torch
 
 from unmask import __version__
-from unmask.config import ConfigError, ModelConfig, TrainConfig, from_dict
-from unmask.model import Transformer, load_model
+from unmask.config import ConfigError
+
+CHECKPOINT_NAME = "step_{step:09d}.pt"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file + fsync + rename: readers see the old file or the new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
@@ -85,14 +80,29 @@ class Checkpoints:
         self.keep = keep
 
     def entries(self) -> list[dict[str, Any]]:
-        """Manifest entries, oldest first ({step, file, sha256, bytes})."""
-        if not self.manifest.exists():
-            return []
+        """Manifest entries, oldest first ({step, file, sha256, bytes}).
+
+        A missing, empty or damaged manifest never hides checkpoints that exist: the list is rebuilt
+        from the step_*.pt files themselves (without checksums; each must still load).
+        """
+        on_disk = self._files_on_disk()
         try:
-            return json.loads(self.manifest.read_text())["checkpoints"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            warn(f"{self.manifest} is unreadable; looking for checkpoint files without checksums")
-            return [{"step": int(p.stem.split("_")[1]), "file": p.name} for p in sorted(self.dir.glob("step_*.pt"))]
+            listed = json.loads(self.manifest.read_text())["checkpoints"]
+            if isinstance(listed, list) and all(_valid_entry(e) for e in listed) and (listed or not on_disk):
+                return listed
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            pass
+        if on_disk:
+            warn(f"{self.manifest} is missing or damaged; using the checkpoint files found in {self.dir}")
+        return on_disk
+
+    def _files_on_disk(self) -> list[dict[str, Any]]:
+        found = []
+        for p in self.dir.glob("step_*.pt"):
+            digits = p.stem.removeprefix("step_")
+            if digits.isdigit() and p.is_file():
+                found.append({"step": int(digits), "file": p.name})
+        return sorted(found, key=lambda e: e["step"])
 
     def latest(self) -> dict[str, Any] | None:
         entries = self.entries()
@@ -100,8 +110,9 @@ class Checkpoints:
 
     def save(self, step: int, state: dict[str, Any]) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / f"step_{step:09d}.pt"
-        tmp = path.with_name(path.name + ".tmp")
+        listed = [e for e in self.entries() if e["step"] != step]  # before the new file joins the folder
+        path = self.dir / CHECKPOINT_NAME.format(step=step)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as f:
                 torch.save(state, f)
@@ -113,7 +124,7 @@ class Checkpoints:
         except BaseException:
             tmp.unlink(missing_ok=True)  # never leave a half-written file behind
             raise
-        entries = [e for e in self.entries() if e["step"] != step] + [entry]
+        entries = listed + [entry]
         atomic_write_text(self.manifest, json.dumps({"checkpoints": entries[-self.keep :]}, indent=1))
         for old in entries[: -self.keep]:
             (self.dir / old["file"]).unlink(missing_ok=True)
@@ -140,6 +151,15 @@ class Checkpoints:
                 f"every checkpoint in {self.dir} is corrupt; the run cannot be resumed, start it again with a new --out"
             )
         return None
+
+
+def _valid_entry(entry: Any) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("step"), int)
+        and isinstance(entry.get("file"), str)
+        and entry["file"] == CHECKPOINT_NAME.format(step=entry["step"])  # never a path outside checkpoints/
+    )
 
 
 def _verify(path: Path, entry: dict[str, Any]) -> str | None:
@@ -198,24 +218,45 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def read_run_config(run: str | Path) -> dict[str, Any]:
-    path = Path(run) / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{run} is not a run directory (no config.json); train one with unmask train")
-    return json.loads(path.read_text())
+class RunLock:
+    """One writer per run directory: an OS lock on OUT/.lock held for the life of the process.
 
+    flock is released by the kernel when the process dies, so a SIGKILL never leaves a stale
+    lock; the holder writes its PID into the file so a refused writer can name it.
+    """
 
-def load_run(run: str | Path, which: str = "best", device: str = "cpu") -> tuple[Transformer, dict[str, Any]]:
-    """(model in eval mode, run config) for the `best` or `last` weights of a run."""
-    config = read_run_config(run)
-    weights = Path(run) / f"{which}.safetensors"
-    if not weights.is_file():
-        raise ConfigError(f"{weights} does not exist; choose --which best|last or finish the run")
-    return load_model(weights, device), config
+    def __init__(self, run: Path):
+        self.path = Path(run) / ".lock"
+        self._file = None
 
+    def acquire(self) -> RunLock:
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise ConfigError(
+                    f"run directory {self.path.parent} is being written by PID {holder}; wait for it to finish "
+                    f"or stop it (one writer per run)"
+                ) from None
+            raise
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._file = f
+        return self
 
-def run_configs(config: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
-    return (
-        from_dict(ModelConfig, {**config["model"], "size": None}),
-        from_dict(TrainConfig, config["train"]),
-    )
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the descriptor releases the lock
+            self._file = None
+
+    def __enter__(self) -> RunLock:
+        return self if self._file is not None else self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

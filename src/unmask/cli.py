@@ -65,7 +65,7 @@ def train(
             stopped by SIGTERM/Ctrl-C (checkpoint at the step boundary, exit 0) or killed resumes bitwise.
         tensorboard: Also write TensorBoard scalars to OUT/tb.
     """
-    from unmask.train import train as run_train
+    from unmask.training import train as run_train
 
     path = run_train(data, out, model, train, resume=resume, tensorboard=tensorboard)
     evaluate(str(path), mc_passes=None)
@@ -85,6 +85,7 @@ def evaluate(
     out: str | None = None,
     device: str = "auto",
     json: bool = False,
+    text: list[str] | None = None,
 ) -> dict:
     """Every metric of one run, or of several side by side: validation NLL/ELBO and bits per byte, zero-shot tasks.
 
@@ -96,11 +97,15 @@ def evaluate(
         which: Weights to score: best validation step or last step.
         mc_passes: MDM Monte Carlo passes of the validation ELBO (fixed seed); None = the run's training setting.
         seed: Seed of the MDM validation noise.
-        tasks: Zero-shot multiple-choice JSONL file(s) (context, choices, label or gold_text): acc, acc_norm, 95% CI.
+        tasks: Zero-shot multiple-choice JSONL file(s), e.g. --tasks a.jsonl b.jsonl (context, choices, label or
+            gold_text): acc, acc_norm, 95% CI.
         likelihood: How MDM scores each choice (AR is exact): estimator, MC samples, guidance.
         delimiter: Text between the context and each choice (lm-eval's target_delimiter).
         limit: Score only the first N items of each task.
-        validation: Compute the validation loss (needs the run's data folder).
+        validation: Compute the validation loss on the run's data folder (skipped with a note when it is gone
+            and --tasks are given).
+        text: Score these UTF-8 text files instead of the validation split (the run's own tokenizer; each file one
+            document): NLL or ELBO per token and bits per byte. Works on a run directory copied alone.
         out: Also write OUT.csv (one row per run) and OUT.json (everything, per-item scores included).
         device: 'auto', 'cpu' or 'cuda'.
         json: Print one JSON object instead of a table.
@@ -109,12 +114,13 @@ def evaluate(
 
     runs = [runs] if isinstance(runs, str) else list(runs)
     tasks = [tasks] if isinstance(tasks, str) else tasks
+    text = [text] if isinstance(text, str) else text
     if runs[:1] == ["compare"]:
         runs = runs[1:]
     if not runs:
         raise ConfigError("unmask eval needs at least one run directory, e.g. unmask eval runs/mdm-E64")
     results = [
-        evaluate_run(r, which, mc_passes, seed, tasks, likelihood, device, delimiter, limit, validation, not json)
+        evaluate_run(r, which, mc_passes, seed, tasks, likelihood, device, delimiter, limit, validation, not json, text)
         for r in runs
     ]
     written = write_outputs(results, out) if out else []
@@ -178,7 +184,7 @@ def sample(
     if metrics:
         from unmask.bench import quality_of
 
-        result["metrics"] = quality_of(gen, run, judge_run or energy_run, device)
+        result["metrics"] = quality_of(gen, judge_run or energy_run, device)
     if json:
         print(jsonlib.dumps(result))
         return result
@@ -299,12 +305,49 @@ def build_parser():
     return parser
 
 
+LIST_OPTIONS = ("--tasks", "--text", "--mask_spans", "--methods", "--ar_epochs", "--mdm_epochs")
+"""Options that take several values: `--tasks a.jsonl b.jsonl` (jsonargparse itself wants a JSON list)."""
+MAX_ERROR_CHARS = 600
+
+
+def gather_lists(argv: list[str]) -> list[str]:
+    """`--tasks a b` → `--tasks ["a", "b"]`; values run up to the next option (put positionals first)."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in LIST_OPTIONS:
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("--"):
+                j += 1
+            values = argv[i + 1 : j]
+            if len(values) == 1 and values[0].lstrip().startswith("["):
+                out += [arg, values[0]]  # already a JSON/YAML list
+            else:
+                out += [arg, jsonlib.dumps(values)]
+            i = j
+        else:
+            out.append(arg)
+            i += 1
+    return out
+
+
+def _error(message: str) -> None:
+    """One bounded line on stderr, whatever the message holds."""
+    line = " ".join(str(message).split())
+    if len(line) > MAX_ERROR_CHARS:
+        line = line[: MAX_ERROR_CHARS - 1] + "…"
+    print(f"unmask: error: {line}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     from jsonargparse import ArgumentError
 
-    from unmask.train import TrainingStopped
+    from unmask.training.signals import TrainingStopped
 
     parser = build_parser()
+    argv = gather_lists(list(sys.argv[1:] if argv is None else argv))
     try:
         cfg = parser.parse_args(argv)
         init = parser.instantiate(cfg)
@@ -315,10 +358,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             COMMANDS[name](**kwargs)
     except ArgumentError as e:
-        print(f"unmask: error: {_explain(' '.join(str(e).split()), parser, argv)}", file=sys.stderr)
+        _error(_explain(" ".join(str(e).split()), parser, argv))
         return 2
     except UnmaskError as e:  # ConfigError: bad input, nothing done (2); TrainingError: the run failed (1)
-        print(f"unmask: error: {e}", file=sys.stderr)
+        _error(str(e))
         return 2 if isinstance(e, ConfigError) else 1
     except TrainingStopped as e:  # SIGTERM/SIGINT honoured with a checkpoint: a clean exit
         print(f"unmask: {e}", file=sys.stderr)
@@ -326,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("unmask: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not bad input: still one line; UNMASK_DEBUG=1 shows the traceback
+        if os.environ.get("UNMASK_DEBUG"):
+            raise
+        _error(f"internal error {type(e).__name__}: {e} (a bug: please report it; UNMASK_DEBUG=1 shows the traceback)")
+        return 1
     return 0
 
 

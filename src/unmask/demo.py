@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing as mp
-import os
-import queue as queue_lib
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,49 +44,10 @@ class DemoConfig:
         check(self.workers >= 0, f"demo.workers={self.workers}: must be >= 0")
 
 
-def _run_one(job: dict, queue) -> dict:
-    import torch
-
-    from unmask.train import train
-
-    torch.set_num_threads(1)  # one core per run: runs in parallel beat threads in one small run
-    name, out = job["name"], Path(job["out"])
-
-    def report(step: int, total: int) -> None:
-        if step % 10 == 0 or step == total:  # one message per 10 steps keeps IPC off the hot path
-            queue.put((name, step, total))
-
-    if out.exists() and not _same_run(out, job):
-        shutil.rmtree(out)  # trained with other settings: start afresh rather than report stale numbers
-    train(
-        job["data"],
-        out,
-        ModelConfig(**job["model"]),
-        TrainConfig(**job["train"]),
-        resume=(out / "config.json").exists(),
-        quiet=True,
-        on_step=report,
-    )
-    return job
-
-
-def _same_run(out: Path, job: dict) -> bool:
-    """Was this run directory trained (or started) with the job's settings?"""
-    if not (out / "config.json").exists():
-        return False
-    saved = json.loads((out / "config.json").read_text())
-    user_model_fields = ("n_layer", "d_model", "n_head", "dropout", "init_std", "rope_base")
-    return (
-        saved["train"] == {**job["train"], "stop_at_step": None}
-        and all(saved["model"][k] == job["model"][k] for k in user_model_fields)
-        and Path(saved["data"]) == Path(job["data"]).resolve()
-    )
-
-
 def demo(cfg: DemoConfig | None = None) -> dict:
     """Run the whole demo; returns the results dict also written to OUT/results.json."""
     from unmask.data.prepare import prepare
-    from unmask.progress import make_progress
+    from unmask.study import Job, run_jobs
 
     cfg = cfg or DemoConfig()
     out = Path(cfg.out)
@@ -98,39 +55,20 @@ def demo(cfg: DemoConfig | None = None) -> dict:
     if not _same_data(data_dir, cfg.data):
         print(f"preparing {cfg.data.unique_tokens:,} unique tokens of the corpus → {data_dir}")
         prepare(cfg.data, data_dir, overwrite=True)
-        for stale in out.glob("*-E*"):  # runs trained on other data
-            shutil.rmtree(stale)
-    jobs = []
-    for objective, epochs in [("ar", e) for e in cfg.ar_epochs] + [("mdm", e) for e in cfg.mdm_epochs]:
-        train_cfg = dataclasses.replace(cfg.train, objective=objective, epochs=epochs)
-        jobs.append(
-            {
-                "name": f"{objective}-E{epochs}",
-                "data": str(data_dir),
-                "out": str(out / f"{objective}-E{epochs}"),
-                "model": to_dict(cfg.model),
-                "train": to_dict(train_cfg),
-                "objective": objective,
-                "epochs": epochs,
-            }
+        for stale in out.glob("*-E*"):  # the demo's runs, trained on other data
+            if (stale / "config.json").is_file():
+                shutil.rmtree(stale)
+    jobs = [
+        Job(
+            f"{objective}-E{epochs}",
+            str(data_dir),
+            str(out / f"{objective}-E{epochs}"),
+            cfg.model,
+            dataclasses.replace(cfg.train, objective=objective, epochs=epochs),
         )
-    jobs.sort(key=lambda j: -j["epochs"])  # longest first: better packing on few cores
-    workers = cfg.workers or os.cpu_count() or 1
-    ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager, make_progress() as progress:
-        queue = manager.Queue()
-        tasks = {j["name"]: progress.add_task(j["name"], total=None, start=False, info="", rate="") for j in jobs}
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = [pool.submit(_run_one, job, queue) for job in jobs]
-            while not all(f.done() for f in futures) or not queue.empty():
-                try:
-                    name, step, total = queue.get(timeout=0.2)
-                except queue_lib.Empty:
-                    continue
-                progress.start_task(tasks[name])  # the clock starts when the run does
-                progress.update(tasks[name], completed=step, total=total)
-            for f in futures:
-                f.result()  # re-raise a worker's error here
+        for objective, epochs in [("ar", e) for e in cfg.ar_epochs] + [("mdm", e) for e in cfg.mdm_epochs]
+    ]
+    run_jobs(jobs, cfg.workers, replace_stale=True)  # the demo's own folder: stale runs are replaced
     results = summarise(jobs, out)
     from unmask.report import plot_demo, print_demo_report
 
@@ -146,25 +84,26 @@ def _same_data(data_dir: Path, data_cfg: DataConfig) -> bool:
     return manifest.exists() and json.loads(manifest.read_text())["config"] == to_dict(data_cfg)
 
 
-def summarise(jobs: list[dict], out: Path) -> dict:
-    """Per run: best validation loss, the epoch where it occurred, and the final loss."""
-    from unmask.train import read_metrics
+def summarise(jobs: list, out: Path) -> dict:
+    """Per run (a study.Job): best validation loss, the epoch where it occurred, and the final loss."""
+    from unmask.run import Run
 
     runs = []
-    for job in sorted(jobs, key=lambda j: (j["objective"], j["epochs"])):
-        evals = [r for r in read_metrics(job["out"]) if "val_loss" in r]
+    for job in sorted(jobs, key=lambda j: (j.train.objective, j.train.epochs)):
+        run = Run(job.out)
+        evals = [r for r in run.metrics() if "val_loss" in r]
         best = min(evals, key=lambda r: r["val_loss"])
-        budget = json.loads(Path(job["out"], "budget.json").read_text())
+        budget = run.budget()
         runs.append(
             {
-                "objective": job["objective"],
-                "epochs": job["epochs"],
-                "run": job["out"],
+                "objective": job.train.objective,
+                "epochs": job.train.epochs,
+                "run": job.out,
                 "tokens_seen": budget["tokens_to_see"],
                 "params": budget["params"],
                 "best_val_loss": best["val_loss"],
                 "best_epoch": best["epoch"],
-                "final_val_loss": evals[-1].get("final_val_loss", evals[-1]["val_loss"]),  # MDM: 32 MC passes
+                "final_val_loss": run.final_result()["loss"],  # MDM: final_mc_passes (32) MC passes
                 "last_val_loss": evals[-1]["val_loss"],  # on the curve's estimator, to compare with best_val_loss
                 "curve": [(r["epoch"], r["val_loss"]) for r in evals],
             }

@@ -18,23 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from unmask.config import ModelConfig, from_dict, to_dict
-
-# name: (n_layer, d_model, n_head). The names of the paper-scale rows are total
-# parameters with the GPT-2 vocabulary padded to 50304 (tested in test_model.py).
-SIZES: dict[str, tuple[int, int, int]] = {
-    "tiny": (2, 64, 4),  # CPU tests
-    "demo": (3, 96, 4),  # 0.43M at vocab 1024: the CPU demo
-    "7M": (3, 128, 4),
-    "14M": (8, 192, 4),
-    "35M": (6, 448, 7),
-    "85M": (10, 640, 10),
-    "170M": (12, 896, 14),
-    "350M": (24, 1024, 16),
-    "700M": (22, 1536, 16),
-    "1.5B": (22, 2304, 18),
-    "2.5B": (30, 2560, 20),
-}
+from unmask.config import SIZES, ConfigError, ModelConfig, from_dict, to_dict  # noqa: F401  (SIZES: re-exported)
 
 
 def mlp_hidden(d_model: int) -> int:
@@ -141,8 +125,8 @@ class Transformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # 0.02 (GPT-2) at every size. Probed at the demo size (d_model 96): a fan-in init (~0.1)
-        # made AR overfit far sooner (best val 5.42 vs 4.38) and left MDM no better.
+        # 0.02 (GPT-2) at every size by default; init_std is a config field because the MDM/AR
+        # verdict at small scale depends on it (see docs/study.md).
         std = self.cfg.init_std
         for name, p in self.named_parameters():
             if p.dim() == 2:
@@ -229,11 +213,32 @@ def save_model(model: Transformer, path: Path) -> None:
         config_path.write_text(json.dumps(to_dict(_unwrap(model).cfg), indent=2))
 
 
+def load_weights(model: Transformer, path: Path) -> None:
+    """Load safetensors weights into `model`; a torn or foreign file is one ConfigError naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise ConfigError(f"{path} is not readable safetensors ({reason}); it is damaged") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise ConfigError(f"{path} does not match the model's config (other shapes or names); it is damaged") from None
+
+
 def load_model(path: Path, device: str | torch.device = "cpu") -> Transformer:
+    """Weights at `path` with the model_config.json beside them, in eval mode."""
     path = Path(path)
-    cfg = from_dict(ModelConfig, {**json.loads((path.parent / "model_config.json").read_text()), "size": None})
+    config_path = path.parent / "model_config.json"
+    try:
+        values = json.loads(config_path.read_text())
+        cfg = from_dict(ModelConfig, {**values, "size": None})
+    except (OSError, json.JSONDecodeError, TypeError) as e:
+        raise ConfigError(f"{config_path} is missing or invalid ({type(e).__name__}); it is damaged") from None
     model = Transformer(cfg)
-    model.load_state_dict(load_file(str(path), device="cpu"))
+    load_weights(model, path)
     return model.to(device).eval()
 
 

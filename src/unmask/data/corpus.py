@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import zlib
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -64,9 +65,21 @@ def _is_hf_dataset(path: Path) -> bool:
 def iter_documents(cfg: DataConfig) -> Iterator[str]:
     """All documents of all inputs, in order; empty documents are skipped."""
     for path in list_sources(cfg.inputs):
-        for doc in _read(path, cfg):
-            if doc.strip():
-                yield doc
+        try:
+            for doc in _read(path, cfg):
+                if doc and not doc.isspace():  # as doc.strip(), without copying a huge document
+                    yield doc
+        # A damaged file fails mid-stream: BadGzipFile/PermissionError are OSErrors, a cut gzip
+        # raises EOFError, corrupt deflate data zlib.error. Each becomes one line naming the file.
+        except (OSError, EOFError, zlib.error) as e:
+            raise ConfigError(
+                f"cannot read input {path}: {one_line(e)}; fix or remove the file (data.inputs)"
+            ) from None
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of an exception's message (library errors can span many lines, or none)."""
+    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def _read(path: Path, cfg: DataConfig) -> Iterator[str]:
@@ -125,8 +138,8 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{lineno} is not valid JSON ({e.msg})") from None
+            except (ValueError, RecursionError) as e:  # also a 5000-digit number or [[[[... nested too deep
+                raise ConfigError(f"{path}:{lineno} is not valid JSON ({getattr(e, 'msg', one_line(e))})") from None
             if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
                 raise ConfigError(f"{path}:{lineno} has no string field {text_field!r}; set data.text_field")
             yield record[text_field]
@@ -134,16 +147,20 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
 
 def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise ConfigError("reading parquet needs the datasets extra: pip install 'unmask[datasets]'") from None
-    file = pq.ParquetFile(path)
-    if text_field not in file.schema_arrow.names:
-        raise ConfigError(
-            f"{path} has no column {text_field!r} (columns: {file.schema_arrow.names}); set data.text_field"
-        )
-    for batch in file.iter_batches(columns=[text_field], batch_size=1024):
-        yield from (t for t in batch.column(0).to_pylist() if t)
+    try:
+        file = pq.ParquetFile(path)
+        if text_field not in file.schema_arrow.names:
+            raise ConfigError(
+                f"{path} has no column {text_field!r} (columns: {file.schema_arrow.names}); set data.text_field"
+            )
+        for batch in file.iter_batches(columns=[text_field], batch_size=1024):
+            yield from (t for t in batch.column(0).to_pylist() if t)
+    except pa.ArrowException as e:  # ArrowInvalid (not parquet, corrupt pages) is a ValueError, not an OSError
+        raise ConfigError(f"cannot read input {path}: {one_line(e)}; fix or remove the file (data.inputs)") from None
 
 
 def _read_hf_dataset(path: Path, text_field: str) -> Iterator[str]:
@@ -153,7 +170,10 @@ def _read_hf_dataset(path: Path, text_field: str) -> Iterator[str]:
         raise ConfigError(
             "reading a saved HF dataset needs the datasets extra: pip install 'unmask[datasets]'"
         ) from None
-    ds = datasets.load_from_disk(str(path))
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # a damaged save raises anything from FileNotFoundError to pyarrow errors
+        raise ConfigError(f"cannot load the saved dataset {path}: {one_line(e)}; save it again") from None
     if isinstance(ds, datasets.DatasetDict):
         ds = ds["train"] if "train" in ds else next(iter(ds.values()))
     if text_field not in ds.column_names:

@@ -7,33 +7,28 @@ consumes exactly n real tokens.
 
 from __future__ import annotations
 
-import json
+import hashlib
 from pathlib import Path
 
 import numpy as np
-import torch
 from tokenizers import Tokenizer
 
 from unmask.config import ConfigError
+from unmask.data.manifest import CHECKED_FILES, REDO, check_size, file_identity, open_tokens, read_manifest
 from unmask.data.tokenizer import load_tokenizer
 
 
 class TokenData:
     def __init__(self, path: str | Path):
+        """Open a prepared folder; a damaged one (manifest, sizes) is refused with one ConfigError line."""
         self.path = Path(path)
-        manifest_path = self.path / "manifest.json"
-        if not manifest_path.is_file():
-            raise ConfigError(f"{self.path} is not a prepared data folder (no manifest.json); run unmask prepare")
-        self.manifest = json.loads(manifest_path.read_text())
+        self.manifest, raw = read_manifest(self.path)
+        self._manifest_sha256 = hashlib.sha256(raw).hexdigest()
         m = self.manifest
         self.seq_len, self.pad_id, self.mask_id, self.eod_id = m["seq_len"], m["pad_id"], m["mask_id"], m["eod_id"]
         self.vocab_size = m["vocab_size"]
-        self.tokens = {
-            split: np.memmap(self.path / f"{split}.bin", dtype=m["dtype"], mode="r")
-            if m[key]
-            else np.zeros(0, m["dtype"])
-            for split, key in (("train", "unique_tokens"), ("val", "val_tokens"))
-        }
+        self._check_recorded_sizes()
+        self.tokens = {split: open_tokens(self.path, m, split) for split in ("train", "val")}
 
     def tokenizer(self) -> Tokenizer:
         return load_tokenizer(self.path / "tokenizer.json")
@@ -48,9 +43,73 @@ class TokenData:
         """A fresh shuffle of the training sequences for each epoch, fixed by (seed, epoch)."""
         return np.random.default_rng([seed, epoch]).permutation(self.n_sequences("train"))
 
-    def batch(self, split: str, indices: np.ndarray) -> torch.Tensor:
+    def split(self, split: str) -> Sequences:
+        """The `train` or `val` tokens as fixed-length sequences."""
+        return Sequences(self.tokens[split], self.seq_len, self.pad_id)
+
+    def batch(self, split: str, indices: np.ndarray):
         """Sequences `indices` of `split` as a (B, T) int64 tensor, padded with pad_id."""
-        tokens, T = self.tokens[split], self.seq_len
+        return self.split(split).batch(indices)
+
+    def identity(self) -> dict:
+        """What this data is, for a run to record and compare on resume: the SHA-256 of the
+        manifest as loaded, and the size and SHA-256 of each file now on disk."""
+        files = {name: self._file_identity(name) for name in CHECKED_FILES if (self.path / name).is_file()}
+        return {"manifest_sha256": self._manifest_sha256, "files": files}
+
+    def verify(self) -> None:
+        """Check the files against the sizes and SHA-256s prepare recorded (sizes only for a manifest
+        from before checksums were recorded) and every token against vocab_size; raise ConfigError
+        naming the file."""
+        self._check_recorded_sizes()
+        for split in ("train", "val"):
+            open_tokens(self.path, self.manifest, split)  # sizes against the token counts
+        for name, recorded in self.manifest.get("files", {}).items():
+            if self._file_identity(name)["sha256"] != recorded["sha256"]:
+                raise ConfigError(f"{self.path / name} does not match the SHA-256 in manifest.json: it changed; {REDO}")
+        block = 1 << 24  # tokens per check: flat memory on any size
+        for split, tokens in self.tokens.items():
+            for start in range(0, len(tokens), block):
+                chunk = tokens[start : start + block]
+                if len(chunk) and int(chunk.max()) >= self.vocab_size:
+                    at = start + int(np.argmax(chunk >= self.vocab_size))
+                    raise ConfigError(
+                        f"{self.path / split}.bin: token {int(tokens[at])} at position {at} is outside "
+                        f"the vocabulary (vocab_size={self.vocab_size}); {REDO}"
+                    )
+
+    def _check_recorded_sizes(self) -> None:
+        for name, recorded in self.manifest.get("files", {}).items():
+            check_size(self.path / name, recorded["bytes"])
+
+    def _file_identity(self, name: str) -> dict:
+        try:
+            return file_identity(self.path / name)
+        except OSError as e:
+            raise ConfigError(f"cannot read {self.path / name} ({e.strerror}); {REDO}") from None
+
+
+class Sequences:
+    """A flat token array read as fixed-length sequences, the last one padded with pad_id.
+
+    The one chunking rule of the package: prepared splits (TokenData.split) and text tokenised
+    at evaluation time (`unmask eval --text`) both go through it.
+    """
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, pad_id: int):
+        self.tokens, self.seq_len, self.pad_id = tokens, seq_len, pad_id
+
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    def n_sequences(self) -> int:
+        return -(-len(self.tokens) // self.seq_len)
+
+    def batch(self, indices: np.ndarray):
+        """Sequences `indices` as a (B, T) int64 tensor, padded with pad_id."""
+        import torch  # lazily: preparing data never needs torch
+
+        tokens, T = self.tokens, self.seq_len
         out = np.full((len(indices), T), self.pad_id, dtype=np.int64)
         n_full = len(tokens) // T
         full = indices < n_full

@@ -8,6 +8,10 @@ validation likewise until `val_tokens`. The two are disjoint by construction.
 Shards are flat memory-mapped token arrays; chunking into `seq_len` sequences
 happens on read (dataset.py). Everything is written to a temporary folder that
 is renamed into place only when complete.
+
+Memory stays flat on any input: a long document is encoded in pieces of at most
+PIECE_CHARS characters, and reading stops once both budgets are full. The output
+folder is only ever replaced if prepare itself wrote it (`_check_out`).
 """
 
 from __future__ import annotations
@@ -16,19 +20,28 @@ import hashlib
 import json
 import os
 import shutil
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from unmask import __version__
-from unmask.config import ConfigError, DataConfig, to_dict
+from unmask.config import ConfigError, DataConfig, check, to_dict
 from unmask.data.corpus import iter_documents, list_sources
+from unmask.data.manifest import CHECKED_FILES, MAX_SEQ_LEN, PREPARED_FILES, file_identity, looks_prepared
 from unmask.data.tokenizer import load_tokenizer, model_vocab_size, special_ids, train_bpe
 from unmask.progress import progress_bar
 
-ENCODE_BATCH_CHARS = 4_000_000  # documents per encode_batch call: enough to keep all cores busy
+# Tokenizer memory is ~135 bytes per character encoded at once, so both limits below bound the peak.
+# A document up to PIECE_CHARS is one piece, encoded exactly as a whole (the embedded corpus's
+# chapters are < 0.1 MB): splitting only ever touches documents no real corpus has many of.
+PIECE_CHARS = 1_000_000
+ENCODE_BATCH_CHARS = 2_000_000  # characters per encode_batch call: enough to keep all cores busy
+CHARS_PER_TOKEN = 16  # generous: a batch reads and encodes little past what the budgets still need
 
 
 def assign_splits(docs: Iterator[str], val_fraction: float, seed: int) -> Iterator[tuple[bool, str]]:
@@ -36,6 +49,29 @@ def assign_splits(docs: Iterator[str], val_fraction: float, seed: int) -> Iterat
     rng = np.random.default_rng(seed)
     for doc in docs:
         yield bool(rng.random() < val_fraction), doc
+
+
+def split_pieces(doc: str, limit: int = PIECE_CHARS) -> Iterator[str]:
+    """`doc` in pieces of at most `limit` characters; a document within the limit is one piece.
+
+    Each cut falls just before the last whitespace in reach: the byte-level pre-tokenizer
+    attaches a space to the word after it, so the pieces split into the same words as the whole.
+    """
+    start = 0
+    while len(doc) - start > limit:
+        window = doc[start : start + limit]
+        cut = max(window.rfind(c) for c in " \n\t")
+        cut = cut if cut > 0 else limit  # no whitespace in reach: cut anywhere
+        yield window[:cut]
+        start += cut
+    yield doc[start:] if start else doc
+
+
+class Piece(NamedTuple):
+    is_val: bool
+    text: str
+    first: bool  # the document's first piece (counts the document)
+    last: bool  # the document's last piece (the end-of-document token follows)
 
 
 class TokenWriter:
@@ -58,12 +94,31 @@ class TokenWriter:
         self.file.close()
 
 
-def _batches(pairs: Iterator[tuple[bool, str]]) -> Iterator[list[tuple[bool, str]]]:
+def _pieces(pairs: Iterator[tuple[bool, str]], docs_hash, counts: dict) -> Iterator[Piece]:
+    """Every document as pieces, in reading order; hashes and counts what was read."""
+    for is_val, doc in pairs:
+        counts["read"] += 1
+        pos = 0
+        for text in split_pieces(doc):
+            docs_hash.update(text.encode("utf-8"))  # pieces concatenate to the document: same hash
+            yield Piece(is_val, text, pos == 0, pos + len(text) == len(doc))
+            pos += len(text)
+
+
+def _batches(pieces: Iterator[Piece], writers: dict[bool, TokenWriter]) -> Iterator[list[Piece]]:
+    """Pieces to encode, batched; those of an already full split are read but never encoded.
+
+    A batch holds about as many characters as the budgets still need, so encoding stops soon
+    after they are full, even in the middle of a huge document.
+    """
     batch, chars = [], 0
-    for pair in pairs:
-        batch.append(pair)
-        chars += len(pair[1])
-        if chars >= ENCODE_BATCH_CHARS:
+    for piece in pieces:
+        if writers[piece.is_val].full:
+            continue
+        batch.append(piece)
+        chars += len(piece.text)
+        need = sum(w.limit - w.n for w in writers.values())
+        if chars >= min(ENCODE_BATCH_CHARS, CHARS_PER_TOKEN * need):
             yield batch
             batch, chars = [], 0
     if batch:
@@ -71,36 +126,105 @@ def _batches(pairs: Iterator[tuple[bool, str]]) -> Iterator[list[tuple[bool, str
 
 
 def _tokenizer_texts(cfg: DataConfig) -> Iterator[str]:
-    """Training-split documents up to `tokenizer_train_bytes` (validation never seen)."""
+    """Training-split documents, in pieces, up to `tokenizer_train_bytes` (validation never seen)."""
     budget = cfg.tokenizer_train_bytes
     for is_val, doc in assign_splits(iter_documents(cfg), cfg.val_fraction, cfg.seed):
         if budget <= 0:
             return
-        if not is_val:
-            budget -= len(doc.encode("utf-8"))
-            yield doc
+        if is_val:
+            continue
+        for piece in split_pieces(doc):
+            if budget <= 0:
+                return
+            budget -= len(piece.encode("utf-8"))
+            yield piece
 
 
 def prepare(cfg: DataConfig, out: str | Path, overwrite: bool = False, quiet: bool = False) -> Path:
-    """Write tokenizer.json, train.bin, val.bin and manifest.json to `out`; returns `out`."""
+    """Write tokenizer.json, train.bin, val.bin and manifest.json to `out`; returns `out`.
+
+    `out` must be new, empty, or (with `overwrite`) a folder prepare itself wrote: nothing
+    else is ever deleted. The new folder is built beside it and swapped in whole.
+    """
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ConfigError(f"output {out} already exists; pass --overwrite true or choose another --out")
+    # TokenData refuses a longer seq_len as damage: never write one (until DataConfig checks it).
+    check(cfg.seq_len <= MAX_SEQ_LEN, f"data.seq_len={cfg.seq_len}: must be <= {MAX_SEQ_LEN}")
+    target = _check_out(out, overwrite)
     sources = list_sources(cfg.inputs)  # fail on a missing input before any work
     if not next(iter_documents(cfg), None):
         raise ConfigError(f"the corpus is empty: no non-blank document in {[str(s) for s in sources]}")
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as e:
+        raise ConfigError(f"cannot create output {out} ({e.strerror}); choose another --out") from None
     try:
         manifest = _write_shards(cfg, sources, tmp, quiet)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.replace(out)
+        _swap_in(tmp, target)
+    except OSError as e:  # disk full, folder removed underneath us, ...
+        raise ConfigError(f"writing {out} failed ({e.strerror}); nothing was replaced: free space and retry") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder; gone once swapped in
     return out
+
+
+def _check_out(out: Path, overwrite: bool) -> Path:
+    """The resolved output folder, once prepare may write it; otherwise one ConfigError line.
+
+    Refused always: a folder holding the current one (., .., /), the home folder, a run, and a
+    non-empty folder prepare did not write. A prepared folder is replaced only with `overwrite`.
+    """
+    try:
+        target, cwd = out.resolve(), Path.cwd().resolve()
+        home = Path(os.path.expanduser("~")).resolve()
+        if target == cwd or target in cwd.parents or target == home:
+            raise ConfigError(
+                f"--out {out} is {target}, the current folder, one above it or the home folder; "
+                f"prepare writes its own folder: choose e.g. --out data/NAME"
+            )
+        if not target.exists():
+            return target
+        if not target.is_dir():
+            raise ConfigError(f"output {out} is a file, not a folder; choose another --out")
+        if not any(target.iterdir()):
+            return target
+        markers = ("checkpoints", "metrics.jsonl", "model.safetensors")
+        if (target / "config.json").exists() and (
+            any((target / m).exists() for m in markers) or any(target.glob("*.safetensors"))
+        ):
+            raise ConfigError(f"output {out} is a training run; prepare never replaces one: choose another --out")
+        if not looks_prepared(target):
+            raise ConfigError(
+                f"output {out} is not empty and holds more than prepared data (tokenizer.json, train.bin, "
+                f"val.bin, manifest.json); prepare never replaces it: choose another --out"
+            )
+    except OSError as e:
+        raise ConfigError(f"cannot inspect output {out} ({e.strerror}); choose another --out") from None
+    if not overwrite:
+        raise ConfigError(f"output {out} already exists; pass --overwrite true or choose another --out")
+    return target
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Rename `new` to `target`. An old folder is first moved aside and deleted only once the new
+    one is in place, so a failure at any point leaves complete data at `target`."""
+    if not target.exists():
+        new.rename(target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    target.replace(aside)  # onto our empty folder: an atomic rename
+    try:
+        new.rename(target)
+    except OSError:
+        aside.replace(target)  # put the old data back
+        raise
+    for name in PREPARED_FILES:  # _check_out saw nothing else in it
+        (aside / name).unlink(missing_ok=True)
+    try:
+        aside.rmdir()
+    except OSError:  # something appeared there meanwhile: not ours to delete
+        print(f"note: left {aside}: it holds files prepare did not write", file=sys.stderr)
 
 
 def _write_shards(cfg: DataConfig, sources: list[Path], tmp: Path, quiet: bool) -> dict:
@@ -111,30 +235,30 @@ def _write_shards(cfg: DataConfig, sources: list[Path], tmp: Path, quiet: bool) 
     dtype = np.dtype(np.uint16 if vocab <= 2**16 else np.uint32)
     train = TokenWriter(tmp / "train.bin", cfg.unique_tokens, dtype)
     val = TokenWriter(tmp / "val.bin", cfg.val_tokens, dtype)
+    writers = {False: train, True: val}
     counts = {"train": 0, "val": 0, "read": 0}
     truncated = False
     docs_hash = hashlib.sha256()
     start = time.perf_counter()
     n_encoded = 0
-    pairs = assign_splits(iter_documents(cfg), cfg.val_fraction, cfg.seed)
+    pieces = _pieces(assign_splits(iter_documents(cfg), cfg.val_fraction, cfg.seed), docs_hash, counts)
     with progress_bar("tokenising", total=cfg.unique_tokens + cfg.val_tokens, disable=quiet) as bar:
-        for batch in _batches(pairs):
-            encodings = tok.encode_batch_fast([doc for _, doc in batch])  # parallel over all cores, in Rust
-            for (is_val, doc), enc in zip(batch, encodings, strict=True):
-                writer = val if is_val else train
-                counts["read"] += 1
-                docs_hash.update(doc.encode("utf-8"))
-                n_encoded += len(enc.ids) + 1
+        for batch in _batches(pieces, writers):
+            encodings = tok.encode_batch_fast([p.text for p in batch])  # parallel over all cores, in Rust
+            for piece, enc in zip(batch, encodings, strict=True):
+                piece_ids = enc.ids + [ids.eod_id] if piece.last else enc.ids
+                n_encoded += len(piece_ids)
+                writer = writers[piece.is_val]
                 if writer.full:
                     continue
-                doc_ids = enc.ids + [ids.eod_id]
-                n = writer.write(doc_ids)
-                if not is_val:
-                    truncated = n < len(doc_ids)
-                counts["val" if is_val else "train"] += 1
+                n = writer.write(piece_ids)
+                if not piece.is_val:  # cut inside this piece, or the budget ended before the next one
+                    truncated = n < len(piece_ids) or (writer.full and not piece.last)
+                if piece.first:
+                    counts["val" if piece.is_val else "train"] += 1
                 bar.advance(n)
             if train.full and val.full:
-                break
+                break  # stop reading: nothing more can be used
     seconds = time.perf_counter() - start
     train.close()
     val.close()
@@ -164,6 +288,7 @@ def _write_shards(cfg: DataConfig, sources: list[Path], tmp: Path, quiet: bool) 
         "documents_sha256": docs_hash.hexdigest(),
         "inputs": [{"path": str(s), "bytes": _size(s)} for s in sources],
         "encode_tokens_per_s": round(n_encoded / max(seconds, 1e-9)),
+        "files": {name: file_identity(tmp / name) for name in CHECKED_FILES},  # data identity for runs
         "config": to_dict(cfg),
         "unmask_version": __version__,
     }

@@ -44,12 +44,15 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load a tokenizer.json, adding mask (and pad / end-of-document) tokens it lacks."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"tokenizer {path} does not exist; pass a tokenizer.json (data.tokenizer)")
+    if not path.is_file():
+        raise ConfigError(f"tokenizer {path} is not a file; pass a tokenizer.json (data.tokenizer)")
     try:
         tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # the Rust error text is long; keep its first line
-        raise ConfigError(f"{path} is not a valid tokenizer.json: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # the Rust error text is long (or empty); keep its first line
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"{path} is not a valid tokenizer.json: {reason}") from None
     vocab = tok.get_vocab()
     missing = [t for t in (MASK, PAD) if t not in vocab]
     if not any(t in vocab for t in EOD_ALIASES):

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from unmask.checkpoint import warn
 from unmask.config import ConfigError
 from unmask.evaluation.config import LikelihoodConfig
 
@@ -29,47 +30,44 @@ def evaluate_run(
     limit: int | None = None,
     validation: bool = True,
     progress: bool = True,
+    text: list[str] | None = None,
 ) -> dict[str, Any]:
-    """All metrics of one run as one JSON-able dict (validation fields at the top level)."""
-    from unmask.checkpoint import load_run, read_run_config, run_configs
-    from unmask.data.dataset import TokenData
-    from unmask.evaluation.likelihood import validation_loss
+    """All metrics of one run as one JSON-able dict (validation fields at the top level).
+
+    Validation runs on `text` files when given, else on the run's data folder; when that folder is
+    gone and tasks are given, validation is skipped with a note (a run copied alone still scores tasks).
+    """
+    from unmask.evaluation.likelihood import run_validation
     from unmask.evaluation.zeroshot import evaluate_tasks
-    from unmask.objectives import run_orderings
-    from unmask.train import resolve_device
+    from unmask.run import Run
+    from unmask.runtime import resolve_device
 
     if mc_passes is not None and mc_passes < 1:
         raise ConfigError(f"--mc_passes {mc_passes}: must be >= 1 (or null for the run's training setting)")
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit {limit}: must be >= 1 (or null for every item)")
     dev = resolve_device(device)
-    config = read_run_config(run)
-    _, cfg = run_configs(config)
+    opened = Run(run)
+    cfg = opened.train_config
     result: dict[str, Any] = {"run": run, "which": which, "objective": cfg.objective, "epochs": cfg.epochs}
-    if validation:
-        model, _ = load_run(run, which, dev)
-        data = TokenData(config["data"])
-        val = validation_loss(
-            model,
-            data,
-            cfg.objective,
-            mc_passes or cfg.eval_mc_passes,
-            seed,
-            cfg.eval_batch_size,
-            run_orderings(cfg, data.seq_len),
-            cfg.mdm_eps,
-        )
+    data_gone = opened.data_path is None or not opened.data_path.is_dir()
+    if validation and data_gone and tasks and not text:
+        warn(f"{run}: validation skipped, its data folder {opened.data_path} is gone (pass --text FILE to score text)")
+    elif validation or text:
+        model = opened.load_model(which, dev)
+        val, source = run_validation(opened, model, mc_passes, seed, text)
         result.update(val.to_dict())
+        result["validation_source"] = source
         del model
     if tasks:
         lk = likelihood or LikelihoodConfig()
-        mdm = cfg.objective == "mdm"
+        exact = opened.objective.exact
         result["likelihood"] = {
-            "estimator": lk.estimator if mdm else "exact",
-            "mc_samples": lk.mc_samples if mdm else None,
-            "cfg_scale": lk.cfg_scale if mdm else 0.0,
+            "estimator": "exact" if exact else lk.estimator,
+            "mc_samples": None if exact else lk.mc_samples,
+            "cfg_scale": 0.0 if exact else lk.cfg_scale,
         }
-        result["tasks"] = evaluate_tasks(run, tasks, which, lk, dev, delimiter, limit, progress)
+        result["tasks"] = evaluate_tasks(opened, tasks, which, lk, dev, delimiter, limit, progress)
     return result
 
 
@@ -124,6 +122,7 @@ def table_rows(results: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
     if any("loss" in r for r in results):
         rows += [
             ("validation metric", cells(lambda r: r.get("kind", "—"))),
+            ("measured on", cells(lambda r: r.get("validation_source", "—"))),
             ("loss (nats/token)", cells(val)),
             ("bits per byte", cells(lambda r: f"{r['bits_per_byte']:.4f}" if r.get("bits_per_byte") else "—")),
             ("tokens", cells(lambda r: f"{r['n_tokens']:,}" if "n_tokens" in r else "—")),
@@ -161,8 +160,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     title = "evaluation of " + (results[0]["run"] if len(results) == 1 else f"{len(results)} runs")
-    mdm = any(r["objective"] == "mdm" for r in results)
-    caption = "MDM losses are ELBOs: upper bounds on the NLL (fixed-seed MC passes)" if mdm else None
+    bound = any(r.get("stderr") is not None for r in results)
+    caption = "ELBO losses (MDM) are upper bounds on the NLL (fixed-seed MC passes)" if bound else None
     table = Table(title=title, caption=caption)
     table.add_column("metric")
     for r in results:

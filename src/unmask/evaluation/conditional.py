@@ -42,6 +42,9 @@ import torch.nn.functional as F
 
 from unmask.config import ConfigError
 from unmask.evaluation.config import LikelihoodConfig
+from unmask.objectives import Objective, get_objective
+from unmask.objectives.ar import ar_token_nll, left_to_right
+from unmask.objectives.mdm import guided_logits
 
 
 @dataclass
@@ -83,19 +86,17 @@ class ConditionalScorer:
     def __init__(
         self,
         model: torch.nn.Module,
-        objective: str,
+        objective: Objective | str,
         mask_id: int,
         pad_id: int,
         config: LikelihoodConfig | None = None,
     ):
+        objective = get_objective(objective) if isinstance(objective, str) else objective
         self.model, self.objective, self.mask_id, self.pad_id = model.eval(), objective, mask_id, pad_id
         self.config = config or LikelihoodConfig()
         self.device = next(model.parameters()).device
-        seq_len = model.cfg.seq_len
-        # AR reads at most seq_len tokens (so seq_len + 1 in all); ar_orderings' query positions must stay in the
-        # RoPE table; MDM reads the whole sequence.
-        self.max_len = {"ar": seq_len + 1}.get(objective, seq_len)
-        if objective != "mdm" and self.config.cfg_scale != 0:
+        self.max_len = objective.context_limit(model.cfg.seq_len)
+        if objective.exact and self.config.cfg_scale != 0:
             raise ConfigError(f"cfg_scale={self.config.cfg_scale}: guidance applies to MDM runs only; use 0")
 
     def fit(self, context: Sequence[int], continuation: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -127,7 +128,7 @@ class ConditionalScorer:
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))  # longest first
         scores: list[Score | None] = [None] * len(pairs)
         est = self.config.estimator
-        if self.objective != "mdm":
+        if self.objective.exact:
             self._score_ar(pairs, order, scores, advance)
         elif est == "chain_confidence":
             self._score_chain_confidence(pairs, order, scores, advance)
@@ -157,19 +158,12 @@ class ConditionalScorer:
                 x[r, :n] = torch.tensor(ctx + ans)
                 scored[r, len(ctx) - 1 : n - 1] = True
             x, scored = x.to(self.device), scored.to(self.device)
-            inp, tgt = x[:, :-1], x[:, 1:]
-            kwargs = {}
-            if self.objective == "ar_orderings":  # read left to right: queries carry the next position
-                pos = torch.arange(T, device=self.device).expand(len(chunk), -1)
-                kwargs = {"pos": pos, "query_pos": pos + 1}
             # Right padding needs no key mask under causal attention: real positions never see it.
-            logits = self.model(inp, output_mask=scored, **kwargs).float()  # (M, V)
-            logp = logits.log_softmax(-1)
-            target = tgt[scored]
-            tok_lp = logp.gather(1, target[:, None]).squeeze(1)
+            nll, logits = ar_token_nll(self.model, x, scored, **left_to_right(x, self.objective.query_is_target))
+            target = x[:, 1:][scored]
             hit = (logits.argmax(-1) == target).float()
             row = scored.nonzero()[:, 0]
-            lp = torch.zeros(len(chunk), dtype=torch.float64, device=self.device).index_add_(0, row, tok_lp.double())
+            lp = torch.zeros(len(chunk), dtype=torch.float64, device=self.device).index_add_(0, row, -nll.double())
             miss = torch.zeros(len(chunk), device=self.device).index_add_(0, row, 1 - hit)
             for r, j in enumerate(chunk):
                 scores[j] = Score(float(lp[r]), bool(miss[r] == 0), None, 1)
@@ -285,13 +279,7 @@ class ConditionalScorer:
         w = self.config.cfg_scale
         if w:
             uncond = x_t.masked_fill(prompt.to(self.device), self.mask_id)
-            both = self.model(
-                torch.cat([x_t, uncond]),
-                key_padding_mask=None if kpm is None else torch.cat([kpm, kpm]),
-                output_mask=torch.cat([out_mask, out_mask]),
-            ).float()
-            c, u = both.chunk(2)
-            logits = u + (w + 1) * (c - u)
+            logits = guided_logits(self.model, x_t, uncond, out_mask, w, key_padding_mask=kpm)
         else:
             logits = self.model(x_t, key_padding_mask=kpm, output_mask=out_mask).float()
         logits[:, self.mask_id] = float("-inf")  # the clean data never contains the mask token

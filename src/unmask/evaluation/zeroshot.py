@@ -38,8 +38,12 @@ def read_items(path: str | Path) -> list[MCItem]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--tasks {path} does not exist; pass JSONL files with context, choices, label")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--tasks {path} is not UTF-8 (bad byte at offset {e.start}); convert it") from None
     items = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
@@ -53,6 +57,10 @@ def read_items(path: str | Path) -> list[MCItem]:
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
             raise ConfigError(f"{where} needs 'choices': a list of at least two non-empty strings")
         label, gold = rec.get("label"), rec.get("gold_text")
+        if label is not None and (
+            not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(choices)
+        ):
+            raise ConfigError(f"{where}: 'label' must be an index into choices (0..{len(choices) - 1}), got {label!r}")
         if gold is not None:
             if gold not in choices:
                 raise ConfigError(f"{where}: 'gold_text' {gold!r} is not one of the choices")
@@ -113,22 +121,19 @@ def score_items(
 
 
 def load_scorer(
-    run: str | Path, which: str = "best", device: str = "cpu", config: LikelihoodConfig | None = None
-) -> tuple[ConditionalScorer, Any, int, str]:
-    """(scorer, tokenizer, end-of-document id, objective) for a run directory (its own tokenizer.json)."""
-    from unmask.checkpoint import load_run, run_configs
-    from unmask.data.tokenizer import load_tokenizer, special_ids
+    run, which: str = "best", device: str = "cpu", config: LikelihoodConfig | None = None
+) -> tuple[ConditionalScorer, Any, int, Any]:
+    """(scorer, tokenizer, end-of-document id, objective record) for a run (a directory or an opened Run)."""
+    from unmask.run import Run
 
-    model, config_dict = load_run(run, which, device)
-    _, train_cfg = run_configs(config_dict)
-    tok = load_tokenizer(Path(run) / "tokenizer.json")
-    ids = special_ids(tok)
-    scorer = ConditionalScorer(model, train_cfg.objective, ids.mask_id, ids.pad_id, config)
-    return scorer, tok, ids.eod_id, train_cfg.objective
+    opened = run if isinstance(run, Run) else Run(run)
+    ids = opened.special_ids
+    scorer = ConditionalScorer(opened.load_model(which, device), opened.objective, ids.mask_id, ids.pad_id, config)
+    return scorer, opened.tokenizer(), ids.eod_id, opened.objective
 
 
 def evaluate_tasks(
-    run: str | Path,
+    run,
     tasks: list[str],
     which: str = "best",
     config: LikelihoodConfig | None = None,
@@ -137,7 +142,7 @@ def evaluate_tasks(
     limit: int | None = None,
     progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """{task name (file stem): scores} for each JSONL file, on one run."""
+    """{task name (file stem): scores} for each JSONL file, on one run (a directory or an opened Run)."""
     scorer, tok, eod_id, _ = load_scorer(run, which, device, config)
     results = {}
     for path in tasks:

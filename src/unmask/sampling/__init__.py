@@ -12,8 +12,6 @@ from unmask._lazy import lazy_exports
 EXPORTS = {
     "SampleOutput": "unmask.sampling.mdm",
     "SamplerConfig": "unmask.sampling.config",
-    "generate_ar": "unmask.sampling.ar",
-    "generate_mdm": "unmask.sampling.mdm",
     "left_pad": "unmask.sampling.ar",
     "sample_ar": "unmask.sampling.ar",
     "sample_categorical": "unmask.sampling.gumbel",

@@ -141,28 +141,3 @@ def sample_ar(
 def _extend(past: list[tuple[torch.Tensor, torch.Tensor]], new: list[tuple[torch.Tensor, torch.Tensor]]):
     """Per layer, the cached (k, v) followed by the new tokens' (k, v) along the sequence (dim 2)."""
     return [(torch.cat([k, nk], 2), torch.cat([v, nv], 2)) for (k, v), (nk, nv) in zip(past, new, strict=True)]
-
-
-def generate_ar(
-    model: torch.nn.Module,
-    prompt: torch.Tensor,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    eod_id: int | None = None,
-    banned_ids: Sequence[int] = (),
-    generator: torch.Generator | None = None,
-    query_is_target: bool = False,
-    **options,
-) -> torch.Tensor:
-    """The tokens (B, P + max_new_tokens) of `sample_ar` (same arguments; options: top_k, top_p, use_cache, ...)."""
-    return sample_ar(
-        model,
-        prompt,
-        max_new_tokens,
-        temperature,
-        eod_id=eod_id,
-        banned_ids=banned_ids,
-        generator=generator,
-        query_is_target=query_is_target,
-        **options,
-    ).tokens

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from unmask.config import ConfigError, check
+from unmask.config import check
+from unmask.objectives.ar import ar_token_nll, left_to_right
+from unmask.objectives.mdm import guided_logits
 from unmask.sampling.config import SamplerConfig
 from unmask.sampling.gumbel import sample_categorical
 
@@ -86,10 +88,10 @@ def conv_scores(unmasked: torch.Tensor, kernel: int, g: str, scale: float) -> to
 
 
 @torch.no_grad()
-def ar_log_likelihood(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def ar_log_likelihood(model: torch.nn.Module, x: torch.Tensor, query_is_target: bool = False) -> torch.Tensor:
     """log p_AR(x) (B,) in float64: the sum of next-token log-probabilities of x[:, 1:]."""
-    logp = model(x[:, :-1]).double().log_softmax(-1)  # (B, T-1, V)
-    return logp.gather(-1, x[:, 1:, None]).squeeze(-1).sum(-1)
+    nll, _ = ar_token_nll(model, x, dtype=torch.float64, **left_to_right(x, query_is_target))  # (B, T-1)
+    return -nll.sum(-1)
 
 
 def edlm_resample(
@@ -124,10 +126,10 @@ class _Denoiser:
         self.real = real  # (B, T) True for every non-padding position, or None
         self.pos = None if real is None else (real.long().cumsum(1) - 1).clamp_min(0)
 
-    def _kw(self, a: int = 0, b: int | None = None, copies: int = 1) -> dict:
+    def _kw(self, a: int = 0, b: int | None = None) -> dict:
         if self.real is None:
             return {}
-        real, pos = self.real.repeat(copies, 1), self.pos.repeat(copies, 1)
+        real, pos = self.real, self.pos
         if b is None:
             return {"pos": pos, "key_padding_mask": real}
         return {"pos": pos[:, a:b], "key_padding_mask": torch.cat([real[:, :a], real[:, b:], real[:, a:b]], 1)}
@@ -141,11 +143,8 @@ class _Denoiser:
         self.out.forward_passes += 1
         if self.cfg.cfg_scale > 0:
             uncond = x.masked_fill(self.fixed, self.mask_id)  # the prompt (every fixed token) replaced by masks
-            both = self.model(torch.cat([x, uncond]), output_mask=torch.cat([cand, cand]), **self._kw(copies=2))
-            both = both.float()  # (2M, V)
+            logits = guided_logits(self.model, x, uncond, cand, self.cfg.cfg_scale, **self._kw())
             self.out.forward_passes += 1
-            c, u = both.chunk(2)
-            logits = u + (1 + self.cfg.cfg_scale) * (c - u)
         elif self.cfg.cache == "none":
             logits = self.model(x, output_mask=cand, **self._kw()).float()
         elif self.past is None:  # a block's first step: full pass, keep the keys outside the window
@@ -289,21 +288,3 @@ def _edlm_x0(x, cand, logits, cfg: SamplerConfig, generator, energy_model, out) 
     out.energy_passes += 1
     chosen, _ = edlm_resample(candidates, log_q, log_p_ar, cfg.edlm_temperature, generator)
     return chosen
-
-
-@torch.no_grad()
-def generate_mdm(
-    model: torch.nn.Module,
-    prompt: torch.Tensor,
-    gen_len: int,
-    steps: int,
-    mask_id: int,
-    temperature: float = 0.0,
-    banned_ids: tuple[int, ...] = (),
-    generator: torch.Generator | None = None,
-) -> SampleOutput:
-    """Low-confidence decoding (LLaDA) of gen_len tokens after prompts (B, P) in `steps` steps."""
-    if not 1 <= steps <= gen_len:
-        raise ConfigError(f"steps={steps} must be in [1, gen_len={gen_len}]")
-    cfg = SamplerConfig(method="low_confidence", steps=steps, temperature=temperature)
-    return sample_mdm(model, prompt, gen_len, mask_id, cfg, banned_ids, generator)

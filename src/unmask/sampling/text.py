@@ -22,6 +22,8 @@ from unmask.sampling.mdm import SampleOutput
 
 BLANK = re.compile(r"_{4,}")
 AR_OPTIONS = {"temperature", "top_k", "top_p"}  # the SamplerConfig fields that apply to AR runs
+MAX_SAMPLES = 4096  # bounds that keep a typo from allocating the machine away
+MAX_LENGTH = 1_000_000
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Generation:
     seconds: float
     """Wall time of the sampler call alone (model loading excluded)."""
     objective: str
+    eod_id: int
 
 
 def encode_prompt(tok, prompt: str, mask_id: int, eod_id: int, blank_length: int, mask_spans: list[str]) -> list[int]:
@@ -56,14 +59,17 @@ def encode_prompt(tok, prompt: str, mask_id: int, eod_id: int, blank_length: int
 
 
 def load_energy(run: str | Path, vocab_size: int, device) -> torch.nn.Module:
-    """The AR model of an energy / judge run, checked to share the sampler's tokenizer."""
-    from unmask.checkpoint import load_run, run_configs
+    """The model of an energy / judge run: read left to right (AR decoder, plain queries), same vocabulary."""
+    from unmask.run import Run
 
-    model, config = load_run(run, "best", device)
-    mcfg, tcfg = run_configs(config)
-    check(tcfg.objective == "ar", f"energy run {run}: objective {tcfg.objective}, an AR run (objective ar) is needed")
-    check(mcfg.vocab_size == vocab_size, f"energy run {run}: vocabulary {mcfg.vocab_size} != {vocab_size}")
-    return model
+    energy = Run(run)
+    check(
+        energy.objective.decoder == "ar" and not energy.objective.query_is_target,
+        f"energy run {run}: objective {energy.objective.name} is not plain left-to-right AR; an 'ar' run is needed",
+    )
+    vocab = energy.model_config.vocab_size
+    check(vocab == vocab_size, f"energy run {run}: vocabulary {vocab} != {vocab_size}")
+    return energy.load_model("best", device)
 
 
 def decode(
@@ -80,30 +86,39 @@ def decode(
     mask_spans: list[str] | None = None,
     trace: str | Path | None = None,
 ) -> Generation:
-    """n samples from a run: AR runs decode left to right (stopping at end-of-document), MDM runs use `sampler`."""
-    from unmask.checkpoint import load_run, run_configs
-    from unmask.data.dataset import TokenData
+    """n samples from a run with the decoder of its objective: left to right (stopping at end-of-document),
+    or any MDM sampler of `sampler`. Needs only the run directory (its own tokenizer and special ids)."""
+    from unmask.run import Run
+    from unmask.runtime import resolve_device
     from unmask.sampling.ar import sample_ar
     from unmask.sampling.mdm import sample_mdm
-    from unmask.train import resolve_device
 
     sampler = sampler or SamplerConfig()
-    check(n >= 1, f"n={n}: must be >= 1")
+    check(1 <= n <= MAX_SAMPLES, f"n={n}: must be in [1, {MAX_SAMPLES}]")
     check(length >= 0, f"length={length}: must be >= 0")
-    check(blank_length >= 1, f"blank_length={blank_length}: must be >= 1")
+    check(1 <= blank_length <= MAX_LENGTH, f"blank_length={blank_length}: must be in [1, {MAX_LENGTH}]")
+    opened = Run(run)
+    objective, ids = opened.objective, opened.special_ids
+    tok = opened.tokenizer()
+    prompt_ids = encode_prompt(tok, prompt, ids.mask_id, ids.eod_id, blank_length, mask_spans or [])
+    seq_len = opened.model_config.seq_len
+    if objective.decoder == "mdm":  # MDM denoises prompt + answer in one window; check before allocating
+        check(
+            len(prompt_ids) + length <= seq_len,
+            f"prompt ({len(prompt_ids)} tokens) + length {length} exceeds the model's seq_len {seq_len}; "
+            "shorten either",
+        )
+    else:
+        check(length <= MAX_LENGTH, f"length={length}: must be <= {MAX_LENGTH} (AR decodes with a sliding window)")
     dev = resolve_device(device)
-    model, config = load_run(run, which, dev)
-    mcfg, cfg = run_configs(config)
-    data = TokenData(config["data"])
-    tok = data.tokenizer()
-    ids = encode_prompt(tok, prompt, data.mask_id, data.eod_id, blank_length, mask_spans or [])
-    x = torch.tensor([ids] * n, device=dev)
+    model = opened.load_model(which, dev)
+    x = torch.tensor([prompt_ids] * n, device=dev)
     g = torch.Generator(dev).manual_seed(seed)
-    banned = (data.pad_id, data.mask_id)
+    banned = (ids.pad_id, ids.mask_id)
     start = time.perf_counter()
-    if cfg.objective == "mdm":
-        energy = load_energy(energy_run, mcfg.vocab_size, dev) if energy_run else None
-        out = sample_mdm(model, x, length, data.mask_id, sampler, banned, g, energy)
+    if objective.decoder == "mdm":
+        energy = load_energy(energy_run, opened.model_config.vocab_size, dev) if energy_run else None
+        out = sample_mdm(model, x, length, ids.mask_id, sampler, banned, g, energy)
     else:
         default = SamplerConfig()
         changed = [
@@ -112,9 +127,9 @@ def decode(
         extra = sorted(set(changed) - AR_OPTIONS) + (["energy_run"] if energy_run else [])
         check(
             not extra,
-            f"{cfg.objective} run {run}: {', '.join(extra)}: MDM-only (AR runs take temperature, top_k, top_p)",
+            f"{objective.name} run {run}: {', '.join(extra)}: MDM-only (AR runs take temperature, top_k, top_p)",
         )
-        check(data.mask_id not in ids, f"{cfg.objective} run {run}: blanks / mask_spans need an MDM run")
+        check(ids.mask_id not in prompt_ids, f"{objective.name} run {run}: blanks / mask_spans need an MDM run")
         out = sample_ar(
             model,
             x,
@@ -122,10 +137,10 @@ def decode(
             sampler.temperature,
             sampler.top_k,
             sampler.top_p,
-            eod_id=data.eod_id,
+            eod_id=ids.eod_id,
             banned_ids=banned,
             generator=g,
-            query_is_target=cfg.objective == "ar_orderings",
+            query_is_target=objective.query_is_target,
         )
     if dev.type == "cuda":
         torch.cuda.synchronize()  # host-device sync: the timing covers the GPU work
@@ -133,8 +148,8 @@ def decode(
     skip = 0 if prompt else 1  # the empty prompt's end-of-document
     texts = [tok.decode(row[skip:].tolist()) for row in out.tokens.cpu()]
     if trace:  # the starting canvas: the prompt, then `length` masks (AR fills them left to right)
-        write_trace(trace, out, torch.cat([x, x.new_full((n, length), data.mask_id)], 1), tok)
-    return Generation(texts, out, len(ids), seconds, cfg.objective)
+        write_trace(trace, out, torch.cat([x, x.new_full((n, length), ids.mask_id)], 1), tok)
+    return Generation(texts, out, len(prompt_ids), seconds, objective.name, ids.eod_id)
 
 
 def write_trace(path: str | Path, out: SampleOutput, start: torch.Tensor, tok) -> None:

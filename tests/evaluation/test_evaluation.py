@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import tiny_model_config, tiny_train_config
 from unmask.config import ConfigError, ModelConfig
 from unmask.evaluation.conditional import ConditionalScorer, LikelihoodConfig, encode_pair
 from unmask.evaluation.likelihood import token_byte_lengths, validation_loss
 from unmask.model import Transformer
-
-from .conftest import tiny_model_config, tiny_train_config
+from unmask.objectives import Specials, get_objective
 
 MASK, PAD = 1, 2  # ids used by the stub models below
 
@@ -136,13 +136,19 @@ def test_elbo_bounds_the_exact_nll_of_a_contextual_model_and_estimators_converge
     assert chain == pytest.approx(manual, abs=1e-5)
 
 
+def val_loss(model, data, objective: str, **options):
+    """The validation loss of `model` on the tiny data's validation split."""
+    specials = Specials(mask_id=data.mask_id, pad_id=data.pad_id)
+    return validation_loss(model, data.split("val"), get_objective(objective), specials, **options)
+
+
 def test_validation_elbo_of_a_factorised_model_converges_to_its_exact_nll(tiny_data):
     model = Factorised(seq_len=tiny_data.seq_len, vocab=tiny_data.vocab_size)
     n = tiny_data.n_sequences("val")
     x = tiny_data.batch("val", np.arange(n))
     real = x != tiny_data.pad_id
     exact = float(torch.stack([model.exact_nll(row) for row in x])[real].mean())
-    val = validation_loss(model, tiny_data, "mdm", mc_passes=64, batch_size=8)
+    val = val_loss(model, tiny_data, "mdm", mc_passes=64, batch_size=8)
     print(f"validation ELBO {val.loss:.4f} ± {val.stderr:.4f}, exact NLL {exact:.4f}")
     assert abs(val.loss - exact) < 4 * val.stderr
     assert val.kind.startswith("ELBO") and val.n_tokens == int(real.sum())
@@ -150,8 +156,8 @@ def test_validation_elbo_of_a_factorised_model_converges_to_its_exact_nll(tiny_d
 
 def test_validation_elbo_does_not_depend_on_the_memory_budget(tiny_data):
     model = Transformer(tiny_model_config(tiny_data, causal=False))
-    a = validation_loss(model, tiny_data, "mdm", mc_passes=6, batch_size=16, max_batch_tokens=32)
-    b = validation_loss(model, tiny_data, "mdm", mc_passes=6, batch_size=16, max_batch_tokens=100_000)
+    a = val_loss(model, tiny_data, "mdm", mc_passes=6, batch_size=16, max_batch_tokens=32)
+    b = val_loss(model, tiny_data, "mdm", mc_passes=6, batch_size=16, max_batch_tokens=100_000)
     assert a.loss == pytest.approx(b.loss, abs=1e-6) and a.stderr == pytest.approx(b.stderr, abs=1e-6)
 
 
@@ -163,7 +169,7 @@ def test_bits_per_byte_counts_the_bytes_of_the_validation_text(tiny_data):
     assert int(table[ids].sum()) == len(text.encode("utf-8"))
     assert table[[tiny_data.eod_id, tiny_data.mask_id, tiny_data.pad_id]].sum() == 0
     model = Transformer(tiny_model_config(tiny_data, causal=True))
-    val = validation_loss(model, tiny_data, "ar", byte_lengths=table)
+    val = val_loss(model, tiny_data, "ar", byte_lengths=table)
     assert val.bits_per_byte == pytest.approx(val.loss * val.n_tokens / (math.log(2) * val.n_bytes))
     assert 0 < val.n_bytes < len(text.encode("utf-8"))  # AR scores every token but the first of each sequence
 
@@ -229,7 +235,7 @@ def test_encode_pair_moves_trailing_spaces_to_the_continuation(tiny_data):
 
 @pytest.fixture(scope="module")
 def tiny_mdm_run(tiny_data, tmp_path_factory):
-    from unmask.train import train
+    from unmask.training import train
 
     out = tmp_path_factory.mktemp("runs") / "mdm"
     cfg = tiny_train_config(objective="mdm", epochs=4, eval_every=1000)
@@ -238,7 +244,7 @@ def tiny_mdm_run(tiny_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_ar_run(tiny_data, tmp_path_factory):
-    from unmask.train import train
+    from unmask.training import train
 
     out = tmp_path_factory.mktemp("runs") / "ar"
     cfg = tiny_train_config(objective="ar", epochs=1, eval_every=1000)
@@ -247,9 +253,9 @@ def tiny_ar_run(tiny_data, tmp_path_factory):
 
 def test_stratified_estimator_has_lower_variance_than_random_t(tiny_data, tiny_mdm_run):
     """Same model, same answers, same number of forward passes (16 per estimate), 24 seeds."""
-    from unmask.checkpoint import load_run
+    from unmask.run import Run
 
-    model, _ = load_run(tiny_mdm_run, "last")
+    model = Run(tiny_mdm_run).load_model("last")
     x = tiny_data.batch("val", np.arange(3))
     reqs = [(row[:20].tolist(), row[20:28].tolist()) for row in x]  # 8-token answers
     spread = {}
@@ -265,7 +271,7 @@ def test_stratified_estimator_has_lower_variance_than_random_t(tiny_data, tiny_m
 
 # --- zero-shot multiple choice and the lm-eval adapter ----------------------------------------------
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "fixtures"
 
 
 def test_wilson_interval_matches_the_closed_form():
@@ -295,13 +301,13 @@ def test_bad_task_lines_are_one_line_errors(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", ["mdm", "ar"])
 def test_lm_eval_adapter_gives_the_same_numbers_as_unmask_eval(request, tmp_path, monkeypatch, objective):
-    """End to end through lm-eval's CLI with a local task YAML over tests/data/austen_mc.jsonl."""
+    """End to end through lm-eval's CLI with a local task YAML over tests/fixtures/austen_mc.jsonl."""
     pytest.importorskip("lm_eval")
     import json
     import sys
 
-    from unmask.evaluation.lm_eval_cli import main as lm_eval_main
     from unmask.evaluation.zeroshot import evaluate_tasks
+    from unmask.lm_eval_cli import main as lm_eval_main
 
     run = request.getfixturevalue(f"tiny_{objective}_run")
     mine = evaluate_tasks(run, [str(DATA / "austen_mc.jsonl")], "last", LikelihoodConfig(mc_samples=16), progress=False)
@@ -356,7 +362,7 @@ def test_eval_rejects_a_bad_estimator_in_one_line(capsys, tiny_mdm_run):
 @pytest.mark.parametrize("objective", ["ar", "mdm"])
 def test_lm_eval_adapter_rolling_and_generation(request, objective):
     pytest.importorskip("lm_eval")
-    from unmask.evaluation.lm_eval_adapter import UnmaskLM
+    from unmask.lm_eval import UnmaskLM
 
     run = request.getfixturevalue(f"tiny_{objective}_run")
     lm = UnmaskLM(run=str(run), which="last", device="cpu", mc_samples=8, greedy=False, steps=4)

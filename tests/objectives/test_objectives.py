@@ -9,17 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from unmask.config import ModelConfig
+from unmask.config import ModelConfig, TrainConfig
 from unmask.model import Transformer
-from unmask.objectives import (
-    Specials,
-    ar_loss,
-    ar_orderings_loss,
-    make_orderings,
-    mask_probability,
-    mdm_loss,
-    n_targets,
-)
+from unmask.objectives import OBJECTIVES, Specials, get_objective, make_orderings, mask_probability
+from unmask.objectives.ar import ar_loss, ar_orderings_loss
+from unmask.objectives.mdm import mdm_loss
 
 V, MASK, PAD = 12, 1, 2
 SP = Specials(mask_id=MASK, pad_id=PAD)
@@ -151,18 +145,21 @@ def test_ar_orderings_has_no_leakage_along_its_ordering():
 
 @pytest.mark.parametrize("objective", ["ar", "mdm", "ar_orderings"])
 def test_token_count_is_known_before_the_forward(objective):
-    model = tiny(causal=objective != "mdm")
+    record = get_objective(objective)
+    model = tiny(causal=record.causal)
     x = torch.randint(3, V, (3, 8))
     x[2, 5:] = PAD
-    fn = {"ar": ar_loss, "mdm": mdm_loss, "ar_orderings": ar_orderings_loss}[objective]
-    kwargs = {"orderings": make_orderings(3, 8, 0)} if objective == "ar_orderings" else {}
-    out = fn(model, x, SP, torch.Generator().manual_seed(0), **kwargs)
-    assert out.n_tokens == n_targets(objective, x, PAD)
+    loss_fn = record.make_loss(TrainConfig(objective=objective, n_orderings=3), 8)
+    out = loss_fn(model, x, SP, torch.Generator().manual_seed(0))
+    assert out.n_tokens == record.n_targets(x, PAD)
     assert torch.isfinite(out.loss_sum)
 
 
-def test_config_names_exactly_the_objectives_that_exist():
-    from unmask.config import OBJECTIVES as CONFIG_OBJECTIVES
-    from unmask.objectives import OBJECTIVES
+def test_the_registry_holds_the_three_objectives_and_refuses_unknown_names():
+    from unmask.config import ConfigError
 
-    assert set(CONFIG_OBJECTIVES) == set(OBJECTIVES)
+    assert set(OBJECTIVES) >= {"ar", "mdm", "ar_orderings"}
+    assert [OBJECTIVES[n].causal for n in ("ar", "mdm", "ar_orderings")] == [True, False, True]
+    assert [OBJECTIVES[n].exact for n in ("ar", "mdm", "ar_orderings")] == [True, False, True]
+    with pytest.raises(ConfigError, match="train.objective='diffusion': must be one of ar, mdm, ar_orderings"):
+        get_objective("diffusion")

@@ -13,7 +13,7 @@ from torch import nn
 
 from unmask.config import ConfigError, ModelConfig
 from unmask.model import Transformer
-from unmask.sampling.ar import generate_ar, left_pad, next_token, sample_ar
+from unmask.sampling.ar import left_pad, next_token, sample_ar
 from unmask.sampling.mdm import filter_logits
 
 
@@ -207,9 +207,3 @@ def test_bad_arguments_fail_with_one_line_naming_the_option():
     for mask in ([[True, False]], [[True, False, True]]):  # right padding, padding inside the prompt
         with pytest.raises(ConfigError, match="prompt_mask: .*on the left"):
             sample_ar(model, torch.tensor([[5] * len(mask[0])]), 3, prompt_mask=torch.tensor(mask))
-
-
-def test_generate_ar_keeps_its_signature_and_returns_the_tokens():
-    model, prompt = random_model(True), torch.tensor([[3, 4]])
-    tokens = generate_ar(model, prompt, max_new_tokens=5, temperature=0.0, eod_id=None, banned_ids=(0,))
-    assert torch.equal(tokens, sample_ar(model, prompt, 5, banned_ids=(0,)).tokens)

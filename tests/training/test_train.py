@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from unmask.checkpoint import load_run
+from tests.conftest import TINY_DATA, tiny_model_config, tiny_train_config
 from unmask.config import TrainConfig
-from unmask.train import Budget, learning_rate, read_metrics, train
+from unmask.run import Run, read_metrics
+from unmask.training import Budget, learning_rate, train
 
-from .conftest import TINY_DATA, tiny_model_config, tiny_train_config
-
-GOLDEN = Path(__file__).parent / "golden" / "mdm_30_steps.json"
+GOLDEN = Path(__file__).parents[1] / "golden" / "mdm_30_steps.json"
 
 
 def run(tiny_data, out, **overrides):
@@ -73,8 +72,8 @@ def test_resume_after_interruption_continues_with_identical_losses(tiny_data, tm
     assert len(losses(part)) == 7
     train(None, part, resume=True, quiet=True, tensorboard=False)
     assert losses(part) == losses(full)  # bitwise on CPU
-    a, _ = load_run(full, "last")
-    b, _ = load_run(part, "last")
+    a = Run(full).load_model("last")
+    b = Run(part).load_model("last")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
 
@@ -122,8 +121,8 @@ def test_gradient_accumulation_matches_the_full_batch(tiny_data, tmp_path):
     full = run(tiny_data, tmp_path / "full", objective="ar", epochs=1, eval_every=1000)
     accumulated = run(tiny_data, tmp_path / "acc", objective="ar", epochs=1, eval_every=1000, micro_batch_size=2)
     assert losses(accumulated) == pytest.approx(losses(full), rel=1e-4)
-    a, _ = load_run(full, "last")
-    b, _ = load_run(accumulated, "last")
+    a = Run(full).load_model("last")
+    b = Run(accumulated).load_model("last")
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q, atol=2e-4, rtol=1e-3)  # summation order differs
 

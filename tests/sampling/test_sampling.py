@@ -10,7 +10,7 @@ from torch import nn
 
 from unmask.config import ConfigError, ModelConfig
 from unmask.model import Transformer
-from unmask.sampling import generate_ar, generate_mdm, sample_categorical
+from unmask.sampling import SamplerConfig, sample_ar, sample_categorical, sample_mdm
 from unmask.sampling.mdm import commit_schedule
 
 
@@ -66,9 +66,8 @@ class Recorder(nn.Module):
 def test_mdm_commits_the_scheduled_count_and_never_changes_a_committed_token():
     model, mask = Recorder(), 1
     prompt = torch.tensor([[5, 6, 7], [8, 9, 10]])
-    out = generate_mdm(
-        model, prompt, gen_len=10, steps=4, mask_id=mask, temperature=1.0, generator=torch.Generator().manual_seed(0)
-    )
+    cfg = SamplerConfig(method="low_confidence", steps=4, temperature=1.0)
+    out = sample_mdm(model, prompt, 10, mask, cfg, generator=torch.Generator().manual_seed(0))
     states = model.inputs + [out.tokens]
     for step, k in enumerate(commit_schedule(10, 4)):
         before, after = states[step], states[step + 1]
@@ -84,7 +83,7 @@ def test_ar_greedy_decoding_extends_the_prompt():
     torch.manual_seed(0)
     model = Transformer(ModelConfig(size="tiny", vocab_size=20, seq_len=8, causal=True)).eval()
     prompt = torch.tensor([[3, 4]])
-    out = generate_ar(model, prompt, max_new_tokens=10)  # longer than seq_len: the context is cropped
+    out = sample_ar(model, prompt, 10).tokens  # longer than seq_len: the context is cropped
     assert out.shape == (1, 12) and torch.equal(out[:, :2], prompt)
     expected_first = model(prompt)[:, -1].argmax(-1)
     assert out[0, 2] == expected_first
@@ -95,10 +94,10 @@ def test_ar_orderings_runs_decode_with_target_positions_in_the_queries():
     torch.manual_seed(0)
     model = Transformer(ModelConfig(size="tiny", vocab_size=20, seq_len=8, causal=True)).eval()
     prompt = torch.tensor([[3, 4, 5]])
-    out = generate_ar(model, prompt, max_new_tokens=1, query_is_target=True)
+    out = sample_ar(model, prompt, 1, query_is_target=True).tokens
     pos = torch.arange(3)[None]
     assert out[0, 3] == model(prompt, pos=pos, query_pos=pos + 1)[0, -1].argmax()
-    long = generate_ar(model, prompt, max_new_tokens=10, query_is_target=True)  # crops to seq_len - 1
+    long = sample_ar(model, prompt, 10, query_is_target=True).tokens  # crops to seq_len - 1
     assert long.shape == (1, 13)
 
 
@@ -109,11 +108,11 @@ def test_ar_orderings_runs_decode_with_target_positions_in_the_queries():
 def tiny_runs(tiny_data, tmp_path_factory):
     """An untrained MDM run and an untrained AR run (same tokenizer): enough to exercise every path."""
     import json
+    import shutil
 
+    from tests.conftest import tiny_model_config
     from unmask.config import TrainConfig, to_dict
     from unmask.model import save_model
-
-    from .conftest import tiny_model_config
 
     runs = {}
     for objective in ("mdm", "ar"):
@@ -121,6 +120,7 @@ def tiny_runs(tiny_data, tmp_path_factory):
         torch.manual_seed(0)
         mcfg = tiny_model_config(tiny_data, causal=objective == "ar")
         save_model(Transformer(mcfg), run / "best.safetensors")
+        shutil.copyfile(tiny_data.path / "tokenizer.json", run / "tokenizer.json")
         config = {
             "data": str(tiny_data.path),
             "model": to_dict(mcfg),
@@ -187,8 +187,10 @@ def test_cli_rejects_mdm_options_for_ar_runs_in_one_line(tiny_runs, capsys, args
 def test_cli_mdm_errors_are_one_line(tiny_runs, capsys):
     code, _, err = unmask_cli(capsys, "sample", tiny_runs["mdm"], "--mask_spans", "[9-3]")
     assert code == 2 and "mask_spans: '9-3'" in err
-    code, _, err = unmask_cli(capsys, "sample", tiny_runs["mdm"], "--energy_run", tiny_runs["mdm"])
-    assert code == 2 and "an AR run (objective ar) is needed" in err
+    code, _, err = unmask_cli(capsys, "sample", tiny_runs["mdm"], "--length", "8", "--energy_run", tiny_runs["mdm"])
+    assert code == 2 and "is not plain left-to-right AR; an 'ar' run is needed" in err
+    code, _, err = unmask_cli(capsys, "sample", tiny_runs["mdm"], "--length", "100000")
+    assert code == 2 and "exceeds the model's seq_len 32" in err  # checked before anything is allocated
 
 
 def test_bench_sample_reports_speed_and_quality_per_method(tiny_runs, capsys):

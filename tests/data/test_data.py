@@ -9,13 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import TINY_DATA
 from unmask.config import ConfigError, DataConfig
 from unmask.data import TokenData, prepare
 from unmask.data.corpus import iter_documents
 from unmask.data.prepare import assign_splits
 from unmask.data.tokenizer import MASK, load_tokenizer, special_ids
-
-from .conftest import TINY_DATA
 
 
 def test_training_split_has_exactly_U_tokens(tiny_data):

@@ -1,0 +1,44 @@
+"""Training objectives as records, in one explicit registry.
+
+    ar            next-token prediction (objectives/ar.py)
+    ar_orderings  AR over N fixed token orderings (objectives/ar.py)
+    mdm           masked diffusion, MDLM / LLaDA ELBO (objectives/mdm.py)
+
+`get_objective(name)` is the one place a name becomes behaviour; `register` adds one
+(a fine-tuning objective, or a toy in a test) without touching any other file.
+"""
+
+from __future__ import annotations
+
+from unmask.config import ConfigError
+from unmask.objectives.ar import AR, AR_ORDERINGS, make_orderings, run_orderings
+from unmask.objectives.base import LossOutput, Objective, Specials
+from unmask.objectives.mdm import MDM, mask_probability
+
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (AR, MDM, AR_ORDERINGS)}
+
+
+def register(objective: Objective) -> Objective:
+    """Add an objective to the registry (replacing one of the same name); returns it."""
+    OBJECTIVES[objective.name] = objective
+    return objective
+
+
+def get_objective(name: str) -> Objective:
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise ConfigError(f"train.objective={name!r}: must be one of {', '.join(OBJECTIVES)}") from None
+
+
+__all__ = [
+    "OBJECTIVES",
+    "LossOutput",
+    "Objective",
+    "Specials",
+    "get_objective",
+    "make_orderings",
+    "mask_probability",
+    "register",
+    "run_orderings",
+]

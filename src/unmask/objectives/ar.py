@@ -1,0 +1,123 @@
+"""The autoregressive family: next-token prediction, and AR over N fixed token orderings.
+
+`ar_token_nll` is the one AR log-likelihood of the package: the training loss, validation,
+conditional scoring, generative perplexity and EDLM's energy all call it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from unmask.config import TrainConfig
+from unmask.objectives.base import LossOutput, Objective, Specials, padding
+
+
+def ar_token_nll(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    scored: torch.Tensor | None = None,
+    pos: torch.Tensor | None = None,
+    query_pos: torch.Tensor | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """−log p(x[:, j+1] | x[:, ≤j]) and its logits, read causally from inputs x[:, :-1].
+
+    x: (B, T) tokens. scored: (B, T-1) input positions whose next token is scored; None = all,
+    then the results keep their (B, T-1) shape, else (M,) and (M, V) at the M scored positions
+    (row-major), and the output projection skips the rest. pos / query_pos / key_padding_mask:
+    as Transformer.forward, over the T-1 inputs. dtype: of the softmax (float64 for energies).
+    """
+    logits = model(x[:, :-1], pos=pos, query_pos=query_pos, key_padding_mask=key_padding_mask, output_mask=scored)
+    targets = x[:, 1:] if scored is None else x[:, 1:][scored]
+    nll = F.cross_entropy(logits.to(dtype).flatten(0, -2), targets.flatten(), reduction="none")
+    return nll.view(targets.shape), logits
+
+
+def left_to_right(x: torch.Tensor, query_is_target: bool) -> dict:
+    """Keyword arguments reading x (B, T) left to right; an ordering-trained model's queries carry the next position."""
+    if not query_is_target:
+        return {}
+    pos = torch.arange(x.shape[1] - 1, device=x.device).expand(len(x), -1)
+    return {"pos": pos, "query_pos": pos + 1}
+
+
+def _summed(nll: torch.Tensor, real: torch.Tensor) -> LossOutput:
+    """Σ NLL over real targets (padding contributes zero), normalised by their count."""
+    return LossOutput(nll.masked_fill(~real[:, 1:], 0).sum(), int(real[:, 1:].sum()))
+
+
+def ar_loss(model: torch.nn.Module, x: torch.Tensor, sp: Specials, generator=None) -> LossOutput:
+    """Next-token cross-entropy: predict x[:, 1:] from x[:, :-1] under a causal mask."""
+    real, kpm = padding(x, sp.pad_id)
+    nll, _ = ar_token_nll(model, x, key_padding_mask=None if kpm is None else kpm[:, :-1])  # (B, T-1)
+    return _summed(nll, real)
+
+
+def make_orderings(n: int, seq_len: int, seed: int) -> torch.Tensor:
+    """(n, T): the identity and n-1 fixed random permutations that keep token 0 first."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [torch.arange(seq_len)]
+    for _ in range(n - 1):
+        rows.append(torch.cat([torch.zeros(1, dtype=torch.long), 1 + torch.randperm(seq_len - 1, generator=g)]))
+    return torch.stack(rows)
+
+
+def run_orderings(cfg: TrainConfig, seq_len: int) -> torch.Tensor:
+    """The orderings of an ar_orderings run, rebuilt from its config."""
+    return make_orderings(cfg.n_orderings, seq_len, cfg.seed)
+
+
+def ar_orderings_loss(
+    model: torch.nn.Module, x: torch.Tensor, sp: Specials, generator=None, orderings: torch.Tensor | None = None
+) -> LossOutput:
+    """AR over N fixed token orderings (2507.15857, ablation).
+
+    Each sequence draws one ordering σ; the model reads x_σ(0..T-2) causally and
+    predicts x_σ(1..T-1). Keys carry their own position σ(j) through RoPE.
+    The target position is made known by rotating each *query* with the position
+    of the token it must predict, σ(i+1): attention scores then depend on the
+    distance from the target to every token already read. This adds no
+    parameters, so the model is the same Transformer as for `ar` and `mdm`.
+    """
+    B, T = x.shape
+    assert orderings is not None and orderings.shape[1] == T, "orderings must be (N, T)"
+    pick = torch.randint(len(orderings), (B,), generator=generator, device=x.device)
+    perm = orderings.to(x.device)[pick]  # (B, T)
+    xp = x.gather(1, perm)
+    real, kpm = padding(xp, sp.pad_id)
+    nll, _ = ar_token_nll(
+        model, xp, pos=perm[:, :-1], query_pos=perm[:, 1:], key_padding_mask=None if kpm is None else kpm[:, :-1]
+    )
+    return _summed(nll, real)
+
+
+def _ar_targets(x: torch.Tensor, pad_id: int) -> int:
+    """Every real token but the first of each sequence (which is never padding)."""
+    return int((x != pad_id).sum()) - x.shape[0]
+
+
+def _orderings_loss(cfg: TrainConfig, seq_len: int):
+    orderings = run_orderings(cfg, seq_len)
+    return lambda model, x, sp, generator=None: ar_orderings_loss(model, x, sp, generator, orderings)
+
+
+def _identity_order_loss(cfg: TrainConfig, seq_len: int):
+    identity = run_orderings(cfg, seq_len)[:1]  # validation reads left to right
+    return lambda model, x, sp, generator=None: ar_orderings_loss(model, x, sp, generator, identity)
+
+
+AR = Objective(
+    name="ar", causal=True, exact=True, decoder="ar", make_loss=lambda cfg, seq_len: ar_loss, n_targets=_ar_targets
+)
+AR_ORDERINGS = Objective(
+    name="ar_orderings",
+    causal=True,
+    exact=True,
+    decoder="ar",
+    make_loss=_orderings_loss,
+    n_targets=_ar_targets,
+    query_is_target=True,
+    make_eval_loss=_identity_order_loss,
+)

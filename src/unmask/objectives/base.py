@@ -1,0 +1,76 @@
+"""The Objective record: everything the rest of unmask needs to know about a training objective.
+
+Training, validation, evaluation and sampling read these fields instead of comparing objective
+names, so a new objective is one record in one module, registered with `register`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from unmask.config import TrainConfig
+
+
+@dataclass
+class LossOutput:
+    loss_sum: torch.Tensor
+    """Sum over tokens of the (weighted) negative log-likelihood, float32 scalar."""
+    n_tokens: int
+    """Real (non-pad) tokens the sum is normalised by."""
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return self.loss_sum / max(self.n_tokens, 1)
+
+
+@dataclass(frozen=True)
+class Specials:
+    mask_id: int
+    pad_id: int
+
+
+LossFn = Callable[[torch.nn.Module, torch.Tensor, Specials, "torch.Generator | None"], LossOutput]
+"""loss(model, x (B, T) token ids with pad_id as padding, specials, generator) -> LossOutput."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    causal: bool
+    """Causal attention (the AR family) or bidirectional (MDM): the model's one switch."""
+    exact: bool
+    """Validation gives the exact NLL (one deterministic pass) or an upper bound on it (MC passes)."""
+    decoder: Literal["ar", "mdm"]
+    """Which sampler decodes a run: left to right with a KV cache ('ar') or by unmasking ('mdm')."""
+    make_loss: Callable[[TrainConfig, int], LossFn]
+    """The training loss of a run, from its config and seq_len."""
+    n_targets: Callable[[torch.Tensor, int], int]
+    """n_targets(x, pad_id): tokens a batch's loss is normalised by, known before the forward pass
+    (so gradient accumulation can normalise each micro-batch by the whole step's count)."""
+    query_is_target: bool = False
+    """The queries carry the position of the token to predict (ar_orderings); decoders pass it on."""
+    make_eval_loss: Callable[[TrainConfig, int], LossFn] | None = None
+    """Exact objectives: the validation loss, read left to right (default: make_loss)."""
+    mc_pass_sums: Callable | None = None
+    """Bound objectives: a batched estimator of K Monte Carlo passes (default: K loops of the loss);
+    see unmask.objectives.validation."""
+
+    @property
+    def bound_name(self) -> str:
+        return "NLL" if self.exact else "ELBO (upper bound on NLL)"
+
+    def context_limit(self, seq_len: int) -> int:
+        """Tokens one scoring forward can cover: an AR model reads seq_len inputs and predicts one more,
+        unless its queries sit one position ahead (query_is_target); a bidirectional model reads seq_len."""
+        return seq_len + 1 if self.decoder == "ar" and not self.query_is_target else seq_len
+
+
+def padding(x: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(real-token mask, key padding mask or None when the batch has no padding)."""
+    real = x != pad_id
+    # host-device sync: one bool per micro-batch, so full batches keep the fast SDPA path
+    return real, (None if bool(real.all()) else real)

@@ -1,0 +1,149 @@
+"""Masked diffusion (MDLM / LLaDA): the ELBO as a training loss and as a batched validation estimator.
+
+`masked_token_ce` is the one masked cross-entropy core; the training loss and the K-pass
+validation ELBO both call it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from unmask.config import TrainConfig
+from unmask.objectives.base import LossOutput, Objective, Specials, padding
+
+
+def mask_probability(
+    B: int, eps: float, generator: torch.Generator | None, device, passes: int | None = None
+) -> torch.Tensor:
+    """Stratified noise levels: t_b = (u + b/B) mod 1, p_b = (1 - eps) t_b + eps. Shape (B,).
+
+    Each t_b is marginally U(0, 1), so the ELBO estimate stays unbiased while the batch
+    covers the noise range evenly (lower variance than i.i.d. draws). With `passes` = K,
+    K independent stratified sets, one u per pass: shape (K, B) (batched MC evaluation).
+    """
+    u = torch.rand(() if passes is None else (passes, 1), generator=generator, device=device)
+    t = (u + torch.arange(B, device=device) / B) % 1.0
+    return (1 - eps) * t + eps
+
+
+def masked_token_ce(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    masked: torch.Tensor,
+    row_weight: torch.Tensor,
+    mask_id: int,
+    key_padding_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weighted CE (M,), row of each (M,)) at the M masked positions of x (B, T).
+
+    The masked tokens are replaced by mask_id, the model predicts the clean token at each
+    (no shift), the mask id excluded from its output, and each CE is scaled by row_weight (B,)
+    of its sequence (1/p_b). Unmasked positions carry over their value and cost nothing.
+    """
+    x_t = x.masked_fill(masked, mask_id)
+    logits = model(x_t, key_padding_mask=key_padding_mask, output_mask=masked).float()  # (M, V)
+    logits[:, mask_id] = float("-inf")  # the clean data never contains the mask token
+    ce = F.cross_entropy(logits, x[masked], reduction="none")  # (M,)
+    row = masked.nonzero()[:, 0]  # (M,)
+    return ce * row_weight[row], row
+
+
+def mdm_loss(model: torch.nn.Module, x: torch.Tensor, sp: Specials, generator=None, eps: float = 1e-3) -> LossOutput:
+    """Masked-diffusion ELBO (MDLM / LLaDA), one noise level per sequence.
+
+    L = (1/N) Σ_b Σ_i m_bi · CE(x_bi, f(x_t)_bi) / p_b, N = number of real tokens.
+
+    1. p_b from stratified t, 2. mask each real token with probability p_b,
+    3. predict the clean tokens at the masked positions, 4. weight by 1/p_b.
+    """
+    B, T = x.shape
+    real, kpm = padding(x, sp.pad_id)
+    p = mask_probability(B, eps, generator, x.device)  # (B,)
+    masked = (torch.rand(B, T, generator=generator, device=x.device) < p[:, None]) & real  # (B, T)
+    ce, _ = masked_token_ce(model, x, masked, 1.0 / p, sp.mask_id, kpm)
+    return LossOutput(ce.sum(), int(real.sum()))
+
+
+def elbo_pass_sums(
+    model: torch.nn.Module,
+    batches,
+    passes: int,
+    generator: torch.Generator,
+    sp: Specials,
+    eps: float,
+    max_batch_tokens: int = 16_384,
+) -> torch.Tensor:
+    """(K,) summed weighted CE of each of K MC passes over `batches` (CPU (B, T) tensors), batched.
+
+    Per batch, K copies, row r = k·B + b. Pass k draws u_k; t_kb = (u_k + b/B) mod 1,
+    p = (1 − eps) t + eps; each real token is masked with probability p_kb; a masked token
+    contributes CE / p_kb — mdm_loss repeated K times, in forwards of at most max_batch_tokens.
+    """
+    device = next(model.parameters()).device
+    K = passes
+    sums = torch.zeros(K, device=device)
+    for x in batches:
+        B, T = x.shape
+        real = x != sp.pad_id
+        kpm = None if bool(real.all()) else real.to(device).repeat(K, 1)  # (K·B, T); no device sync (CPU tensor)
+        x, real = x.to(device), real.to(device)
+        p = mask_probability(B, eps, generator, device, passes=K)  # (K, B)
+        masked = (torch.rand(K, B, T, generator=generator, device=device) < p[..., None]) & real  # (K, B, T)
+        masked, weight = masked.flatten(0, 1), (1.0 / p).flatten()  # (K·B, T), (K·B,)
+        xk = x.repeat(K, 1)  # (K·B, T)
+        rows = max(1, max_batch_tokens // T)
+        for s in range(0, K * B, rows):
+            m = masked[s : s + rows]
+            ce, row = masked_token_ce(
+                model, xk[s : s + rows], m, weight[s : s + rows], sp.mask_id, None if kpm is None else kpm[s : s + rows]
+            )
+            sums.index_add_(0, (row + s) // B, ce)
+    return sums
+
+
+def _mdm_targets(x: torch.Tensor, pad_id: int) -> int:
+    """MDM predicts every real token."""
+    return int((x != pad_id).sum())
+
+
+def _mdm_loss(cfg: TrainConfig, seq_len: int):
+    return lambda model, x, sp, generator=None: mdm_loss(model, x, sp, generator, cfg.mdm_eps)
+
+
+MDM = Objective(
+    name="mdm",
+    causal=False,
+    exact=False,
+    decoder="mdm",
+    make_loss=_mdm_loss,
+    n_targets=_mdm_targets,
+    mc_pass_sums=lambda model, batches, K, g, sp, cfg, max_tokens: elbo_pass_sums(
+        model, batches, K, g, sp, cfg.mdm_eps, max_tokens
+    ),
+)
+
+
+def guided_logits(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    uncond: torch.Tensor,
+    output_mask: torch.Tensor,
+    scale: float,
+    pos: torch.Tensor | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Unsupervised classifier-free guidance (algorithms.md §6): u + (1 + w)(c − u), float32 (M, V).
+
+    c: logits given x (B, T); u: given `uncond`, x with its prompt replaced by mask tokens. Both in
+    one forward of 2B rows; pos / key_padding_mask (B, T) apply to both halves.
+    """
+
+    def twice(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else torch.cat([t, t])
+
+    both = model(
+        torch.cat([x, uncond]), pos=twice(pos), key_padding_mask=twice(key_padding_mask), output_mask=twice(output_mask)
+    ).float()  # (2M, V)
+    c, u = both.chunk(2)
+    return u + (1 + scale) * (c - u)

@@ -1,0 +1,123 @@
+"""Validation loss on held-out sequences, the same tokens for every objective.
+
+Exact objectives (AR, ar_orderings read left to right) give the mean NLL per token in one
+deterministic pass. Bound objectives (MDM) give the mean per-token ELBO, an *upper bound* on
+the NLL, averaged over K Monte Carlo passes whose noise is fixed by a seed so that curves
+compare; its standard error is the spread of the K pass means (the passes are i.i.d.).
+
+Bits per byte divide the summed NLL by ln 2 times the UTF-8 bytes of the scored tokens, so
+runs with different tokenizers compare.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from unmask.config import TrainConfig
+from unmask.objectives.base import Objective, Specials
+
+
+@dataclass
+class ValidationLoss:
+    loss: float
+    """Mean per-token NLL (exact objectives) or ELBO (MDM), nats."""
+    stderr: float | None
+    """Standard error over MC passes (MDM); None for an exact NLL."""
+    n_tokens: int
+    passes: int
+    kind: str
+    """'NLL' or 'ELBO (upper bound on NLL)'."""
+    bits_per_byte: float | None = None
+    """loss · n_tokens / (ln 2 · n_bytes); an upper bound too for MDM. None when no byte counts are known."""
+    n_bytes: int = 0
+    """UTF-8 bytes of the scored tokens (special tokens count 0 bytes; their NLL still counts)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def token_byte_lengths(tok) -> np.ndarray:
+    """UTF-8 bytes of every token id (V,) of a `tokenizers.Tokenizer`: 0 for special tokens.
+
+    Byte-level BPE (GPT-2 style, and unmask's own): each character of a vocabulary entry stands
+    for exactly one byte, so the length of the entry is exact. Other tokenizers: the length of
+    the token decoded on its own (may miss a word-boundary space the decoder adds or strips).
+    """
+    vocab = tok.get_vocab()
+    table = np.zeros(max(vocab.values()) + 1, dtype=np.int64)
+    special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+    decoder = json.loads(tok.to_str()).get("decoder") or {}
+    byte_level = decoder.get("type") == "ByteLevel"
+    for piece, i in vocab.items():
+        if i not in special:
+            table[i] = len(piece) if byte_level else len(tok.decode([i]).encode("utf-8"))
+    return table
+
+
+@torch.no_grad()
+def validation_loss(
+    model: torch.nn.Module,
+    sequences,
+    objective: Objective,
+    specials: Specials,
+    train_cfg: TrainConfig | None = None,
+    mc_passes: int = 32,
+    seed: int = 0,
+    batch_size: int = 64,
+    autocast: bool = False,
+    max_batch_tokens: int = 16_384,
+    byte_lengths: np.ndarray | None = None,
+) -> ValidationLoss:
+    """Mean NLL (exact objectives) or ELBO ± standard error (bound objectives), with bits per byte.
+
+    sequences: `unmask.data.Sequences` (n_sequences(), batch(indices) -> (B, T) CPU tensor).
+    train_cfg: the run's config (objective options: MDM's eps, the orderings' seed).
+    batch_size: sequences per batch; MDM noise levels are stratified across them.
+    byte_lengths: token_byte_lengths of the tokenizer; None = no bits per byte.
+    """
+    cfg = train_cfg or TrainConfig(objective=objective.name)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    n_seq = sequences.n_sequences()
+    batches = [sequences.batch(np.arange(s, min(s + batch_size, n_seq))) for s in range(0, n_seq, batch_size)]
+    real = [x != specials.pad_id for x in batches]
+    # Exact objectives score every real token but the first of each sequence; bounds score them all.
+    scored = [r[:, 1:] for r in real] if objective.exact else real
+    targets = [x[:, 1:] for x in batches] if objective.exact else batches
+    n_tokens = sum(int(s.sum()) for s in scored)
+    n_bytes = (
+        0
+        if byte_lengths is None
+        else sum(int(byte_lengths[t.numpy()][s.numpy()].sum()) for t, s in zip(targets, scored, strict=True))
+    )
+    with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
+        if objective.exact:
+            loss_fn = (objective.make_eval_loss or objective.make_loss)(cfg, sequences.seq_len)
+            pass_sums = sum(loss_fn(model, x.to(device), specials, None).loss_sum for x in batches)[None]
+        else:
+            generator = torch.Generator(device).manual_seed(seed)
+            pass_sums = _pass_sums(objective, model, batches, mc_passes, generator, specials, cfg, max_batch_tokens)
+    model.train(was_training)
+    passes = len(pass_sums)
+    pass_means = pass_sums.double().cpu().numpy() / max(n_tokens, 1)  # host-device sync: once per evaluation
+    mean = float(pass_means.mean())
+    stderr = float(pass_means.std(ddof=1) / math.sqrt(passes)) if passes > 1 else None
+    bpb = mean * n_tokens / (math.log(2) * n_bytes) if n_bytes else None
+    return ValidationLoss(mean, stderr, n_tokens, passes, objective.bound_name, bpb, n_bytes)
+
+
+def _pass_sums(objective, model, batches, K, generator, specials, cfg, max_batch_tokens) -> torch.Tensor:
+    """(K,) summed loss of each MC pass: the objective's batched estimator, or K loops of its loss."""
+    if objective.mc_pass_sums is not None:
+        return objective.mc_pass_sums(model, batches, K, generator, specials, cfg, max_batch_tokens)
+    device = next(model.parameters()).device
+    loss_fn = objective.make_loss(cfg, batches[0].shape[1])
+    return torch.stack(
+        [sum(loss_fn(model, x.to(device), specials, generator).loss_sum for x in batches) for _ in range(K)]
+    )

@@ -1,0 +1,191 @@
+"""Run: the one way to open a run directory, read-only and self-contained.
+
+A run directory holds everything needed to sample, evaluate or serve it on another machine,
+without the data folder it was trained on:
+
+  config.json        resolved model + train config, the data folder it was trained on, its
+                     identity (manifest and token-file checksums), the special token ids and
+                     the SHA-256 of the tokenizer copy
+  budget.json        U, E, sequences, steps: the exact budget of this run
+  tokenizer.json     the run's own copy of the tokenizer (decoding never needs the data folder)
+  best.safetensors   weights at the best validation loss   (+ model_config.json)
+  last.safetensors   weights at the last checkpoint
+  checkpoints/       the last K training states (see unmask.checkpoint)
+  metrics.jsonl      one strict-JSON record per step / validation
+  provenance.json    git SHA, versions, hardware
+  tb/                TensorBoard scalars
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from unmask.checkpoint import sha256_of
+from unmask.config import ConfigError, ModelConfig, TrainConfig, from_dict
+from unmask.objectives import Objective, Specials, get_objective
+
+WEIGHTS = ("best", "last")
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file of a run or data folder, or one ConfigError line naming it and what is wrong."""
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: {what}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({type(e).__name__}): {what}") from None
+
+
+def read_metrics(run: str | Path) -> list[dict]:
+    """The records of a run's metrics.jsonl (none when it has none); a torn last line is skipped."""
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill mid-write: the records before it stand
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+    return records
+
+
+class Run:
+    """A run directory opened for reading: configs, objective, tokenizer, special ids, weights, metrics."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise ConfigError(f"run {self.path} does not exist or is not a directory; train one with unmask train")
+        what = "not a complete run directory (train one with unmask train)"
+        self.config: dict[str, Any] = read_json(self.path / "config.json", what)
+        if not isinstance(self.config, dict) or not all(k in self.config for k in ("model", "train")):
+            raise ConfigError(f"{self.path / 'config.json'} lacks its 'model' and 'train' sections: {what}")
+        try:
+            self.model_config = from_dict(ModelConfig, {**self.config["model"], "size": None})
+            self.train_config = from_dict(TrainConfig, self.config["train"])
+        except ConfigError as e:
+            raise ConfigError(f"{self.path / 'config.json'} is invalid: {e}") from None
+        except TypeError:
+            raise ConfigError(f"{self.path / 'config.json'} is invalid: 'model' and 'train' must be mappings") from None
+        self.objective: Objective = get_objective(self.train_config.objective)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def data_path(self) -> Path | None:
+        """The data folder the run was trained on (it may be gone: sampling and --text/--tasks need it not)."""
+        return Path(self.config["data"]) if isinstance(self.config.get("data"), str) else None
+
+    def tokenizer(self):
+        """The run's own tokenizer copy, checked against the checksum recorded when the run was created."""
+        from unmask.data.tokenizer import load_tokenizer
+
+        path = self.path / "tokenizer.json"
+        if not path.is_file():
+            raise ConfigError(f"{path} is missing: the run cannot decode text; copy the run directory whole")
+        expected = self.config.get("tokenizer_sha256")
+        if expected and sha256_of(path) != expected:
+            raise ConfigError(f"{path} was changed after training (SHA-256 differs); restore the run's own copy")
+        return load_tokenizer(path)
+
+    @cached_property
+    def special_ids(self):
+        """eod / mask / pad ids, recorded in config.json (older runs: read from the run's tokenizer)."""
+        from unmask.data.tokenizer import SpecialIds, special_ids
+
+        recorded = self.config.get("specials")
+        if isinstance(recorded, dict):
+            try:
+                return SpecialIds(**{k: int(recorded[k]) for k in ("eod_id", "mask_id", "pad_id")})
+            except (KeyError, TypeError, ValueError):
+                raise ConfigError(f"{self.path / 'config.json'}: 'specials' is damaged; restore the file") from None
+        return special_ids(self.tokenizer())
+
+    @property
+    def specials(self) -> Specials:
+        ids = self.special_ids
+        return Specials(mask_id=ids.mask_id, pad_id=ids.pad_id)
+
+    def weights(self, which: str = "best") -> Path:
+        if which not in WEIGHTS:
+            raise ConfigError(f"which={which!r}: choose one of {', '.join(WEIGHTS)}")
+        path = self.path / f"{which}.safetensors"
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist; choose --which best|last or finish the run")
+        return path
+
+    def load_model(self, which: str = "best", device: Any = "cpu"):
+        """The Transformer with the `best` or `last` weights, in eval mode (safetensors: no pickled code)."""
+        from unmask.model import Transformer, load_weights
+
+        model = Transformer(self.model_config)
+        load_weights(model, self.weights(which))
+        return model.to(device).eval()
+
+    def metrics(self) -> list[dict]:
+        return read_metrics(self.path)
+
+    def budget(self) -> dict:
+        return read_json(self.path / "budget.json", "the run's budget; copy the run directory whole")
+
+    def provenance(self) -> dict:
+        path = self.path / "provenance.json"
+        return read_json(path, "the run's provenance") if path.is_file() else {}
+
+    def data(self, verify: bool = True):
+        """The data folder the run was trained on, checked to be the same data (same manifest and tokens)."""
+        from unmask.data.dataset import TokenData
+
+        path = self.data_path
+        if path is None or not path.is_dir():
+            raise ConfigError(
+                f"run {self.path}: its data folder {path} is gone; pass --text FILE or --tasks FILE to evaluate "
+                f"on other text, or --validation false"
+            )
+        data = TokenData(path)
+        if verify:
+            check_data_identity(self, data)
+        return data
+
+    def final_result(self) -> dict | None:
+        """The run's result: the last validation record (final weights, final_mc_passes for MDM)."""
+        evals = [r for r in self.metrics() if "val_loss" in r]
+        if not evals:
+            return None
+        last = evals[-1]
+        loss = last.get("final_val_loss", last["val_loss"])
+        return {"step": last["step"], "loss": loss, "stderr": last.get("final_val_stderr", last.get("val_stderr"))}
+
+
+def check_data_identity(run: Run, data) -> None:
+    """Refuse data that is not what the run was trained on: another tokenizer, other or truncated tokens."""
+    recorded = run.config.get("data_identity")
+    if data.vocab_size != run.model_config.vocab_size:
+        raise ConfigError(
+            f"data {data.path} has vocabulary {data.vocab_size} but run {run.path} was trained on "
+            f"{run.model_config.vocab_size}: it was re-prepared; use the run's own data or a new run"
+        )
+    if not isinstance(recorded, dict) or not hasattr(data, "identity"):
+        return  # a run from before identities were recorded: the vocabulary check above is all there is
+    current = data.identity()
+    for name, entry in (recorded.get("files") or {}).items():
+        now = (current.get("files") or {}).get(name)
+        if now != entry:
+            raise ConfigError(
+                f"data {data.path}: {name} is not the file run {run.path} was trained on "
+                f"(size/checksum differ; re-prepared or truncated?); restore it or start a new run"
+            )
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,22 @@
+"""Training: the loop shared by every objective (loop.py), budgets and schedules (optim.py),
+the resumable state (state.py), metrics (metrics.py), stop signals (signals.py), run
+directories (rundir.py)."""
+
+from unmask.training.loop import Hook, StepInfo, Trainer, TrainingError, checkpoint_bytes, train
+from unmask.training.optim import Budget, learning_rate, make_optimizer
+from unmask.training.signals import TrainingStopped
+from unmask.training.state import TrainState
+
+__all__ = [
+    "Budget",
+    "Hook",
+    "StepInfo",
+    "TrainState",
+    "Trainer",
+    "TrainingError",
+    "TrainingStopped",
+    "checkpoint_bytes",
+    "learning_rate",
+    "make_optimizer",
+    "train",
+]

@@ -1,0 +1,67 @@
+"""Creating a run directory (the layout is described in unmask.run) and resuming its config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+from unmask.checkpoint import atomic_write_text, provenance, sha256_of
+from unmask.config import ConfigError, ModelConfig, TrainConfig, to_dict
+from unmask.model import count_params
+from unmask.run import Run
+
+RUNTIME_FIELDS = ("stop_at_step", "device", "threads", "compile")
+"""TrainConfig fields that control how a run executes, not what it is: free to change on resume."""
+
+
+def create_run_dir(out: Path, data, model_cfg: ModelConfig, cfg: TrainConfig, budget) -> None:
+    """config.json (with the data's identity and the special ids), budget, provenance, the tokenizer copy."""
+    saved = dataclasses.replace(cfg, stop_at_step=None)  # a runtime control, not part of the experiment
+    shutil.copyfile(data.path / "tokenizer.json", out / "tokenizer.json")
+    config = {
+        "data": str(data.path.resolve()),
+        "model": to_dict(model_cfg),
+        "train": to_dict(saved),
+        "specials": {"eod_id": data.eod_id, "mask_id": data.mask_id, "pad_id": data.pad_id},
+        "tokenizer_sha256": sha256_of(out / "tokenizer.json"),
+    }
+    if hasattr(data, "identity"):
+        config["data_identity"] = data.identity()
+    atomic_write_text(
+        out / "budget.json", json.dumps({**dataclasses.asdict(budget), "params": count_params(model_cfg)}, indent=2)
+    )
+    atomic_write_text(out / "provenance.json", json.dumps(provenance(), indent=2))
+    (out / "metrics.jsonl").touch()
+    atomic_write_text(out / "config.json", json.dumps(config, indent=2))  # last: a run directory is complete with it
+
+
+def resume_config(run: Run, model: ModelConfig | None, train: TrainConfig | None) -> TrainConfig:
+    """The saved train config with the runtime controls of `train`; other values that differ are refused.
+
+    A value equal to the field's default is taken as not given (the CLI passes every field).
+    """
+    saved = run.train_config
+    if train is None:
+        return saved
+    default = TrainConfig()
+    changed = [
+        f"train.{f.name}={getattr(train, f.name)!r} (the run has {getattr(saved, f.name)!r})"
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in RUNTIME_FIELDS
+        and getattr(train, f.name) != getattr(default, f.name)
+        and getattr(train, f.name) != getattr(saved, f.name)
+    ]
+    if model is not None:
+        base, mine = ModelConfig(), run.model_config
+        for name in ("n_layer", "d_model", "n_head", "dropout", "init_std", "rope_base"):
+            given = getattr(model, name)
+            if given != getattr(base, name) and given != getattr(mine, name):
+                changed.append(f"model.{name}={given!r} (the run has {getattr(mine, name)!r})")
+    if changed:
+        raise ConfigError(
+            f"--resume true continues the saved run {run.path} with its own settings; "
+            f"{'; '.join(changed)}: drop these options or train a new --out"
+        )
+    return dataclasses.replace(saved, **{f: getattr(train, f) for f in RUNTIME_FIELDS})
