@@ -30,7 +30,7 @@ def prepare(
         inputs: Files or folders (text, JSONL, parquet, saved HF datasets); none = the embedded Austen corpus.
         out: Output folder (tokenizer.json, train.bin, val.bin, manifest.json).
         data: Tokenizer, budget and split settings.
-        overwrite: Replace an existing output folder.
+        overwrite: Replace an existing output folder that `unmask prepare` wrote (any other folder is refused).
     """
     from unmask.data.prepare import prepare as run_prepare
 

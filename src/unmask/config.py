@@ -14,6 +14,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+MAX_SEQ_LEN = 2**20
+"""The longest sequence a data folder or model may declare (a typo must not allocate the machine away)."""
+
 # name: (n_layer, d_model, n_head). The names of the paper-scale rows are total
 # parameters with the GPT-2 vocabulary padded to 50304 (tested in tests/test_model.py).
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -72,7 +75,16 @@ class DataConfig:
     """Seed of the train/validation assignment."""
 
     def __post_init__(self) -> None:
-        check(self.vocab_size >= 260, f"data.vocab_size={self.vocab_size}: must be >= 260 (256 bytes + specials)")
+        check(
+            260 <= self.vocab_size <= 2**24,
+            f"data.vocab_size={self.vocab_size}: must be in [260, 2**24] (256 bytes + specials; uint32 shards)",
+        )
+        check(
+            self.tokenizer_train_bytes > 0,
+            f"data.tokenizer_train_bytes={self.tokenizer_train_bytes}: must be > 0 (the BPE needs text to learn from)",
+        )
+        check(0 <= self.seed < 2**63, f"data.seed={self.seed}: must be in [0, 2**63)")
+        check(bool(self.text_field), "data.text_field: must name a field, e.g. 'text'")
         check(self.unique_tokens > 0, f"data.unique_tokens={self.unique_tokens}: must be > 0")
         check(self.val_tokens >= 0, f"data.val_tokens={self.val_tokens}: must be >= 0")
         check(0.0 <= self.val_fraction < 1.0, f"data.val_fraction={self.val_fraction}: must be in [0, 1)")
@@ -80,8 +92,11 @@ class DataConfig:
             self.val_fraction > 0 or self.val_tokens == 0,
             "data.val_fraction=0 puts no document in validation: set data.val_tokens=0 too",
         )
-        check(self.seq_len >= 2, f"data.seq_len={self.seq_len}: must be >= 2")
-        check(self.doc_split != "", "data.doc_split: must be 'file', 'blank' or a non-empty separator line")
+        check(2 <= self.seq_len <= MAX_SEQ_LEN, f"data.seq_len={self.seq_len}: must be in [2, {MAX_SEQ_LEN}]")
+        check(
+            self.doc_split != "" and "\n" not in self.doc_split,
+            "data.doc_split: must be 'file', 'blank' or a non-empty separator line (no newline inside)",
+        )
 
 
 @dataclass

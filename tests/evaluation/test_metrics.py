@@ -68,8 +68,9 @@ class Bigram(nn.Module):
         self.table = nn.Parameter(logits.log_softmax(-1))
         self.cfg = SimpleNamespace(causal=True, vocab_size=vocab, seq_len=seq_len)
 
-    def forward(self, idx, **kwargs):
-        return self.table[idx]  # (B, T, V)
+    def forward(self, idx, output_mask=None, **kwargs):
+        logits = self.table[idx]  # (B, T, V)
+        return logits if output_mask is None else logits[output_mask]  # (M, V), as Transformer.forward
 
 
 def test_generative_perplexity_is_exact_under_a_bigram_judge():

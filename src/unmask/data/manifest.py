@@ -15,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from unmask.config import ConfigError
+from unmask.config import MAX_SEQ_LEN, ConfigError
 
 TOKEN_FILES = ("train.bin", "val.bin")
 CHECKED_FILES = (*TOKEN_FILES, "tokenizer.json")  # the files whose size and SHA-256 the manifest records
 PREPARED_FILES = (*CHECKED_FILES, "manifest.json")
 DTYPES = {"uint16": 2, "uint32": 4}  # token dtype: bytes per token
 INT_FIELDS = ("seq_len", "pad_id", "mask_id", "eod_id", "vocab_size", "unique_tokens", "val_tokens")
-MAX_SEQ_LEN = 2**20  # far beyond any model here; a larger value is a damaged number, not a setting
 REDO = "prepare it again (unmask prepare --overwrite true)"
 
 

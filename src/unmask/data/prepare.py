@@ -30,9 +30,9 @@ from typing import NamedTuple
 import numpy as np
 
 from unmask import __version__
-from unmask.config import ConfigError, DataConfig, check, to_dict
+from unmask.config import ConfigError, DataConfig, to_dict
 from unmask.data.corpus import iter_documents, list_sources
-from unmask.data.manifest import CHECKED_FILES, MAX_SEQ_LEN, PREPARED_FILES, file_identity, looks_prepared
+from unmask.data.manifest import CHECKED_FILES, PREPARED_FILES, file_identity, looks_prepared
 from unmask.data.tokenizer import load_tokenizer, model_vocab_size, special_ids, train_bpe
 from unmask.progress import progress_bar
 
@@ -147,8 +147,6 @@ def prepare(cfg: DataConfig, out: str | Path, overwrite: bool = False, quiet: bo
     else is ever deleted. The new folder is built beside it and swapped in whole.
     """
     out = Path(out)
-    # TokenData refuses a longer seq_len as damage: never write one (until DataConfig checks it).
-    check(cfg.seq_len <= MAX_SEQ_LEN, f"data.seq_len={cfg.seq_len}: must be <= {MAX_SEQ_LEN}")
     target = _check_out(out, overwrite)
     sources = list_sources(cfg.inputs)  # fail on a missing input before any work
     if not next(iter_documents(cfg), None):

@@ -26,7 +26,7 @@ u computed with the context replaced by mask tokens; w = 0 (default) is plain sc
 
 Noise is drawn per request from a generator seeded by (seed, tokens of the request), so a
 request scores the same whatever it is batched with or in which order (the lm-eval adapter
-and `unmask eval mc` agree to float rounding).
+and `unmask eval --tasks` agree to float rounding).
 """
 
 from __future__ import annotations

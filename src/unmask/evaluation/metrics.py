@@ -24,9 +24,9 @@ from collections import Counter
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from unmask.config import check
+from unmask.objectives.ar import ar_token_nll
 
 
 def truncate_at_eos(generated: torch.Tensor, eod_id: int) -> list[list[int]]:
@@ -125,15 +125,17 @@ def generative_perplexity(
         end = prompt_len + int(last[lo:hi].max()) + 1  # nothing after the batch's last scored token is read
         x, r = samples[lo:hi, :end].to(device), real[lo:hi, :end].to(device)
         pos = (r.cumsum(1) - 1).clamp_min(0)[:, :-1]  # per-row positions (left-padded prompts)
-        logits = judge(
-            x[:, :-1],
+        inputs_scored = torch.zeros(hi - lo, end - 1, dtype=torch.bool, device=device)  # input j predicts x[:, j+1]
+        inputs_scored[:, prompt_len - 1 :] = scored[lo:hi, : end - prompt_len].to(device)
+        token_nll, _ = ar_token_nll(
+            judge,
+            x,
+            inputs_scored,
             pos=pos,
             query_pos=pos + 1 if query_is_target else None,
             key_padding_mask=None if bool(r.all()) else r[:, :-1],
-        )  # (b, end - 1, V): logits[:, j] predicts x[:, j + 1]
-        targets = x[:, prompt_len:].masked_fill(~scored[lo:hi, : end - prompt_len].to(device), -100)
-        logits = logits[:, prompt_len - 1 :].float().flatten(0, 1)
-        nll += float(F.cross_entropy(logits, targets.flatten(), reduction="sum"))  # ignore_index -100: unscored
+        )
+        nll += float(token_nll.double().sum())
     return math.exp(nll / int(scored.sum()))
 
 

@@ -65,6 +65,10 @@ def _run_one(job: Job, queue, replace_stale: bool) -> str:
             raise ConfigError(f"{out} holds a run with other settings; move it away or choose another out folder")
         shutil.rmtree(out)  # a run of this runner's own folder, trained with other settings: never report it
 
+    if same is True and _finished(out):
+        queue.put((job.name, None, None))
+        return job.name  # nothing left to train: its files stay as they are
+
     def report(info) -> None:
         if info.step % 10 == 0 or info.step == info.total_steps:  # one message per 10 steps keeps IPC cheap
             queue.put((job.name, info.step, info.total_steps))
@@ -103,6 +107,19 @@ def run_jobs(jobs: list[Job], workers: int = 0, replace_stale: bool = False, qui
                 if step is not None:
                     progress.update(tasks[name], completed=step, total=total)
             return [f.result() for f in futures]  # re-raise a worker's error here
+
+
+def _finished(out: Path) -> bool:
+    """The run logged its result at its last step (a kill after that is repaired by a resume)."""
+    from unmask.run import Run
+
+    run = Run(out)
+    result = run.final_result()
+    return (
+        result is not None
+        and result["step"] == run.budget().get("total_steps")
+        and (out / "last.safetensors").is_file()
+    )
 
 
 def _one_thread(cfg: TrainConfig) -> TrainConfig:

@@ -69,6 +69,7 @@ def train(
     compile) are taken from `train`, and any other value that differs from the saved one is refused.
     """
     out = Path(out)
+    _refuse_if_held(out)  # a live writer is named by its PID before anything else is said of the folder
     if resume:
         saved = Run(out)
         model_cfg, cfg = saved.model_config, resume_config(saved, model, train)
@@ -102,21 +103,26 @@ def train(
 
 def _writer_lock(out: Path, resume: bool) -> RunLock:
     """Lock the run directory for this process; a new run must find it absent or empty."""
-    if not resume:
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--out {out} is a file, not a directory; pick another --out")
-        if out.exists() and any(p.name != ".lock" for p in out.iterdir()):
-            raise ConfigError(
-                f"run directory {out} already exists; pass --resume true to continue it or pick another --out"
-            )
-        out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory; pick another --out")
+    exists = f"run directory {out} already exists; pass --resume true to continue it or pick another --out"
+    if not resume and _has_content(out):
+        raise ConfigError(exists)
+    out.mkdir(parents=True, exist_ok=True)
     lock = RunLock(out).acquire()
-    if not resume and any(p.name != ".lock" for p in out.iterdir()):  # another writer got there first
+    if not resume and _has_content(out):  # another writer got there first and has finished
         lock.release()
-        raise ConfigError(
-            f"run directory {out} already exists; pass --resume true to continue it or pick another --out"
-        )
+        raise ConfigError(exists)
     return lock
+
+
+def _refuse_if_held(out: Path) -> None:
+    if (out / ".lock").is_file():
+        RunLock(out).acquire().release()  # raises naming the PID while another process holds it
+
+
+def _has_content(out: Path) -> bool:
+    return out.is_dir() and any(p.name != ".lock" for p in out.iterdir())
 
 
 def _restore(state: TrainState, checkpoints: Checkpoints, out: Path) -> None:
@@ -321,13 +327,26 @@ class Trainer:
 
     def finish(self) -> None:
         """A finished run resumed: repair what a kill after the last checkpoint may have left incomplete."""
-        self._save_weights("last")  # the final step's weights, from its checkpoint
+        if not _holds_weights(self.out / "last.safetensors", self.state.model):
+            self._save_weights("last")  # the final step's weights, from its checkpoint
         if not any("final_val_loss" in r for r in Run(self.out).metrics()):
             self.metrics = MetricsWriter(self.out, self.tensorboard)
             try:
                 self.validate_and_log()
             finally:
                 self.metrics.close()
+
+
+def _holds_weights(path: Path, model: torch.nn.Module) -> bool:
+    """Does the safetensors file at `path` hold exactly the weights of `model`?"""
+    from safetensors.torch import load_file
+
+    try:
+        saved = load_file(str(path))
+    except Exception:  # missing or torn: it does not
+        return False
+    state = model.state_dict()
+    return saved.keys() == state.keys() and all(torch.equal(saved[k], v.cpu()) for k, v in state.items())
 
 
 def checkpoint_bytes(model_cfg: ModelConfig) -> int:
