@@ -340,8 +340,11 @@ def test_prepare_replaces_its_own_folder_only_with_overwrite(tree):
     assert TokenData("data").manifest["config"]["seed"] == 1
 
 
-def test_prepare_never_writes_a_seq_len_that_reading_refuses(tree):
-    refuses(prepare, replace(SMALL, seq_len=2**21), "data", quiet=True)
+def test_a_seq_len_that_reading_refuses_is_refused_by_the_config(tree):
+    from unmask.config import MAX_SEQ_LEN
+
+    with pytest.raises(ConfigError, match=r"data.seq_len=2097152: must be in \[2, 1048576\]"):
+        replace(SMALL, seq_len=2 * MAX_SEQ_LEN)
     assert not Path("data").exists()
 
 
