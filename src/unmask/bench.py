@@ -164,7 +164,7 @@ def bench_sample(
         opts = {k: {"{L}": length, "{L/4}": max(length // 4, 1)}.get(v, v) for k, v in SAMPLE_METHODS[name].items()}
         if opts["method"] == "threshold":
             opts["threshold"] = threshold
-        rows.append((name, run, SamplerConfig(temperature=temperature, **opts)))
+        rows.append((name, run, SamplerConfig.from_flat(temperature=temperature, **opts)))
     decode(run, "", 1, 8, SamplerConfig(temperature=temperature), seed, device=device)  # warm-up
     results = {}
     for name, row_run, sampler in rows:

@@ -150,7 +150,7 @@ def sample(
     device: str = "auto",
     json: bool = False,
 ) -> dict:
-    """Generate or infill text from a run: AR decoding, or any MDM sampler (see --sampler.method).
+    """Generate or infill text from a run: AR decoding, or any MDM sampler (see --sampler.commit.method).
 
     Args:
         run: Run directory.
@@ -159,8 +159,9 @@ def sample(
         n: Number of samples.
         seed: Sampling seed.
         which: Weights to use: best or last.
-        sampler: Decoding method and options (MDM); AR runs use temperature, top_k and top_p.
-        energy_run: AR run whose likelihood is EDLM's energy (MDM, --sampler.method ancestral).
+        sampler: Token distribution (AR and MDM: temperature, top_k, top_p) and the MDM families: commit (method,
+            steps, block_length, threshold), cache, conv, energy. Flat flags such as --sampler.method still work.
+        energy_run: AR run whose likelihood is EDLM's energy (MDM, --sampler.commit.method ancestral).
         blank_length: Mask tokens per ____ blank in the prompt.
         mask_spans: Spans START-END (END excluded) of prompt token positions to mask and infill, e.g. [3-7,10-12].
         trace: Write the denoising trace here (JSONL: per step, the positions committed and their tokens).
@@ -331,6 +332,19 @@ def gather_lists(argv: list[str]) -> list[str]:
     return out
 
 
+def migrate_flags(argv: list[str]) -> list[str]:
+    """Sampler flags from before the grouping keep working: --sampler.method → --sampler.commit.method, ..."""
+    from unmask.sampling.config import FLAT_NAMES
+
+    out = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=")
+        name = flag.removeprefix("--sampler.") if flag.startswith("--sampler.") else None
+        group, key = FLAT_NAMES.get(name, (None, None)) if name else (None, None)
+        out.append(f"--sampler.{group}.{key}{eq}{value}" if group else arg)
+    return out
+
+
 def _error(message: str) -> None:
     """One bounded line on stderr, whatever the message holds."""
     line = " ".join(str(message).split())
@@ -347,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     from unmask.training.signals import TrainingStopped
 
     parser = build_parser()
-    argv = gather_lists(list(sys.argv[1:] if argv is None else argv))
+    argv = migrate_flags(gather_lists(list(sys.argv[1:] if argv is None else argv)))
     try:
         cfg = parser.parse_args(argv)
         init = parser.instantiate(cfg)

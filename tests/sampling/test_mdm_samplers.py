@@ -55,7 +55,7 @@ class Recorder(nn.Module):
 
 def run(model, prompt, gen_len, seed=0, energy=None, **options):
     g = torch.Generator().manual_seed(seed)
-    return sample_mdm(model, prompt, gen_len, MASK, SamplerConfig(**options), (0,), g, energy)
+    return sample_mdm(model, prompt, gen_len, MASK, SamplerConfig.from_flat(**options), (0,), g, energy)
 
 
 def prompts(B: int = 2, P: int = 3) -> torch.Tensor:
@@ -348,7 +348,7 @@ def test_a_batch_of_prompts_of_different_lengths_decodes_each_as_alone(options):
     alone = [run(model, torch.tensor([r]), gen_len, **options).tokens[0, len(r) :] for r in rows]
     padded, prompt_mask = left_pad(rows, pad_id=0)
     g = torch.Generator().manual_seed(0)
-    out = sample_mdm(model, padded, gen_len, MASK, SamplerConfig(**options), (0,), g, prompt_mask=prompt_mask)
+    out = sample_mdm(model, padded, gen_len, MASK, SamplerConfig.from_flat(**options), (0,), g, prompt_mask=prompt_mask)
     for row, expected in enumerate(alone):
         assert out.tokens[row, padded.shape[1] :].tolist() == expected.tolist(), row
     assert out.tokens[0, :3].tolist() == [0, 0, 0]  # the padding itself is never rewritten

@@ -66,7 +66,7 @@ class Recorder(nn.Module):
 def test_mdm_commits_the_scheduled_count_and_never_changes_a_committed_token():
     model, mask = Recorder(), 1
     prompt = torch.tensor([[5, 6, 7], [8, 9, 10]])
-    cfg = SamplerConfig(method="low_confidence", steps=4, temperature=1.0)
+    cfg = SamplerConfig.from_flat(method="low_confidence", steps=4, temperature=1.0)
     out = sample_mdm(model, prompt, 10, mask, cfg, generator=torch.Generator().manual_seed(0))
     states = model.inputs + [out.tokens]
     for step, k in enumerate(commit_schedule(10, 4)):

@@ -136,7 +136,7 @@ class _Denoiser:
 
     def new_block(self, start: int, end: int) -> None:
         """Drop the cache; the next call is a full pass that refreshes it for the window [start, end)."""
-        self.past, self.window = None, (start, end if self.cfg.cache == "dual" else self.fixed.shape[1])
+        self.past, self.window = None, (start, end if self.cfg.cache.kv == "dual" else self.fixed.shape[1])
 
     def __call__(self, x: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         """(M, V) float32 logits at the M positions of cand (B, T), row-major."""
@@ -145,7 +145,7 @@ class _Denoiser:
             uncond = x.masked_fill(self.fixed, self.mask_id)  # the prompt (every fixed token) replaced by masks
             logits = guided_logits(self.model, x, uncond, cand, self.cfg.cfg_scale, **self._kw())
             self.out.forward_passes += 1
-        elif self.cfg.cache == "none":
+        elif self.cfg.cache.kv == "none":
             logits = self.model(x, output_mask=cand, **self._kw()).float()
         elif self.past is None:  # a block's first step: full pass, keep the keys outside the window
             logits, kv = self.model(x, output_mask=cand, return_kv=True, **self._kw())
@@ -230,17 +230,17 @@ def _decode_block(x, region, steps, denoise, cfg, mask_id, generator, energy_mod
     step, logits, changed = 0, None, True
     while True:
         cand = (x == mask_id) & region  # (B, T)
-        if (step == steps) if cfg.method != "threshold" else not bool(cand.any()):  # host sync per step
+        if (step == steps) if cfg.commit.method != "threshold" else not bool(cand.any()):  # host sync per step
             break
-        if changed or logits is None or not cfg.skip_unchanged:
+        if changed or logits is None or not cfg.cache.skip_unchanged:
             logits = denoise(x, cand)  # (M, V)
         x0 = torch.full_like(x, mask_id)
         x0[cand] = sample_categorical(logits, cfg.temperature, generator)
         committed = x != mask_id if denoise.real is None else (x != mask_id) & denoise.real  # padding is not text
-        scale = conv_scores(committed, cfg.conv_kernel, cfg.conv_g, cfg.conv_scale) if cfg.conv else None
-        if cfg.method == "ancestral":
+        scale = conv_scores(committed, cfg.conv.kernel, cfg.conv.g, cfg.conv.scale) if cfg.conv.enabled else None
+        if cfg.commit.method == "ancestral":
             t, s = 1 - step / steps, 1 - (step + 1) / steps
-            if energy_model is not None and cfg.edlm_t_end <= t <= cfg.edlm_t_start:
+            if energy_model is not None and cfg.energy.t_end <= t <= cfg.energy.t_start:
                 x0 = _edlm_x0(x, cand, logits, cfg, generator, energy_model, out)
             p = torch.full((B, T), (t - s) / t, dtype=torch.float64, device=x.device)
             if scale is not None:  # reweight, keeping the expected number of commits per sequence
@@ -250,14 +250,14 @@ def _decode_block(x, region, steps, denoise, cfg, mask_id, generator, energy_mod
                 p = (p * scale).clamp(max=1.0)
             commit = cand & (torch.rand((B, T), generator=generator, device=x.device, dtype=torch.float64) < p)
         else:
-            if cfg.method == "random":
+            if cfg.commit.method == "random":
                 conf = torch.rand(len(logits), generator=generator, device=x.device, dtype=torch.float64)
             else:
-                conf = confidence_of(logits, x0[cand], cfg.confidence)
+                conf = confidence_of(logits, x0[cand], cfg.commit.confidence)
             score = torch.full((B, T), float("-inf"), dtype=torch.float64, device=x.device)
             score[cand] = conf if scale is None else conf * scale[cand]
-            if cfg.method == "threshold":
-                commit = cand & (score > cfg.threshold)
+            if cfg.commit.method == "threshold":
+                commit = cand & (score > cfg.commit.threshold)
                 best = score.argmax(1)  # at least one per sequence that still has a masked token
                 commit[torch.arange(B, device=x.device), best] |= cand.any(1)
             else:
@@ -275,7 +275,7 @@ def _decode_block(x, region, steps, denoise, cfg, mask_id, generator, energy_mod
 def _edlm_x0(x, cand, logits, cfg: SamplerConfig, generator, energy_model, out) -> torch.Tensor:
     """EDLM: k candidate x0 (all masked positions) from the tempered proposal, one resampled per sequence."""
     B, T = x.shape
-    k = cfg.edlm_candidates
+    k = cfg.energy.candidates
     draws = sample_categorical(logits.expand(k, -1, -1), cfg.temperature, generator)  # (k, M)
     log_q_tok = (logits.double() / cfg.temperature).log_softmax(-1)  # (M, V) the proposal actually sampled
     log_q_tok = log_q_tok.expand(k, -1, -1).gather(-1, draws[..., None]).squeeze(-1)  # (k, M)
@@ -286,5 +286,5 @@ def _edlm_x0(x, cand, logits, cfg: SamplerConfig, generator, energy_model, out) 
     candidates = seqs.transpose(0, 1)  # (B, k, T): sequence b's candidates are rows b*k .. b*k+k-1 below
     log_p_ar = ar_log_likelihood(energy_model, candidates.reshape(B * k, T)).view(B, k)
     out.energy_passes += 1
-    chosen, _ = edlm_resample(candidates, log_q, log_p_ar, cfg.edlm_temperature, generator)
+    chosen, _ = edlm_resample(candidates, log_q, log_p_ar, cfg.energy.temperature, generator)
     return chosen

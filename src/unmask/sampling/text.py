@@ -7,7 +7,6 @@ spans. Every other prompt token stays fixed.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import time
@@ -21,7 +20,6 @@ from unmask.sampling.config import SamplerConfig
 from unmask.sampling.mdm import SampleOutput
 
 BLANK = re.compile(r"_{4,}")
-AR_OPTIONS = {"temperature", "top_k", "top_p"}  # the SamplerConfig fields that apply to AR runs
 MAX_SAMPLES = 4096  # bounds that keep a typo from allocating the machine away
 MAX_LENGTH = 1_000_000
 
@@ -120,11 +118,7 @@ def decode(
         energy = load_energy(energy_run, opened.model_config.vocab_size, dev) if energy_run else None
         out = sample_mdm(model, x, length, ids.mask_id, sampler, banned, g, energy)
     else:
-        default = SamplerConfig()
-        changed = [
-            f.name for f in dataclasses.fields(SamplerConfig) if getattr(sampler, f.name) != getattr(default, f.name)
-        ]
-        extra = sorted(set(changed) - AR_OPTIONS) + (["energy_run"] if energy_run else [])
+        extra = sampler.mdm_only_options_set() + (["energy_run"] if energy_run else [])
         check(
             not extra,
             f"{objective.name} run {run}: {', '.join(extra)}: MDM-only (AR runs take temperature, top_k, top_p)",
@@ -176,4 +170,5 @@ def generate_text(
     """n continuations of `prompt`: AR decoding, or MDM low-confidence in `steps` steps (default: one per token)."""
     if steps is not None and not 1 <= steps <= length:
         raise ConfigError(f"--steps {steps} must be between 1 and --length {length}")
-    return decode(run, prompt, n, length, SamplerConfig(steps=steps, temperature=temperature), seed, which).texts
+    sampler = SamplerConfig.from_flat(steps=steps, temperature=temperature)
+    return decode(run, prompt, n, length, sampler, seed, which).texts
