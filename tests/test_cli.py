@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import tiny_model_config, tiny_train_config
 from unmask import cli
 
 
@@ -164,3 +165,46 @@ def test_shipped_configs_parse(path):
     cfg = cli.build_parser().parse_args([command, "--config", str(path)])
     init = cli.build_parser().instantiate(cfg)
     assert init.command == command
+
+
+def test_threads_and_plain_lists_on_the_command_line(capsys, tiny_data_dir, tmp_path):
+    fixtures = Path(__file__).parent / "fixtures"
+    code, _, err = unmask(
+        capsys, "train", "--data", tiny_data_dir, "--out", tmp_path / "run", "--model.size", "tiny",
+        "--train.objective", "ar", "--train.batch_size", "8", "--train.threads", "1", "--tensorboard", "false",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["threads"] == 1
+    tasks = tmp_path / "second.jsonl"
+    tasks.write_text((fixtures / "austen_mc.jsonl").read_text().splitlines()[0] + "\n")
+    # --tasks a.jsonl b.jsonl: a plain list, no JSON brackets needed (the runs come first)
+    code, out, err = unmask(
+        capsys, "eval", tmp_path / "run", "--tasks", fixtures / "austen_mc.jsonl", tasks, "--validation", "false",
+        "--json", "true",
+    )  # fmt: skip
+    assert code == 0, err
+    assert set(json.loads(out)["tasks"]) == {"austen_mc", "second"}
+
+
+def test_error_lines_are_bounded_whatever_the_input(capsys, tmp_path):
+    code, _, err = unmask(capsys, "eval", tmp_path / ("x" * 5000))
+    assert_one_line_error(code, err)
+    assert len(err.strip()) <= 600
+
+
+def test_metrics_are_strict_json_even_when_the_loss_is_not_finite(tiny_data, tmp_path, monkeypatch):
+    from tests.training.test_reliability import nan_on_steps
+    from unmask.training import train
+
+    nan_on_steps(monkeypatch, {2, 3})
+    out = train(
+        tiny_data.path, tmp_path / "run", tiny_model_config(tiny_data, causal=False),
+        tiny_train_config(objective="mdm", epochs=1), quiet=True, tensorboard=False,
+    )  # fmt: skip
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    records = [json.loads(line, parse_constant=refuse) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[1] is None and losses[2] is None and all(v is not None for v in losses[3:])

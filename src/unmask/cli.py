@@ -347,10 +347,10 @@ def migrate_flags(argv: list[str]) -> list[str]:
 
 def _error(message: str) -> None:
     """One bounded line on stderr, whatever the message holds."""
-    line = " ".join(str(message).split())
+    line = "unmask: error: " + " ".join(str(message).split())
     if len(line) > MAX_ERROR_CHARS:
         line = line[: MAX_ERROR_CHARS - 1] + "…"
-    print(f"unmask: error: {line}", file=sys.stderr)
+    print(line, file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -383,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("unmask: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a path the user gave that the OS refuses (too long, not a directory, no permission)
+        _error(f"{e.strerror or type(e).__name__}: {e.filename}; check the path" if e.filename else str(e))
+        return 2
     except Exception as e:  # a bug, not bad input: still one line; UNMASK_DEBUG=1 shows the traceback
         if os.environ.get("UNMASK_DEBUG"):
             raise

@@ -79,14 +79,17 @@ def test_mdm_commits_the_scheduled_count_and_never_changes_a_committed_token():
     assert out.forward_passes == 4 and len(out.history) == 4
 
 
-def test_ar_greedy_decoding_extends_the_prompt():
+def test_ar_greedy_decoding_is_the_argmax_of_a_full_forward_at_every_step():
     torch.manual_seed(0)
     model = Transformer(ModelConfig(size="tiny", vocab_size=20, seq_len=8, causal=True)).eval()
-    prompt = torch.tensor([[3, 4]])
-    out = sample_ar(model, prompt, 10).tokens  # longer than seq_len: the context is cropped
-    assert out.shape == (1, 12) and torch.equal(out[:, :2], prompt)
-    expected_first = model(prompt)[:, -1].argmax(-1)
-    assert out[0, 2] == expected_first
+    prompt = torch.tensor([[3, 4], [7, 1]])
+    out = sample_ar(model, prompt, 10).tokens  # longer than seq_len: the context window slides
+    assert out.shape == (2, 12) and torch.equal(out[:, :2], prompt)
+    x = prompt
+    for _ in range(6):  # while the context fits the model: greedy by hand, no cache, batch by batch
+        x = torch.cat([x, model(x)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out[:, :8], x)
+    assert torch.equal(out, sample_ar(model, prompt, 10, use_cache=False).tokens)  # the cache changes nothing
 
 
 def test_ar_orderings_runs_decode_with_target_positions_in_the_queries():

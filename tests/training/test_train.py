@@ -136,4 +136,14 @@ def test_metrics_also_go_to_tensorboard(tiny_data, tmp_path):
         quiet=True,
         tensorboard=True,
     )
-    assert list((out / "tb").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    records = read_metrics(out)
+    for key in ("loss", "lr", "val_loss"):  # every scalar of metrics.jsonl, at its step, with its value
+        logged = [(r["step"], r[key]) for r in records if key in r]
+        board = [(e.step, e.value) for e in events.Scalars(key)]
+        assert len(board) == len(logged) > 0, key
+        assert [s for s, _ in board] == [s for s, _ in logged]
+        assert [v for _, v in board] == pytest.approx([v for _, v in logged], rel=1e-6)

@@ -17,7 +17,6 @@ from pathlib import Path
 from unmask.config import ConfigError, DataConfig
 
 DEFAULT_CORPUS = "austen.jsonl.gz"
-TEXT_SUFFIXES = {".txt", ".md", ".text", ""}
 JSONL_SUFFIXES = {".jsonl", ".json", ".jsonl.gz", ".json.gz"}
 
 
