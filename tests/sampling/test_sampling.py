@@ -212,3 +212,22 @@ def test_bench_sample_reports_speed_and_quality_per_method(tiny_runs, capsys):
     assert rows["edlm"]["energy_passes"] > 0
     assert all(r["gen_ppl"] > 1 and r["tokens_per_s"] > 0 and 0 <= r["rep_2"] <= 1 for r in rows.values())
     assert "gen PPL" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "objective, args, match",
+    [
+        ("ar", ("--length", str(10**12)), r"length=1000000000000: must be <= 512 \(16 windows of seq_len 32\)"),
+        ("mdm", ("--length", str(10**12)), "exceeds the model's seq_len 32"),
+        ("mdm", ("--prompt", "a ____ b", "--blank_length", str(10**12)), "blank_length=1000000000000: must be in"),
+        ("ar", ("--n", str(10**9)), "n=1000000000: must be in"),
+    ],
+)
+def test_huge_requests_are_refused_before_anything_is_allocated(tiny_runs, capsys, objective, args, match):
+    import re
+    import time
+
+    start = time.perf_counter()
+    code, _, err = unmask_cli(capsys, "sample", tiny_runs[objective], *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and re.search(match, err), err
+    assert time.perf_counter() - start < 5

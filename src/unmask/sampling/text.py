@@ -20,8 +20,9 @@ from unmask.sampling.config import SamplerConfig
 from unmask.sampling.mdm import SampleOutput
 
 BLANK = re.compile(r"_{4,}")
-MAX_SAMPLES = 4096  # bounds that keep a typo from allocating the machine away
-MAX_LENGTH = 1_000_000
+MAX_SAMPLES = 4096  # bounds that keep a typo from allocating the machine away (or decoding for hours)
+AR_MAX_WINDOWS = 16
+"""AR decodes past its window by sliding it; at most this many windows (seq_len each) per call."""
 
 
 @dataclass
@@ -94,12 +95,11 @@ def decode(
     sampler = sampler or SamplerConfig()
     check(1 <= n <= MAX_SAMPLES, f"n={n}: must be in [1, {MAX_SAMPLES}]")
     check(length >= 0, f"length={length}: must be >= 0")
-    check(1 <= blank_length <= MAX_LENGTH, f"blank_length={blank_length}: must be in [1, {MAX_LENGTH}]")
     opened = Run(run)
-    objective, ids = opened.objective, opened.special_ids
+    objective, ids, seq_len = opened.objective, opened.special_ids, opened.model_config.seq_len
+    check(1 <= blank_length <= seq_len, f"blank_length={blank_length}: must be in [1, seq_len {seq_len}]")
     tok = opened.tokenizer()
     prompt_ids = encode_prompt(tok, prompt, ids.mask_id, ids.eod_id, blank_length, mask_spans or [])
-    seq_len = opened.model_config.seq_len
     if objective.decoder == "mdm":  # MDM denoises prompt + answer in one window; check before allocating
         check(
             len(prompt_ids) + length <= seq_len,
@@ -107,7 +107,8 @@ def decode(
             "shorten either",
         )
     else:
-        check(length <= MAX_LENGTH, f"length={length}: must be <= {MAX_LENGTH} (AR decodes with a sliding window)")
+        limit = AR_MAX_WINDOWS * seq_len
+        check(length <= limit, f"length={length}: must be <= {limit} ({AR_MAX_WINDOWS} windows of seq_len {seq_len})")
     dev = resolve_device(device)
     model = opened.load_model(which, dev)
     x = torch.tensor([prompt_ids] * n, device=dev)
