@@ -76,6 +76,17 @@ def iter_documents(cfg: DataConfig) -> Iterator[str]:
             ) from None
 
 
+def read_utf8_file(path: str | Path, option: str, expected: str) -> str:
+    """The whole text of a small file the user named with `option`, or one ConfigError line saying why not."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{option} {path} does not exist or is not a file; pass {expected}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{option} {path} is not UTF-8 (bad byte at offset {e.start}); convert it") from None
+
+
 def one_line(e: BaseException) -> str:
     """The first line of an exception's message (library errors can span many lines, or none)."""
     return (str(e).splitlines() or [type(e).__name__])[0]

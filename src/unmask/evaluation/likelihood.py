@@ -8,11 +8,10 @@ seq_len exactly as prepared data is, so a run copied alone can still be scored.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from unmask.config import ConfigError
+from unmask.data.corpus import read_utf8_file
 from unmask.data.dataset import Sequences
 from unmask.objectives.validation import ValidationLoss, token_byte_lengths, validation_loss
 from unmask.run import Run
@@ -25,14 +24,7 @@ def text_sequences(run: Run, files: list[str]) -> Sequences:
     tok, ids = run.tokenizer(), run.special_ids
     tokens: list[int] = []
     for name in files:
-        path = Path(name)
-        if not path.is_file():
-            raise ConfigError(f"--text {name} does not exist or is not a file; pass UTF-8 text files")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"--text {name} is not UTF-8 (bad byte at offset {e.start}); convert it") from None
-        tokens += tok.encode(text).ids + [ids.eod_id]
+        tokens += tok.encode(read_utf8_file(name, "--text", "UTF-8 text files")).ids + [ids.eod_id]
     if len(tokens) <= len(files):
         raise ConfigError(f"--text {' '.join(files)}: no text to score (the files are empty)")
     return Sequences(np.asarray(tokens, dtype=np.int64), run.model_config.seq_len, ids.pad_id)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from unmask.config import ConfigError
+from unmask.data.corpus import read_utf8_file
 from unmask.evaluation.conditional import ConditionalScorer, LikelihoodConfig, encode_pair
 
 
@@ -36,12 +37,7 @@ class MCItem:
 def read_items(path: str | Path) -> list[MCItem]:
     """Items of a JSONL file; a bad line is one ConfigError naming the file, line and field."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--tasks {path} does not exist; pass JSONL files with context, choices, label")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"--tasks {path} is not UTF-8 (bad byte at offset {e.start}); convert it") from None
+    text = read_utf8_file(path, "--tasks", "JSONL files with context, choices, label")
     items = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
