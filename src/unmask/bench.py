@@ -106,7 +106,7 @@ def quality_of(gen, judge_run: str | None, device: str = "cpu") -> dict[str, flo
     judge, query_is_target = None, False
     if judge_run:
         opened = Run(judge_run)
-        judge, query_is_target = opened.load_model("best", resolve_device(device)), opened.objective.query_is_target
+        judge, query_is_target = opened.load_model("last", resolve_device(device)), opened.objective.query_is_target
     return text_quality(gen.output.tokens, gen.eod_id, judge, gen.prompt_len, judge_query_is_target=query_is_target)
 
 

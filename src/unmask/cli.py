@@ -68,13 +68,35 @@ def train(
     from unmask.training import train as run_train
 
     path = run_train(data, out, model, train, resume=resume, tensorboard=tensorboard)
-    evaluate(str(path), mc_passes=None)
+    _print_result(path)
     return str(path)
+
+
+def _print_result(path) -> None:
+    """The run's result: the final weights with the precise estimator; the lowest curve point is labelled."""
+    from unmask.run import Run
+
+    run = Run(path)
+    result, evals = run.final_result(), [r for r in run.metrics() if "val_loss" in r]
+    total = run.budget().get("total_steps")
+    if result is None or result["step"] != total:
+        print(f"{path}: stopped before its last step (no result yet); continue with --resume true")
+        return
+    kind = run.objective.bound_name
+    passes = run.train_config.final_mc_passes
+    spread = "" if result["stderr"] is None else f" ± {result['stderr']:.4f} ({passes} MC passes)"
+    print(f"{path}: final validation {kind} {result['loss']:.4f}{spread}, final weights (last.safetensors)")
+    lowest = min(evals, key=lambda r: r["val_loss"])
+    if lowest["step"] != result["step"]:
+        print(
+            f"  lowest on the validation curve: {lowest['val_loss']:.4f} at step {lowest['step']} "
+            f"(early-stopped, best.safetensors; {run.train_config.eval_mc_passes}-pass estimate if MDM)"
+        )
 
 
 def evaluate(
     runs: list[str] | str,
-    which: Literal["best", "last"] = "best",
+    which: Literal["best", "last"] = "last",
     mc_passes: int | None = 32,
     seed: int = 0,
     tasks: list[str] | str | None = None,
@@ -94,7 +116,8 @@ def evaluate(
 
     Args:
         runs: Run directories (a leading word 'compare' is allowed).
-        which: Weights to score: best validation step or last step.
+        which: Weights to score: last (the run's final weights: its result) or best (the lowest point of the
+            validation curve: an early-stopped result, labelled as such).
         mc_passes: MDM Monte Carlo passes of the validation ELBO (fixed seed); None = the run's training setting.
         seed: Seed of the MDM validation noise.
         tasks: Zero-shot multiple-choice JSONL file(s), e.g. --tasks a.jsonl b.jsonl (context, choices, label or
@@ -139,7 +162,7 @@ def sample(
     length: int = 48,
     n: int = 1,
     seed: int = 0,
-    which: Literal["best", "last"] = "best",
+    which: Literal["best", "last"] = "last",
     sampler: SamplerConfig = SamplerConfig(),
     energy_run: str | None = None,
     blank_length: int = 8,
@@ -158,7 +181,7 @@ def sample(
         length: Tokens to generate after the prompt (0 with blanks: only infill).
         n: Number of samples.
         seed: Sampling seed.
-        which: Weights to use: best or last.
+        which: Weights to use: last (final, the default) or best (early-stopped).
         sampler: Token distribution (AR and MDM: temperature, top_k, top_p) and the MDM families: commit (method,
             steps, block_length, threshold), cache, conv, energy. Flat flags such as --sampler.method still work.
         energy_run: AR run whose likelihood is EDLM's energy (MDM, --sampler.commit.method ancestral).

@@ -40,7 +40,7 @@ class UnmaskLM(LM):
     def __init__(
         self,
         run: str,
-        which: str = "best",
+        which: str = "last",
         device: str | None = None,
         estimator: str = "stratified",
         mc_samples: int = 128,

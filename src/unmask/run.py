@@ -116,7 +116,7 @@ class Run:
         ids = self.special_ids
         return Specials(mask_id=ids.mask_id, pad_id=ids.pad_id)
 
-    def weights(self, which: str = "best") -> Path:
+    def weights(self, which: str = "last") -> Path:
         if which not in WEIGHTS:
             raise ConfigError(f"which={which!r}: choose one of {', '.join(WEIGHTS)}")
         path = self.path / f"{which}.safetensors"
@@ -124,7 +124,7 @@ class Run:
             raise ConfigError(f"{path} does not exist; choose --which best|last or finish the run")
         return path
 
-    def load_model(self, which: str = "best", device: Any = "cpu"):
+    def load_model(self, which: str = "last", device: Any = "cpu"):
         """The Transformer with the `best` or `last` weights, in eval mode (safetensors: no pickled code)."""
         from unmask.model import Transformer, load_weights
 

@@ -122,7 +122,9 @@ def tiny_runs(tiny_data, tmp_path_factory):
         run = tmp_path_factory.mktemp(objective)
         torch.manual_seed(0)
         mcfg = tiny_model_config(tiny_data, causal=objective == "ar")
-        save_model(Transformer(mcfg), run / "best.safetensors")
+        net = Transformer(mcfg)
+        save_model(net, run / "best.safetensors")
+        save_model(net, run / "last.safetensors")
         shutil.copyfile(tiny_data.path / "tokenizer.json", run / "tokenizer.json")
         config = {
             "data": str(tiny_data.path),

@@ -20,7 +20,7 @@ from unmask.evaluation.config import LikelihoodConfig
 
 def evaluate_run(
     run: str,
-    which: str = "best",
+    which: str = "last",
     mc_passes: int | None = 32,
     seed: int = 0,
     tasks: list[str] | None = None,
@@ -117,7 +117,7 @@ def table_rows(results: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
     rows = [
         ("objective", cells(lambda r: r["objective"])),
         ("epochs", cells(lambda r: str(r["epochs"]))),
-        ("weights", cells(lambda r: r["which"])),
+        ("weights", cells(lambda r: "last (final)" if r["which"] == "last" else "best (early-stopped)")),
     ]
     if any("loss" in r for r in results):
         rows += [

@@ -117,7 +117,7 @@ def score_items(
 
 
 def load_scorer(
-    run, which: str = "best", device: str = "cpu", config: LikelihoodConfig | None = None
+    run, which: str = "last", device: str = "cpu", config: LikelihoodConfig | None = None
 ) -> tuple[ConditionalScorer, Any, int, Any]:
     """(scorer, tokenizer, end-of-document id, objective record) for a run (a directory or an opened Run)."""
     from unmask.run import Run
@@ -131,7 +131,7 @@ def load_scorer(
 def evaluate_tasks(
     run,
     tasks: list[str],
-    which: str = "best",
+    which: str = "last",
     config: LikelihoodConfig | None = None,
     device: str = "cpu",
     delimiter: str = " ",

@@ -68,7 +68,7 @@ def load_energy(run: str | Path, vocab_size: int, device) -> torch.nn.Module:
     )
     vocab = energy.model_config.vocab_size
     check(vocab == vocab_size, f"energy run {run}: vocabulary {vocab} != {vocab_size}")
-    return energy.load_model("best", device)
+    return energy.load_model("last", device)
 
 
 def decode(
@@ -78,7 +78,7 @@ def decode(
     length: int = 48,
     sampler: SamplerConfig | None = None,
     seed: int = 0,
-    which: str = "best",
+    which: str = "last",
     device: str = "cpu",
     energy_run: str | None = None,
     blank_length: int = 8,
@@ -166,7 +166,7 @@ def generate_text(
     steps: int | None = None,
     temperature: float = 0.0,
     seed: int = 0,
-    which: str = "best",
+    which: str = "last",
 ) -> list[str]:
     """n continuations of `prompt`: AR decoding, or MDM low-confidence in `steps` steps (default: one per token)."""
     if steps is not None and not 1 <= steps <= length:
