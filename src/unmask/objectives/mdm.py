@@ -71,14 +71,17 @@ def elbo_pass_sums(
     passes: int,
     generator: torch.Generator,
     sp: Specials,
-    eps: float,
     max_batch_tokens: int = 16_384,
 ) -> torch.Tensor:
-    """(K,) summed weighted CE of each of K MC passes over `batches` (CPU (B, T) tensors), batched.
+    """(K,) summed weighted CE of each of K MC passes over `batches` (CPU (B, T) tensors): the ELBO of
+    every real token but the first of each sequence, given the first (the tokens AR scores).
 
-    Per batch, K copies, row r = k·B + b. Pass k draws u_k; t_kb = (u_k + b/B) mod 1,
-    p = (1 − eps) t + eps; each real token is masked with probability p_kb; a masked token
-    contributes CE / p_kb — mdm_loss repeated K times, in forwards of at most max_batch_tokens.
+    The count estimator (LLaDA, 2502.09992 eq. 6) instead of sampling a noise level: with L scored
+    tokens in a sequence, draw a count l ∈ {1..L}, mask exactly l of them uniformly, and weight the
+    masked cross-entropies by L/l. Since ∫₀¹ (1/t) P(l masked | t) dt = 1/l, its expectation is the
+    ELBO of the t-sampling estimator, with lower variance (no pass masks nothing, no weight exceeds L).
+    Pass k stratifies l across the batch: l_kb = 1 + ⌊L_b · ((u_k + b/B) mod 1)⌋. Row r = k·B + b; forwards
+    of at most max_batch_tokens tokens.
     """
     device = next(model.parameters()).device
     K = passes
@@ -86,11 +89,19 @@ def elbo_pass_sums(
     for x in batches:
         B, T = x.shape
         real = x != sp.pad_id
+        scoreable = real.clone()
+        scoreable[:, 0] = False  # the first token is context, never masked: AR cannot predict it either
         kpm = None if bool(real.all()) else real.to(device).repeat(K, 1)  # (K·B, T); no device sync (CPU tensor)
-        x, real = x.to(device), real.to(device)
-        p = mask_probability(B, eps, generator, device, passes=K)  # (K, B)
-        masked = (torch.rand(K, B, T, generator=generator, device=device) < p[..., None]) & real  # (K, B, T)
-        masked, weight = masked.flatten(0, 1), (1.0 / p).flatten()  # (K·B, T), (K·B,)
+        x, scoreable = x.to(device), scoreable.to(device)
+        L = scoreable.sum(1)  # (B,)
+        u = torch.rand(K, 1, generator=generator, device=device)
+        frac = (u + torch.arange(B, device=device) / B) % 1.0  # (K, B) stratified
+        count = torch.minimum(1 + (L * frac).long(), L.clamp_min(1))  # (K, B) l in 1..L
+        keys = torch.rand(K, B, T, generator=generator, device=device).masked_fill(~scoreable, 2.0)
+        rank = keys.argsort(-1).argsort(-1)  # a uniform random order of the scoreable positions first
+        masked = (rank < count[..., None]) & scoreable  # (K, B, T) exactly l_kb positions
+        weight = (L / count).float()  # (K, B): L/l (0 for a sequence with nothing to score)
+        masked, weight = masked.flatten(0, 1), weight.flatten()  # (K·B, T), (K·B,)
         xk = x.repeat(K, 1)  # (K·B, T)
         rows = max(1, max_batch_tokens // T)
         for s in range(0, K * B, rows):
@@ -118,9 +129,7 @@ MDM = Objective(
     decoder="mdm",
     make_loss=_mdm_loss,
     n_targets=_mdm_targets,
-    mc_pass_sums=lambda model, batches, K, g, sp, cfg, max_tokens: elbo_pass_sums(
-        model, batches, K, g, sp, cfg.mdm_eps, max_tokens
-    ),
+    mc_pass_sums=lambda model, batches, K, g, sp, cfg, max_tokens: elbo_pass_sums(model, batches, K, g, sp, max_tokens),
 )
 
 

@@ -1,9 +1,13 @@
 """Validation loss on held-out sequences, the same tokens for every objective.
 
-Exact objectives (AR, ar_orderings read left to right) give the mean NLL per token in one
-deterministic pass. Bound objectives (MDM) give the mean per-token ELBO, an *upper bound* on
-the NLL, averaged over K Monte Carlo passes whose noise is fixed by a seed so that curves
-compare; its standard error is the spread of the K pass means (the passes are i.i.d.).
+Every objective scores the same tokens: each real token but the first of a sequence, which is
+its context (AR cannot predict it; MDM conditions on it, never masked). Exact objectives (AR,
+ar_orderings read left to right) give the mean NLL per token in one deterministic pass. Bound
+objectives (MDM) give the mean per-token ELBO of those tokens given the first, an *upper bound*
+on their NLL, averaged over K Monte Carlo passes whose noise is fixed by a seed so that curves
+compare; its standard error is the spread of the K pass means (the passes are i.i.d.). A bound
+objective without a batched estimator (`mc_pass_sums`) is validated with K passes of its own
+training loss, over the tokens its `n_targets` counts.
 
 Bits per byte divide the summed NLL by ln 2 times the UTF-8 bytes of the scored tokens, so
 runs with different tokenizers compare.
@@ -87,9 +91,13 @@ def validation_loss(
     n_seq = sequences.n_sequences()
     batches = [sequences.batch(np.arange(s, min(s + batch_size, n_seq))) for s in range(0, n_seq, batch_size)]
     real = [x != specials.pad_id for x in batches]
-    # Exact objectives score every real token but the first of each sequence; bounds score them all.
-    scored = [r[:, 1:] for r in real] if objective.exact else real
-    targets = [x[:, 1:] for x in batches] if objective.exact else batches
+    # The protocol: every real token but the first of each sequence (a training loss without a batched
+    # estimator may cover all real tokens instead; its n_targets says which).
+    all_real = not objective.exact and objective.mc_pass_sums is None and all(
+        objective.n_targets(x, specials.pad_id) == int(r.sum()) for x, r in zip(batches, real, strict=True)
+    )
+    scored = real if all_real else [r[:, 1:] for r in real]
+    targets = batches if all_real else [x[:, 1:] for x in batches]
     n_tokens = sum(int(s.sum()) for s in scored)
     n_bytes = (
         0
