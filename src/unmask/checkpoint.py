@@ -230,7 +230,29 @@ class RunLock:
         self._file = None
 
     def acquire(self) -> RunLock:
-        f = open(self.path, "a+")
+        try:
+            f = open(self.path, "a+")
+        except OSError as e:  # e.g. .lock is a folder
+            raise ConfigError(f"cannot lock {self.path} ({e.strerror}); the run directory is damaged") from None
+        self._lock(f)
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._file = f
+        return self
+
+    def check(self) -> None:
+        """Refuse, naming its PID, while another process holds the lock; only reads (changes nothing)."""
+        try:
+            f = open(self.path)
+        except OSError:  # no lock file: nobody has written this run (acquire names any other problem)
+            return
+        with f:
+            self._lock(f)  # released again when f closes
+
+    def _lock(self, f) -> None:
+        """flock f exclusively, or close it and refuse, naming the holder."""
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -243,12 +265,6 @@ class RunLock:
                     f"or stop it (one writer per run)"
                 ) from None
             raise
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        self._file = f
-        return self
 
     def release(self) -> None:
         if self._file is not None:

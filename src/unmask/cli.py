@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json as jsonlib
+import os
 import sys
+from pathlib import Path
 from typing import Literal
 
-from unmask.config import ConfigError, DataConfig, ModelConfig, TrainConfig, UnmaskError
+from unmask.config import ConfigError, DataConfig, ModelConfig, TrainConfig, UnmaskError, check
 from unmask.demo import DemoConfig
 from unmask.evaluation.config import LikelihoodConfig
 from unmask.sampling.config import SamplerConfig
@@ -142,6 +144,8 @@ def evaluate(
         runs = runs[1:]
     if not runs:
         raise ConfigError("unmask eval needs at least one run directory, e.g. unmask eval runs/mdm-E64")
+    for suffix in (".csv", ".json") if out else ():
+        check_output_file("--out", str(Path(out).with_suffix(suffix)), make_parents=True)
     results = [
         evaluate_run(r, which, mc_passes, seed, tasks, likelihood, device, delimiter, limit, validation, not json, text)
         for r in runs
@@ -195,6 +199,7 @@ def sample(
     """
     from unmask.sampling.text import decode
 
+    check_output_file("--trace", trace)
     gen = decode(run, prompt, n, length, sampler, seed, which, device, energy_run, blank_length, mask_spans, trace)
     out = gen.output
     result = {
@@ -276,22 +281,80 @@ def bench(
         device: sample: 'cpu', 'cuda' or 'auto'.
         json: sample: also write the results to this JSON file.
     """
+    import shutil
+    import tempfile
+
     from unmask.bench import bench_prepare, bench_sample, bench_train
 
+    check(0 <= threads <= 4096, f"threads={threads}: must be in [0, 4096] (0 = torch's default)")
     if what == "prepare":
+        free = shutil.disk_usage(tempfile.gettempdir()).free
+        check(prepare_mb >= 1, f"prepare_mb={prepare_mb}: must be >= 1")
+        check(2 * prepare_mb * 10**6 <= free, f"prepare_mb={prepare_mb}: needs ~{2 * prepare_mb:,} MB of temporary "
+              f"disk, {free // 10**6:,} MB free")  # fmt: skip
         return bench_prepare(prepare_mb)
     if what == "sample":
-        if not run:
-            raise ConfigError("bench sample needs --run (an MDM run directory)")
+        check(bool(run), "bench sample needs --run (an MDM run directory)")
+        check(length >= 1 and samples >= 1, f"length={length}, samples={samples}: both must be >= 1")
+        check_output_file("--json", json)
         result = bench_sample(
             run, judge_run, length, samples, temperature, threshold, methods, threads=threads or 1, device=device
         )
         if json:
-            from pathlib import Path
-
             Path(json).write_text(jsonlib.dumps(result, indent=2))
         return result
+    check(1 <= steps <= 100_000, f"steps={steps}: must be in [1, 100000]")
+    check(batch_size >= 1 and 4 <= vocab_size <= 2**24, f"batch_size={batch_size}, vocab_size={vocab_size}: need "
+          f"batch_size >= 1 and vocab_size in [4, 2**24]")  # fmt: skip
+    ModelConfig(size=size, vocab_size=vocab_size, seq_len=seq_len)  # names a bad size or seq_len before any work
+    check(batch_size * seq_len <= 2**24, f"batch_size x seq_len = {batch_size * seq_len:,} tokens: must be <= 2**24")
     return bench_train(steps, threads, size, batch_size, seq_len, vocab_size)
+
+
+def check_output_file(option: str, path: str | None, make_parents: bool = False) -> None:
+    """Fail before any work when the file `option` names could not be written at the end: a folder is
+    there, a file stands where a folder should, or (unless the command creates it) its folder is missing."""
+    if path is None:
+        return
+    target = Path(path).absolute()
+    if target.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; pass a file name")
+    existing = next(p for p in target.parents if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {path}: {existing} is a file, not a folder; choose another path")
+    if existing != target.parent and not make_parents:
+        raise ConfigError(f"{option} {path}: folder {target.parent} does not exist; create it or choose another path")
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(f"{option} {path}: {existing} is not writable; choose another path")
+
+
+def study(
+    action: Literal["run", "fit", "report"],
+    study_config: str,
+    retry: bool = False,
+    workers: int | None = None,
+    n_boot: int = 200,
+) -> object:
+    """The data-constrained study: a grid of runs (local processes or Ray), the scaling-law fit, the report.
+
+    `unmask study run CONFIG` trains every point (resumable: finished points are skipped, unfinished ones
+    resumed), `unmask study fit CONFIG` fits the data-constrained law per objective (R_D*, C_crit(U)) with
+    bootstrap intervals, `unmask study report CONFIG` writes figures and a Markdown + HTML report.
+
+    Args:
+        action: 'run', 'fit' or 'report'.
+        study_config: Study YAML (see configs/studies/).
+        retry: run: also retry the points that failed before (they are skipped otherwise).
+        workers: run: parallel runs on the local runner (default: the config's; 0 = one per CPU core).
+        n_boot: fit: bootstrap resamples for the 95% intervals (0 = none).
+    """
+    from unmask.study.pipeline import fit_study, report_study, run_study
+
+    if action == "run":
+        return run_study(study_config, retry=retry, workers=workers)
+    if action == "fit":
+        return fit_study(study_config, n_boot=n_boot)
+    return str(report_study(study_config))
 
 
 COMMANDS = {
@@ -301,6 +364,7 @@ COMMANDS = {
     "sample": sample,
     "demo": demo,
     "bench": bench,
+    "study": study,
 }
 FLAT_CONFIGS = {"demo": DemoConfig}
 VARIADIC_HELP = {"inputs": "Files or folders; none = the embedded corpus.", "runs": "Run directories."}
@@ -377,8 +441,6 @@ def _error(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     from jsonargparse import ArgumentError
 
     from unmask.training.signals import TrainingStopped

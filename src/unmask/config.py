@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 MAX_SEQ_LEN = 2**20
 """The longest sequence a data folder or model may declare (a typo must not allocate the machine away)."""
+MAX_MC_PASSES = 2**16
+"""The most Monte Carlo passes / samples an estimate may ask for (likewise)."""
 
 # name: (n_layer, d_model, n_head). The names of the paper-scale rows are total
 # parameters with the GPT-2 vocabulary padded to 50304 (tested in tests/test_model.py).
@@ -55,14 +57,16 @@ class DataConfig:
     """Text/JSONL/parquet files or folders, or HF datasets saved on disk; empty = embedded Jane Austen corpus."""
     text_field: str = "text"
     """Field holding the document text in JSONL, parquet and HF datasets."""
-    doc_split: str = "file"
-    """How plain text splits into documents: 'file' (one per file), 'blank' (blank lines), or a separator line."""
+    doc_split: str = "auto"
+    """Plain text into documents: 'auto' (blank lines for a single file, else 'file'), 'file' (one document per
+    file), 'blank' (blank lines), or a separator line. Validation draws whole documents, so it needs several."""
     tokenizer: str | None = None
     """Existing tokenizer.json to load (a mask token is added if missing); None = train a byte-level BPE."""
     vocab_size: int = 1024
     """Vocabulary size of the trained BPE, special tokens included."""
-    tokenizer_train_bytes: int = 64_000_000
-    """Train the BPE on at most this many bytes of training documents."""
+    tokenizer_train_bytes: int | None = None
+    """Train the BPE on the first this many bytes of training text; None = on the text the U unique tokens
+    cover (the tokenizer counts against the data budget), at most 64 MB."""
     unique_tokens: int = 25_000
     """U: exact number of unique training tokens (documents in order, the last one truncated)."""
     val_tokens: int = 16_384
@@ -80,7 +84,7 @@ class DataConfig:
             f"data.vocab_size={self.vocab_size}: must be in [260, 2**24] (256 bytes + specials; uint32 shards)",
         )
         check(
-            self.tokenizer_train_bytes > 0,
+            self.tokenizer_train_bytes is None or self.tokenizer_train_bytes > 0,
             f"data.tokenizer_train_bytes={self.tokenizer_train_bytes}: must be > 0 (the BPE needs text to learn from)",
         )
         check(0 <= self.seed < 2**63, f"data.seed={self.seed}: must be in [0, 2**63)")
@@ -95,7 +99,7 @@ class DataConfig:
         check(2 <= self.seq_len <= MAX_SEQ_LEN, f"data.seq_len={self.seq_len}: must be in [2, {MAX_SEQ_LEN}]")
         check(
             self.doc_split != "" and "\n" not in self.doc_split,
-            "data.doc_split: must be 'file', 'blank' or a non-empty separator line (no newline inside)",
+            "data.doc_split: must be 'auto', 'file', 'blank' or a non-empty separator line (no newline inside)",
         )
 
 
@@ -121,6 +125,8 @@ class ModelConfig:
     """Std of the normal initialisation of weight matrices (residual projections also / sqrt(2 n_layer))."""
     rope_base: float = 10_000.0
     """RoPE frequency base."""
+    qk_norm: bool = False
+    """RMSNorm on each head's queries and keys before RoPE (logits O(1) at any init); false = the original model."""
     causal: bool = True
     """Causal attention (AR) or bidirectional (MDM); set from the objective."""
 
@@ -129,6 +135,8 @@ class ModelConfig:
             check(self.size in SIZES, f"model.size={self.size!r}: must be one of {sorted(SIZES)} or null")
             self.n_layer, self.d_model, self.n_head = SIZES[self.size]
         check(self.n_layer > 0 and self.d_model > 0 and self.n_head > 0, "model: n_layer, d_model, n_head must be > 0")
+        check(1 <= self.vocab_size <= 2**32, f"model.vocab_size={self.vocab_size}: must be in [1, 2**32]")
+        check(1 <= self.seq_len <= MAX_SEQ_LEN, f"model.seq_len={self.seq_len}: must be in [1, {MAX_SEQ_LEN}]")
         check(
             self.d_model % self.n_head == 0,
             f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}",
@@ -211,8 +219,9 @@ class TrainConfig:
         check(0.0 <= self.warmup_frac < 1.0, f"train.warmup_frac={self.warmup_frac}: must be in [0, 1)")
         check(0.0 < self.mdm_eps < 1.0, f"train.mdm_eps={self.mdm_eps}: must be in (0, 1)")
         check(self.n_orderings >= 1, f"train.n_orderings={self.n_orderings}: must be >= 1")
-        check(self.eval_mc_passes >= 1, f"train.eval_mc_passes={self.eval_mc_passes}: must be >= 1")
-        check(self.final_mc_passes >= 1, f"train.final_mc_passes={self.final_mc_passes}: must be >= 1")
+        for name in ("eval_mc_passes", "final_mc_passes"):
+            passes = getattr(self, name)
+            check(1 <= passes <= MAX_MC_PASSES, f"train.{name}={passes}: must be in [1, {MAX_MC_PASSES}]")
         check(self.eval_every >= 0, f"train.eval_every={self.eval_every}: must be >= 0 (0 = about 20 per run)")
         check(self.eval_batch_size >= 1, f"train.eval_batch_size={self.eval_batch_size}: must be >= 1")
         check(self.grad_clip >= 0, f"train.grad_clip={self.grad_clip}: must be >= 0 (0 = off)")
@@ -257,6 +266,12 @@ def _is_instance(value: Any, hint: Any) -> bool:
         return any(_is_instance(value, a) for a in args)
     if origin is list:
         return isinstance(value, list) and all(_is_instance(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _is_instance(k, args[0]) and _is_instance(v, args[1]) for k, v in value.items()
+        )
+    if hint is Any:
+        return True
     if hint is type(None):
         return value is None
     if hint is float:  # JSON/YAML write 1e3 as int sometimes; bool is not a number here
@@ -274,4 +289,6 @@ def _type_name(hint: Any) -> str:
         return " or ".join(_type_name(a) for a in args)
     if origin is list:
         return f"a list of {_type_name(args[0])}"
+    if origin is dict:
+        return f"a mapping of {_type_name(args[0])} to {_type_name(args[1])}"
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))

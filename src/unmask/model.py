@@ -30,6 +30,7 @@ def count_params(cfg: ModelConfig) -> int:
     """Closed-form parameter count (tied embeddings, no biases)."""
     d, h = cfg.d_model, mlp_hidden(cfg.d_model)
     per_block = 4 * d * d + 3 * d * h + 2 * d  # attention, SwiGLU, two RMSNorms
+    per_block += 2 * (d // cfg.n_head) if cfg.qk_norm else 0  # the q and k RMSNorms (one head_dim gain each)
     return cfg.vocab_size * d + cfg.n_layer * per_block + d  # + final norm
 
 
@@ -66,6 +67,18 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
+        # QK-norm (OLMo 2, Gemma 3 style, per head): the logits q·k/√Dh are O(1) whatever the init,
+        # so RoPE's relative-position structure reaches the softmax from the first step.
+        self.q_norm = RMSNorm(self.head_dim) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim) if cfg.qk_norm else None
+
+    def qkv_heads(self, x, rope_q, rope_k):
+        """Queries and keys (normed if qk_norm, then rotated) and values of x (B, T, D), each (B, H, T, Dh)."""
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return apply_rope(q, rope_q), apply_rope(k, rope_k), v
 
     def forward(self, x, rope_q, rope_k, is_causal: bool, attn_mask, past=None):
         """Output (B, T, D) and this call's own (k, v), each (B, H, T, Dh), keys rotated.
@@ -73,8 +86,7 @@ class Attention(nn.Module):
         past: cached (k, v) of earlier tokens, (B, H, Tp, Dh) each, attended to before the own keys.
         """
         B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, rope_q), apply_rope(k, rope_k)  # (B, H, T, Dh)
+        q, k, v = self.qkv_heads(x, rope_q, rope_k)  # (B, H, T, Dh)
         keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
         y = F.scaled_dot_product_attention(
             q,
@@ -213,19 +225,39 @@ def save_model(model: Transformer, path: Path) -> None:
         config_path.write_text(json.dumps(to_dict(_unwrap(model).cfg), indent=2))
 
 
-def load_weights(model: Transformer, path: Path) -> None:
-    """Load safetensors weights into `model`; a torn or foreign file is one ConfigError naming it."""
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a torn or foreign file is one ConfigError naming it."""
     from safetensors import SafetensorError
 
     try:
-        state = load_file(str(path), device="cpu")
+        return load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as e:
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise ConfigError(f"{path} is not readable safetensors ({reason}); it is damaged") from None
+
+
+def load_weights(model: Transformer, path: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Load safetensors weights (or their already read `state`) into `model`; a torn or foreign file is one
+    ConfigError naming it."""
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(read_weights(path) if state is None else state)
     except RuntimeError:
         raise ConfigError(f"{path} does not match the model's config (other shapes or names); it is damaged") from None
+
+
+def model_with_weights(cfg: ModelConfig, path: Path) -> Transformer:
+    """A Transformer of `cfg` holding the weights at `path`. The file's parameter count is checked against
+    the config before the model is built: a damaged config (n_layer = 10**12) is refused, not allocated."""
+    state = read_weights(path)
+    n_file, n_cfg = sum(t.numel() for t in state.values()), count_params(cfg)
+    if n_file != n_cfg:
+        raise ConfigError(
+            f"{path} holds {n_file:,} parameters but the model config describes {n_cfg:,} (n_layer, d_model, "
+            f"vocab_size); the weights or the config are damaged"
+        )
+    model = Transformer(cfg)
+    load_weights(model, path, state)
+    return model
 
 
 def load_model(path: Path, device: str | torch.device = "cpu") -> Transformer:
@@ -237,9 +269,7 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> Transformer:
         cfg = from_dict(ModelConfig, {**values, "size": None})
     except (OSError, json.JSONDecodeError, TypeError) as e:
         raise ConfigError(f"{config_path} is missing or invalid ({type(e).__name__}); it is damaged") from None
-    model = Transformer(cfg)
-    load_weights(model, path)
-    return model.to(device).eval()
+    return model_with_weights(cfg, path).to(device).eval()
 
 
 def _unwrap(model: nn.Module) -> Transformer:

@@ -37,15 +37,17 @@ def read_json(path: Path, what: str) -> Any:
         raise ConfigError(f"{path} is missing: {what}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, 5000-digit numbers, [[[[... nested too deep
         raise ConfigError(f"{path} is not valid JSON ({type(e).__name__}): {what}") from None
 
 
 def read_metrics(run: str | Path) -> list[dict]:
     """The records of a run's metrics.jsonl (none when it has none); a torn last line is skipped."""
     path = Path(run) / "metrics.jsonl"
-    if not path.is_file():
+    if not path.exists():
         return []
+    if not path.is_file():
+        raise ConfigError(f"{path} is not a file: the run's metrics are damaged; remove it or restore the file")
     records = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
@@ -93,10 +95,18 @@ class Run:
         path = self.path / "tokenizer.json"
         if not path.is_file():
             raise ConfigError(f"{path} is missing: the run cannot decode text; copy the run directory whole")
-        expected = self.config.get("tokenizer_sha256")
+        expected = self.config.get("tokenizer_sha256")  # None: a run from before checksums were recorded
+        if expected is not None and not isinstance(expected, str):
+            raise ConfigError(f"{self.path / 'config.json'}: 'tokenizer_sha256' is damaged; restore the file")
         if expected and sha256_of(path) != expected:
             raise ConfigError(f"{path} was changed after training (SHA-256 differs); restore the run's own copy")
-        return load_tokenizer(path)
+        tok = load_tokenizer(path)
+        if tok.get_vocab_size(with_added_tokens=True) > self.model_config.vocab_size:
+            raise ConfigError(
+                f"{path} has {tok.get_vocab_size(with_added_tokens=True)} tokens, more than the model's "
+                f"vocab_size {self.model_config.vocab_size}: it is not this run's tokenizer; restore the run's own copy"
+            )
+        return tok
 
     @cached_property
     def special_ids(self):
@@ -104,12 +114,17 @@ class Run:
         from unmask.data.tokenizer import SpecialIds, special_ids
 
         recorded = self.config.get("specials")
-        if isinstance(recorded, dict):
-            try:
-                return SpecialIds(**{k: int(recorded[k]) for k in ("eod_id", "mask_id", "pad_id")})
-            except (KeyError, TypeError, ValueError):
-                raise ConfigError(f"{self.path / 'config.json'}: 'specials' is damaged; restore the file") from None
-        return special_ids(self.tokenizer())
+        if recorded is None:
+            return special_ids(self.tokenizer())
+        ids = [recorded.get(k) for k in ("eod_id", "mask_id", "pad_id")] if isinstance(recorded, dict) else []
+        vocab = self.model_config.vocab_size
+        # sampling indexes logits with them: an id out of the vocabulary must not get that far
+        if not (len(ids) == 3 and all(is_index(i, vocab) for i in ids) and len(set(ids)) == 3):
+            raise ConfigError(
+                f"{self.path / 'config.json'}: 'specials' is damaged (eod_id, mask_id, pad_id must be three different "
+                f"token ids below vocab_size {vocab}); restore the file"
+            )
+        return SpecialIds(*ids)
 
     @property
     def specials(self) -> Specials:
@@ -126,11 +141,9 @@ class Run:
 
     def load_model(self, which: str = "last", device: Any = "cpu"):
         """The Transformer with the `best` or `last` weights, in eval mode (safetensors: no pickled code)."""
-        from unmask.model import Transformer, load_weights
+        from unmask.model import model_with_weights
 
-        model = Transformer(self.model_config)
-        load_weights(model, self.weights(which))
-        return model.to(device).eval()
+        return model_with_weights(self.model_config, self.weights(which)).to(device).eval()
 
     def metrics(self) -> list[dict]:
         return read_metrics(self.path)
@@ -170,6 +183,9 @@ class Run:
 def check_data_identity(run: Run, data) -> None:
     """Refuse data that is not what the run was trained on: another tokenizer, other or truncated tokens."""
     recorded = run.config.get("data_identity")
+    files = recorded.get("files", {}) if isinstance(recorded, dict) else None
+    if recorded is not None and not (isinstance(files, dict) and all(isinstance(e, dict) for e in files.values())):
+        raise ConfigError(f"{run.path / 'config.json'}: 'data_identity' is damaged; restore the file")
     if data.vocab_size != run.model_config.vocab_size:
         raise ConfigError(
             f"data {data.path} has vocabulary {data.vocab_size} but run {run.path} was trained on "
@@ -178,13 +194,17 @@ def check_data_identity(run: Run, data) -> None:
     if not isinstance(recorded, dict) or not hasattr(data, "identity"):
         return  # a run from before identities were recorded: the vocabulary check above is all there is
     current = data.identity()
-    for name, entry in (recorded.get("files") or {}).items():
+    for name, entry in files.items():
         now = (current.get("files") or {}).get(name)
         if now != entry:
             raise ConfigError(
                 f"data {data.path}: {name} is not the file run {run.path} was trained on "
                 f"(size/checksum differ; re-prepared or truncated?); restore it or start a new run"
             )
+
+
+def is_index(value: Any, size: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < size
 
 
 def is_finite_number(value: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -159,3 +160,33 @@ def test_parquet_reader(tmp_path):
 def test_manifest_says_whether_the_last_training_document_was_cut(tiny_data):
     ends_with_eod = int(tiny_data.tokens["train"][-1]) == tiny_data.eod_id
     assert tiny_data.manifest["last_train_document_truncated"] == (not ends_with_eod)
+
+
+def test_the_tokenizer_counts_against_the_budget_it_never_sees_text_beyond_u(tmp_path):
+    """By default the BPE learns from the text the U unique tokens cover: text after it changes nothing."""
+    import gzip
+
+    from unmask.data.corpus import default_corpus_path
+
+    chapters = [json.loads(line) for line in gzip.open(default_corpus_path(), "rt")]
+    small, large = tmp_path / "small.jsonl", tmp_path / "large.jsonl"
+    small.write_text("".join(json.dumps(c) + "\n" for c in chapters[:12]))
+    large.write_text("".join(json.dumps(c) + "\n" for c in chapters[:60]))  # the same start, much more after it
+    cfg = DataConfig(unique_tokens=3_000, val_tokens=500, vocab_size=300, seq_len=16)
+    a = prepare(dataclasses.replace(cfg, inputs=[str(small)]), tmp_path / "a", quiet=True)
+    b = prepare(dataclasses.replace(cfg, inputs=[str(large)]), tmp_path / "b", quiet=True)
+    for name in ("tokenizer.json", "train.bin"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    info = json.loads((a / "manifest.json").read_text())["tokenizer"]
+    assert info["source"] == "trained" and info["rule"] == "the text of the U unique tokens"
+    assert abs(info["train_bytes"] - info["unique_token_bytes"]) <= 0.02 * info["unique_token_bytes"]
+    assert 3_000 < info["unique_token_bytes"] < 3_000 * 8  # a few bytes per token
+
+
+def test_a_single_text_file_splits_into_paragraphs_so_validation_gets_documents(tmp_path):
+    novel = tmp_path / "novel.txt"
+    novel.write_text("\n\n".join(f"Paragraph {i} of a story, with several words in it." for i in range(400)))
+    out = prepare(DataConfig(inputs=[str(novel)], unique_tokens=1_000, val_tokens=300, vocab_size=300, seq_len=16),
+                  tmp_path / "data", quiet=True)  # fmt: skip
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["val_tokens"] == 300 and manifest["documents"]["val"] > 1

@@ -147,3 +147,17 @@ def test_metrics_also_go_to_tensorboard(tiny_data, tmp_path):
         assert len(board) == len(logged) > 0, key
         assert [s for s, _ in board] == [s for s, _ in logged]
         assert [v for _, v in board] == pytest.approx([v for _, v in logged], rel=1e-6)
+
+
+def test_a_data_folder_without_validation_tokens_is_refused_before_any_work(tmp_path):
+    from unmask.config import ConfigError, DataConfig
+    from unmask.data import TokenData, prepare
+
+    one_file = tmp_path / "novel.txt"
+    one_file.write_text("A single document with no blank lines at all. " * 200)
+    cfg = DataConfig(inputs=[str(one_file)], doc_split="file", unique_tokens=500, vocab_size=300, seq_len=16)
+    data = TokenData(prepare(cfg, tmp_path / "data", quiet=True))  # one document: all of it trains
+    assert data.n_tokens("val") == 0
+    with pytest.raises(ConfigError, match=r"holds 0 validation tokens.*--data.doc_split file: use blank or auto"):
+        train(data.path, tmp_path / "run", tiny_model_config(data), tiny_train_config(epochs=1), quiet=True)
+    assert not (tmp_path / "run").exists()

@@ -63,9 +63,11 @@ def _is_hf_dataset(path: Path) -> bool:
 
 def iter_documents(cfg: DataConfig) -> Iterator[str]:
     """All documents of all inputs, in order; empty documents are skipped."""
-    for path in list_sources(cfg.inputs):
+    sources = list_sources(cfg.inputs)
+    split = resolve_doc_split(cfg.doc_split, sources)
+    for path in sources:
         try:
-            for doc in _read(path, cfg):
+            for doc in _read(path, cfg.text_field, split):
                 if doc and not doc.isspace():  # as doc.strip(), without copying a huge document
                     yield doc
         # A damaged file fails mid-stream: BadGzipFile/PermissionError are OSErrors, a cut gzip
@@ -92,15 +94,24 @@ def one_line(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
 
 
-def _read(path: Path, cfg: DataConfig) -> Iterator[str]:
+def resolve_doc_split(doc_split: str, sources: list[Path]) -> str:
+    """'auto': one plain-text file splits at blank lines (paragraphs), so that validation gets documents;
+    several files are one document each. Any other value is taken as given."""
+    if doc_split != "auto":
+        return doc_split
+    text_files = [p for p in sources if not p.is_dir() and _suffix(p) not in JSONL_SUFFIXES and p.suffix != ".parquet"]
+    return "blank" if len(text_files) == 1 else "file"
+
+
+def _read(path: Path, text_field: str, doc_split: str) -> Iterator[str]:
     if path.is_dir():
-        yield from _read_hf_dataset(path, cfg.text_field)
+        yield from _read_hf_dataset(path, text_field)
     elif _suffix(path) in JSONL_SUFFIXES:
-        yield from _read_jsonl(path, cfg.text_field)
+        yield from _read_jsonl(path, text_field)
     elif path.suffix == ".parquet":
-        yield from _read_parquet(path, cfg.text_field)
+        yield from _read_parquet(path, text_field)
     else:
-        yield from _read_text(path, cfg.doc_split)
+        yield from _read_text(path, doc_split)
 
 
 def _open_text(path: Path):

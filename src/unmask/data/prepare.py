@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from unmask import __version__
 from unmask.config import ConfigError, DataConfig, to_dict
@@ -40,6 +41,8 @@ from unmask.progress import progress_bar
 # A document up to PIECE_CHARS is one piece, encoded exactly as a whole (the embedded corpus's
 # chapters are < 0.1 MB): splitting only ever touches documents no real corpus has many of.
 PIECE_CHARS = 1_000_000
+TOKENIZER_MAX_BYTES = 64_000_000  # BPE training text at most (time and memory), whatever the budget
+TOKENIZER_ROUNDS = 4
 ENCODE_BATCH_CHARS = 2_000_000  # characters per encode_batch call: enough to keep all cores busy
 CHARS_PER_TOKEN = 16  # generous: a batch reads and encodes little past what the budgets still need
 
@@ -125,9 +128,9 @@ def _batches(pieces: Iterator[Piece], writers: dict[bool, TokenWriter]) -> Itera
         yield batch
 
 
-def _tokenizer_texts(cfg: DataConfig) -> Iterator[str]:
-    """Training-split documents, in pieces, up to `tokenizer_train_bytes` (validation never seen)."""
-    budget = cfg.tokenizer_train_bytes
+def _tokenizer_texts(cfg: DataConfig, n_bytes: int) -> Iterator[str]:
+    """Training-split documents, in pieces, up to n_bytes of UTF-8 (validation never seen)."""
+    budget = n_bytes
     for is_val, doc in assign_splits(iter_documents(cfg), cfg.val_fraction, cfg.seed):
         if budget <= 0:
             return
@@ -138,6 +141,42 @@ def _tokenizer_texts(cfg: DataConfig) -> Iterator[str]:
                 return
             budget -= len(piece.encode("utf-8"))
             yield piece
+
+
+def _covered_bytes(cfg: DataConfig, tok) -> int:
+    """UTF-8 bytes of the training text that the first U tokens cover under `tok` (the last piece cut pro rata)."""
+    need, used = cfg.unique_tokens, 0
+    eod = 1  # each document's end-of-document token counts against U too
+    for piece in _tokenizer_texts(cfg, TOKENIZER_MAX_BYTES + 1):
+        n, b = len(tok.encode(piece).ids) + eod, len(piece.encode("utf-8"))
+        if n >= need:
+            return used + round(b * need / n)
+        need, used = need - n, used + b
+    return used
+
+
+def _tokenizer(cfg: DataConfig) -> tuple[Tokenizer, dict]:
+    """The tokenizer and how it was made, for the manifest.
+
+    By default the BPE learns from the text that the U unique tokens cover, so the tokenizer counts
+    against the data budget: which text that is depends on the tokenizer, so train on a guess, measure
+    the bytes U covers, and train again on those until they agree within 1% (two or three rounds).
+    """
+    if cfg.tokenizer:
+        return load_tokenizer(cfg.tokenizer), {"source": "loaded", "path": str(cfg.tokenizer)}
+    if cfg.tokenizer_train_bytes is not None:
+        n_bytes = cfg.tokenizer_train_bytes
+        tok = train_bpe(_tokenizer_texts(cfg, n_bytes), cfg.vocab_size)
+        return tok, {"source": "trained", "train_bytes": n_bytes, "rule": "data.tokenizer_train_bytes"}
+    n_bytes = min(4 * cfg.unique_tokens, TOKENIZER_MAX_BYTES)  # ~4 bytes per token: a first guess
+    for _ in range(TOKENIZER_ROUNDS):
+        tok = train_bpe(_tokenizer_texts(cfg, n_bytes), cfg.vocab_size)
+        covered = min(_covered_bytes(cfg, tok), TOKENIZER_MAX_BYTES)
+        if abs(covered - n_bytes) <= 0.01 * n_bytes:
+            break
+        n_bytes = covered
+    rule = "the text of the U unique tokens" if covered < TOKENIZER_MAX_BYTES else "the first 64 MB of U's text"
+    return tok, {"source": "trained", "train_bytes": n_bytes, "unique_token_bytes": covered, "rule": rule}
 
 
 def prepare(cfg: DataConfig, out: str | Path, overwrite: bool = False, quiet: bool = False) -> Path:
@@ -226,7 +265,7 @@ def _swap_in(new: Path, target: Path) -> None:
 
 
 def _write_shards(cfg: DataConfig, sources: list[Path], tmp: Path, quiet: bool) -> dict:
-    tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else train_bpe(_tokenizer_texts(cfg), cfg.vocab_size)
+    tok, tokenizer_info = _tokenizer(cfg)
     tok.save(str(tmp / "tokenizer.json"))
     ids = special_ids(tok)
     vocab = model_vocab_size(tok)
@@ -278,6 +317,7 @@ def _write_shards(cfg: DataConfig, sources: list[Path], tmp: Path, quiet: bool) 
         "last_train_document_truncated": truncated,
         "dtype": dtype.name,
         "tokenizer_vocab_size": tok.get_vocab_size(with_added_tokens=True),
+        "tokenizer": tokenizer_info,
         "vocab_size": vocab,
         "eod_id": ids.eod_id,
         "mask_id": ids.mask_id,

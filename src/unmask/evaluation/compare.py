@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from unmask.checkpoint import warn
-from unmask.config import ConfigError
+from unmask.config import MAX_MC_PASSES, ConfigError
 from unmask.evaluation.config import LikelihoodConfig
 
 
@@ -42,8 +42,10 @@ def evaluate_run(
     from unmask.run import Run
     from unmask.runtime import resolve_device
 
-    if mc_passes is not None and mc_passes < 1:
-        raise ConfigError(f"--mc_passes {mc_passes}: must be >= 1 (or null for the run's training setting)")
+    if mc_passes is not None and not 1 <= mc_passes <= MAX_MC_PASSES:
+        raise ConfigError(f"--mc_passes {mc_passes}: must be in [1, {MAX_MC_PASSES}] (or null: the run's setting)")
+    if not 0 <= seed < 2**63:
+        raise ConfigError(f"--seed {seed}: must be in [0, 2**63)")
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit {limit}: must be >= 1 (or null for every item)")
     dev = resolve_device(device)

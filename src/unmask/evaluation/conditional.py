@@ -77,7 +77,7 @@ def encode_pair(tok, context: str, continuation: str, eod_id: int) -> tuple[list
 
 def _request_generator(seed: int, context: Sequence[int], continuation: Sequence[int]) -> torch.Generator:
     ids = np.asarray([*context, -1, *continuation], dtype=np.int64).tobytes()
-    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(ids))
+    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(ids)) % 2**64)  # torch takes < 2**64
 
 
 class ConditionalScorer:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
-from unmask.config import check
+from unmask.config import MAX_MC_PASSES, check
 
 Estimator = Literal["stratified", "random_t", "chain_l2r", "chain_confidence"]
 ESTIMATORS = ("stratified", "random_t", "chain_l2r", "chain_confidence")
@@ -33,6 +34,11 @@ class LikelihoodConfig:
             self.estimator in ESTIMATORS,
             f"likelihood.estimator={self.estimator!r}: must be one of {', '.join(ESTIMATORS)}",
         )
-        check(self.mc_samples >= 1, f"likelihood.mc_samples={self.mc_samples}: must be >= 1")
+        check(
+            1 <= self.mc_samples <= MAX_MC_PASSES,
+            f"likelihood.mc_samples={self.mc_samples}: must be in [1, {MAX_MC_PASSES}]",
+        )
+        check(0 <= self.cfg_scale < math.inf, f"likelihood.cfg_scale={self.cfg_scale}: must be a finite number >= 0")
+        check(0 <= self.seed < 2**63, f"likelihood.seed={self.seed}: must be in [0, 2**63)")
         check(0.0 < self.eps < 1.0, f"likelihood.eps={self.eps}: must be in (0, 1)")
         check(self.max_batch_tokens >= 1, f"likelihood.max_batch_tokens={self.max_batch_tokens}: must be >= 1")

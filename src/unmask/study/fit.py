@@ -36,15 +36,18 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.optimize import brentq, minimize
 
 PARAMS = ("E", "A", "alpha", "B", "beta", "rd_star", "rn_star")
 """Parameter names, in the order `FitResult.summary` prints them."""
 HUBER_DELTA = 1e-3
 R_STAR_BOUNDS = (1e-2, 1e6)
-"""Numerical guard for R_D*, R_N*; an estimate on a bound is reported as unidentified."""
-SATURATION_FACTOR = 10.0
-"""An R* above this multiple of the largest repetition seen shows no saturation: only a lower bound."""
+"""Search range for R_D*, R_N*; at the upper bound repeated data (excess parameters) lose nothing measurable."""
+CHI2_1_95 = 3.84
+"""95% quantile of χ² with one degree of freedom."""
+NO_SATURATION = "no saturation"
+"""How the reason for an R* that the data only bound from below begins."""
 
 
 class FitError(ValueError):
@@ -58,6 +61,9 @@ class Point(NamedTuple):
     D: float  # tokens seen in training
     U: float  # unique tokens available (D / U epochs)
     loss: float
+
+
+Points = Sequence[Point] | Sequence[tuple[float, float, float, float]] | np.ndarray
 
 
 class Interval(NamedTuple):
@@ -87,7 +93,7 @@ class FitResult:
     n_repeated: int = 0
     """Repeated points (D > U) used in stage 2."""
 
-    def loss(self, N, D, U):
+    def loss(self, N: ArrayLike, D: ArrayLike, U: ArrayLike) -> np.ndarray | float:
         """Predicted loss; refuses inputs that need an unidentified parameter."""
         for name, value in self.only_at.items():
             given = np.asarray({"N": N, "D": D}[name], float)
@@ -97,8 +103,7 @@ class FitResult:
         return law_loss(self.values, N, D, U)
 
     def summary(self) -> str:
-        lines = [f"{len(self.values) + len(self.unidentified)} parameters from "
-                 f"{self.n_single} single-epoch and {self.n_repeated} repeated points"]
+        lines = [f"fit of {self.n_single} single-epoch and {self.n_repeated} repeated points"]
         for name in PARAMS:
             if name in self.values:
                 lines.append(f"  {name:8s} {self.values[name]:.6g}")
@@ -111,7 +116,7 @@ class FitResult:
 # ---------------------------------------------------------------- the law
 
 
-def compute_optimal_n(params: Mapping[str, float], D):
+def compute_optimal_n(params: Mapping[str, float], D: ArrayLike) -> np.ndarray | float:
     """N_opt(D) = (αA/(βB))^(1/α) · D^(β/α): the loss-minimising N at compute 6·N·D (see the module docstring)."""
     A, alpha, B, beta = params["A"], params["alpha"], params["B"], params["beta"]
     return np.exp((math.log(alpha * A / (beta * B)) + beta * np.log(D)) / alpha)
@@ -126,7 +131,7 @@ def _effective(base, R, r_star: float | None, name: str):
     return base * (1 + r_star * -np.expm1(-R / r_star))
 
 
-def law_loss(params: Mapping[str, float], N, D, U):
+def law_loss(params: Mapping[str, float], N: ArrayLike, D: ArrayLike, U: ArrayLike) -> np.ndarray | float:
     """L(N, D, U) for parameters named as in `PARAMS` (scalars or broadcastable arrays).
 
     A missing A/alpha (B/beta) drops the N (D) term, whose constant E then holds. A missing R_D* (R_N*) is
@@ -177,7 +182,7 @@ def _logsumexp_fit(terms: list[np.ndarray], dterms: list[np.ndarray], log_obs, d
     weights = np.exp(stacked - log_pred)  # softmax over terms: ∂ log L / ∂ term
     value, slope = _huber(log_pred - log_obs, delta)
     dlog = sum(w[:, None] * d for w, d in zip(weights, dterms, strict=True))  # (n, k)
-    return float(value.mean()), (slope[:, None] * dlog).mean(axis=0)
+    return float(value.mean()), (slope[:, None] * dlog).mean(axis=0), log_pred - log_obs
 
 
 def _one_blas_thread():
@@ -220,7 +225,7 @@ def _stage1(logN, logD, log_obs, has_N: bool, has_D: bool, delta: float, n_start
 
     def fun(theta):
         t, d = terms(theta)
-        return _logsumexp_fit(t, d, log_obs, delta)
+        return _logsumexp_fit(t, d, log_obs, delta)[:2]
 
     # Starting grid: E below the smallest loss, coefficients and exponents over the usual range.
     e0 = np.log(np.exp(log_obs.min()) * np.array([0.05, 0.3, 0.6, 0.9]))
@@ -228,9 +233,10 @@ def _stage1(logN, logD, log_obs, has_N: bool, has_D: bool, delta: float, n_start
     axes = [e0] + [coef, expo] * (int(has_N) + int(has_D))
     grid = np.array(list(itertools.product(*axes)))  # (S, k)
     scores = np.mean(_huber(np.logaddexp.reduce(np.stack(terms(grid)[0]), axis=0) - log_obs, delta)[0], axis=-1)
-    starts = [grid[i] for i in np.argsort(scores)[:n_starts]]
     names = ["E"] + ["A", "alpha"] * has_N + ["B", "beta"] * has_D
-    if init is not None and all(k in init for k in names):
+    given = init is not None and all(k in init for k in names)
+    starts = [grid[i] for i in np.argsort(scores)[: n_starts if given else max(n_starts, 1)]]
+    if given:
         starts.insert(0, np.array([math.log(init[k]) if k in ("E", "A", "B") else init[k] for k in names]))
     bounds = [(None, None)] + [(None, None), (1e-3, 3.0)] * (int(has_N) + int(has_D))
     theta = _lbfgs(fun, starts, bounds)
@@ -246,8 +252,25 @@ def _saturate(base, R, rho):
     return eff, base * r * (frac - x * np.exp(-x)) / eff
 
 
+def _lr_scale(residuals: np.ndarray, delta: float) -> float:
+    """E[ψ'] / E[ψ²] for the Huber ψ = clip(r, −δ, δ) under normal residuals with a robust (MAD) scale.
+
+    2·Δ(Σ Huber) times this is the M-estimator analogue of the likelihood-ratio statistic (χ² under the null)."""
+    sigma = 1.4826 * float(np.median(np.abs(residuals - np.median(residuals))))
+    if sigma == 0:
+        return math.inf
+    c = delta / sigma
+    inside = math.erf(c / math.sqrt(2))  # P(|r| < δ) = E[ψ']
+    second = sigma**2 * (inside - 2 * c * math.exp(-c * c / 2) / math.sqrt(2 * math.pi)) + delta**2 * (1 - inside)
+    return inside / second
+
+
 def _stage2(base: dict[str, float], N, D, U, log_obs, fit_rn: bool, delta: float, n_starts: int, init):
-    """R_D* (and R_N*) on repeated points, stage 1 fixed: θ = [log R_D*, (log R_N*)]."""
+    """R_D* (and R_N*) on repeated points, stage 1 fixed: θ = [log R_D*, (log R_N*)].
+
+    Returns the estimates and, per estimate, the likelihood-ratio statistic of "no decay" (R* at its upper bound,
+    the other constant re-optimised) against the estimate: below χ²₁(95%) = 3.84 the data cannot tell the
+    estimate from R* = ∞, so they only bound it from below."""
     UD = np.minimum(U, D)
     RD = D / UD - 1
     has_N = "A" in base
@@ -256,7 +279,7 @@ def _stage2(base: dict[str, float], N, D, U, log_obs, fit_rn: bool, delta: float
         RN = np.maximum(N / UN - 1, 0)
     n, k = len(log_obs), 1 + int(fit_rn)
 
-    def fun(theta):
+    def model(theta):
         D_eff, dlogD = _saturate(UD, RD, theta[0])
         t = [np.full(n, math.log(base["E"])), math.log(base["B"]) - base["beta"] * np.log(D_eff)]
         d = [np.zeros((n, k)), np.zeros((n, k))]
@@ -269,18 +292,38 @@ def _stage2(base: dict[str, float], N, D, U, log_obs, fit_rn: bool, delta: float
                 d[2][:, 1] = -base["alpha"] * dlogN
         return _logsumexp_fit(t, d, log_obs, delta)
 
+    fun = lambda theta: model(theta)[:2]
     names = ["rd_star", "rn_star"][:k]
+    bounds = [tuple(np.log(R_STAR_BOUNDS))] * k
     grid = np.array(list(itertools.product(*[np.log([0.3, 1, 3, 10, 30, 100, 300, 1000, 3000])] * k)))
     scores = np.array([fun(g)[0] for g in grid])
-    starts = [grid[i] for i in np.argsort(scores)[:n_starts]]
-    if init is not None and all(name in init for name in names):
+    given = init is not None and all(name in init for name in names)
+    starts = [grid[i] for i in np.argsort(scores)[: n_starts if given else max(n_starts, 1)]]
+    if given:
         starts.insert(0, np.log([init[name] for name in names]))
-    theta = _lbfgs(fun, starts, [tuple(np.log(R_STAR_BOUNDS))] * k)
+    theta = _lbfgs(fun, starts, bounds)
+    best, _, residuals = model(theta)
+
+    statistic = {}
+    for i, name in enumerate(names):  # profile: R* pinned at its upper bound, the other constant re-fitted
+        far = theta.copy()
+        far[i] = bounds[i][1]
+        if k == 2:
+            j = 1 - i
+
+            def other(x, far=far, j=j):
+                th = far.copy()
+                th[j] = x[0]
+                value, grad = fun(th)
+                return value, grad[[j]]
+
+            far[j] = _lbfgs(other, [theta[[j]]], [bounds[j]])[0]
+        statistic[name] = 2 * n * delta * (fun(far)[0] - best) * _lr_scale(residuals, delta)  # Σ Huber = n·δ·J
     largest = {"rd_star": float(RD.max()), "rn_star": float(RN.max()) if has_N else 0.0}
-    return dict(zip(names, np.exp(theta).tolist(), strict=True)), largest
+    return dict(zip(names, np.exp(theta).tolist(), strict=True)), statistic, largest
 
 
-def fit_law(points: Sequence[Point] | np.ndarray, *, delta: float = HUBER_DELTA, n_starts: int = 8,
+def fit_law(points: Points, *, delta: float = HUBER_DELTA, n_starts: int = 8,
             init: Mapping[str, float] | None = None) -> FitResult:
     """Fit the law to one objective's runs, (N, D, U, loss) records; see the module docstring.
 
@@ -290,8 +333,10 @@ def fit_law(points: Sequence[Point] | np.ndarray, *, delta: float = HUBER_DELTA,
       (an additive law sees no more than that many independent levels).
     - R_D*: the D term, and more repeated points than stage-2 parameters. R_N*: the N term and repeated points
       where N/U_N takes at least two values, one of them above 1 (an over-parameterised run).
-    - An R* above SATURATION_FACTOR × the largest repetition seen (or on its numerical bound) is only a lower bound.
-    `init` (parameter values, e.g. a previous fit) is tried first; `n_starts` best grid points follow."""
+    - An R* the data cannot tell from ∞ (no decay) is only a lower bound: its likelihood-ratio statistic against
+      R* at the upper search bound (the M-estimator analogue for the Huber loss) must reach χ²₁(95%) = 3.84.
+    `init` (parameter values, e.g. a previous fit) is tried first; `n_starts` best grid points follow (at least
+    one where `init` lacks a stage's parameters)."""
     N, D, U, L = _as_arrays(points)
     if len(L) < 3:
         raise FitError(f"need at least 3 points to fit anything, got {len(L)}")
@@ -325,6 +370,10 @@ def fit_law(points: Sequence[Point] | np.ndarray, *, delta: float = HUBER_DELTA,
 
     # Stage 2: which repetition constants the repeated points can see.
     rep = ~single
+    if not has_N and np.any(rep & ~np.isclose(N, only_at["N"], rtol=1e-6)):
+        rep &= np.isclose(N, only_at["N"], rtol=1e-6)
+        notes.append(f"repeated points at other model sizes than N = {only_at['N']:.4g} are left out")
+    n_rep = int(rep.sum())
     if not has_D:
         why = "B and beta are not identified, so repeated data (D > U) cannot be modelled"
         unidentified |= {"rd_star": why, "rn_star": why}
@@ -351,13 +400,14 @@ def fit_law(points: Sequence[Point] | np.ndarray, *, delta: float = HUBER_DELTA,
         if n_rep <= 1:
             unidentified["rd_star"] = f"only {n_rep} repeated point for 1 stage-2 parameter"
         else:
-            stars, max_rep = _stage2(values, N[rep], D[rep], U[rep], np.log(L[rep]), fit_rn, delta, n_starts, init)
+            args = (values, N[rep], D[rep], U[rep], np.log(L[rep]), fit_rn, delta, n_starts, init)
+            stars, statistic, largest = _stage2(*args)
             for name, r_star in stars.items():
-                lo, hi = R_STAR_BOUNDS
-                if r_star > SATURATION_FACTOR * max_rep[name] or not lo * 1.01 < r_star < hi / 1.01:
-                    unidentified[name] = (f"the fit ran to {r_star:.3g}, beyond {SATURATION_FACTOR:g}× the largest "
-                                          f"repetition seen ({max_rep[name]:.3g}) or a search bound: the data show "
-                                          "no saturation, so this is at most a lower bound")
+                if statistic[name] < CHI2_1_95:
+                    unidentified[name] = (
+                        f"{NO_SATURATION}: {name} = ∞ (no decay) fits as well as the estimate {r_star:.3g} "
+                        f"(likelihood-ratio statistic {statistic[name]:.2g} < {CHI2_1_95}; largest repetition seen "
+                        f"{largest[name]:.3g}), so the data give only a lower bound")
                 else:
                     values[name] = r_star
     return FitResult(values, unidentified, only_at, tuple(notes), n1, n_rep)
@@ -366,14 +416,15 @@ def fit_law(points: Sequence[Point] | np.ndarray, *, delta: float = HUBER_DELTA,
 # ---------------------------------------------------------------- uncertainty
 
 
-def bootstrap(points: Sequence[Point] | np.ndarray, n_boot: int = 200, seed: int = 0, *, level: float = 0.95,
+def bootstrap(points: Points, n_boot: int = 200, seed: int = 0, *, level: float = 0.95,
               point: FitResult | None = None, delta: float = HUBER_DELTA) -> dict[str, Interval]:
     """Percentile intervals for every parameter the full-data fit identifies.
 
     Resampling is stratified by stage: single-epoch and repeated points are each resampled with replacement
     within their own group, so every resample keeps the design's stage sizes. Each refit starts from the
-    full-data estimate (one L-BFGS start per stage). A resample that cannot determine a parameter is skipped for
-    that parameter (`Interval.n` counts those that did)."""
+    full-data estimate (one L-BFGS start per stage). A resample in which an R* shows no saturation counts as
+    R* = ∞ (the interval then reaches ∞); one that cannot determine a parameter for another reason is skipped for
+    that parameter (`Interval.n` counts the resamples used). Percentiles are order statistics (inverted CDF)."""
     N, D, U, L = table = _as_arrays(points)
     point = point or fit_law(points, delta=delta)
     rng = np.random.default_rng(seed)
@@ -390,9 +441,11 @@ def bootstrap(points: Sequence[Point] | np.ndarray, n_boot: int = 200, seed: int
         for k in draws:
             if k in refit.values:
                 draws[k].append(refit.values[k])
+            elif refit.unidentified.get(k, "").startswith(NO_SATURATION):
+                draws[k].append(math.inf)
     tail = 100 * (1 - level) / 2
-    return {k: Interval(float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail)), len(v))
-            for k, v in draws.items() if len(v) >= 2}
+    cut = lambda v, q: float(np.percentile(v, q, method="inverted_cdf"))
+    return {k: Interval(cut(v, tail), cut(v, 100 - tail), len(v)) for k, v in draws.items() if len(v) >= 2}
 
 
 # ---------------------------------------------------------------- critical compute

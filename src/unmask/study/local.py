@@ -66,47 +66,86 @@ def _run_one(job: Job, queue, replace_stale: bool) -> str:
         shutil.rmtree(out)  # a run of this runner's own folder, trained with other settings: never report it
 
     if same is True and _finished(out):
-        queue.put((job.name, None, None))
         return job.name  # nothing left to train: its files stay as they are
 
     def report(info) -> None:
-        if info.step % 10 == 0 or info.step == info.total_steps:  # one message per 10 steps keeps IPC cheap
+        if queue is not None and (info.step % 10 == 0 or info.step == info.total_steps):  # cheap IPC
             queue.put((job.name, info.step, info.total_steps))
 
     train(job.data, out, job.model, job.train, resume=same is True, quiet=True, hooks=[report])
-    queue.put((job.name, None, None))  # finished (or already was)
     return job.name
 
 
-def run_jobs(jobs: list[Job], workers: int = 0, replace_stale: bool = False, quiet: bool = False) -> list[str]:
+def run_jobs(
+    jobs: list[Job], workers: int = 0, replace_stale: bool = False, quiet: bool = False, raise_errors: bool = True
+) -> dict[str, str | None]:
     """Train every job (longest first), `workers` at a time (0 = one per CPU core), one thread each.
 
-    Returns the names of the jobs, all finished; a failed job's error is raised after the others end.
+    Shows a bar per run and one for the whole set (its ETA from the steps of every run). Returns
+    {name: None if finished, else the error's one-line message}; with raise_errors the first
+    error is raised instead, after the other jobs end.
     """
     from unmask.progress import make_progress
 
+    jobs = prepare_jobs(jobs)
+    ctx = mp.get_context("spawn")
+    progress = make_progress()
+    progress.disable = quiet
+    totals = {j.name: total_steps(j) for j in jobs}
+    done = dict.fromkeys(totals, 0)
+    with ctx.Manager() as manager, progress:
+        queue = manager.Queue()
+        overall = progress.add_task(f"{len(jobs)} runs", total=sum(totals.values()), info="", rate="")
+        tasks = {j.name: progress.add_task(j.name, total=totals[j.name], start=False, info="", rate="") for j in jobs}
+        with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=ctx) as pool:
+            futures = {pool.submit(_run_one, job, queue, replace_stale): job.name for job in jobs}
+            while not all(f.done() for f in futures) or not queue.empty():
+                for f in [f for f in futures if f.done() and done[futures[f]] < totals[futures[f]]]:
+                    done[futures[f]] = totals[futures[f]]  # finished (or skipped: already finished)
+                    progress.update(tasks[futures[f]], completed=totals[futures[f]])
+                try:
+                    name, step, total = queue.get(timeout=0.2)
+                except queue_lib.Empty:
+                    progress.update(overall, completed=sum(done.values()))
+                    continue
+                progress.start_task(tasks[name])  # the clock starts when the run does
+                progress.update(tasks[name], completed=step)
+                done[name] = step
+                progress.update(overall, completed=sum(done.values()))
+    return collect(futures.items(), raise_errors, lambda f: f.result())
+
+
+def prepare_jobs(jobs: list[Job]) -> list[Job]:
+    """Unique names; one thread per run unless set; longest first (better packing on few cores)."""
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
         raise ConfigError(f"jobs: names must be unique, got {names}")
     jobs = [Job(j.name, j.data, j.out, j.model, _one_thread(j.train)) for j in jobs]
-    jobs.sort(key=lambda j: -j.train.epochs)  # longest first: better packing on few cores
-    ctx = mp.get_context("spawn")
-    progress = make_progress()
-    progress.disable = quiet
-    with ctx.Manager() as manager, progress:
-        queue = manager.Queue()
-        tasks = {j.name: progress.add_task(j.name, total=None, start=False, info="", rate="") for j in jobs}
-        with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=ctx) as pool:
-            futures = [pool.submit(_run_one, job, queue, replace_stale) for job in jobs]
-            while not all(f.done() for f in futures) or not queue.empty():
-                try:
-                    name, step, total = queue.get(timeout=0.2)
-                except queue_lib.Empty:
-                    continue
-                progress.start_task(tasks[name])  # the clock starts when the run does
-                if step is not None:
-                    progress.update(tasks[name], completed=step, total=total)
-            return [f.result() for f in futures]  # re-raise a worker's error here
+    return sorted(jobs, key=lambda j: -j.train.epochs)
+
+
+def total_steps(job: Job) -> int:
+    from unmask.data.dataset import TokenData
+    from unmask.training import Budget
+
+    return Budget.of(TokenData(job.data), job.train).total_steps
+
+
+def collect(pending, raise_errors: bool, result) -> dict[str, str | None]:
+    """{name: None or the error's message} from (handle, name) pairs; `result(handle)` re-raises a failure."""
+    outcome: dict[str, str | None] = {}
+    first: BaseException | None = None
+    for handle, name in pending:
+        try:
+            result(handle)
+            outcome[name] = None
+        except Exception as e:  # a run's failure: reported (and retried on request), the others go on
+            cause = getattr(e, "cause", None) or e  # Ray wraps the task's own exception
+            outcome[name] = (" ".join(str(cause).split()) or type(cause).__name__)[:300]
+            first = first or cause
+    if raise_errors and first is not None:
+        raise first
+    return outcome
 
 
 def _finished(out: Path) -> bool:

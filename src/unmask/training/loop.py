@@ -29,7 +29,7 @@ from unmask.run import Run
 from unmask.runtime import Runtime
 from unmask.training.metrics import MetricsWriter, truncate_metrics
 from unmask.training.optim import Budget, learning_rate, make_optimizer
-from unmask.training.rundir import create_run_dir, resume_config
+from unmask.training.rundir import check_budget, create_run_dir, resume_config
 from unmask.training.signals import StopSignals, TrainingStopped
 from unmask.training.state import TrainState
 
@@ -81,7 +81,15 @@ def train(
     model_cfg = dataclasses.replace(
         model_cfg, size=None, vocab_size=data_set.vocab_size, seq_len=data_set.seq_len, causal=objective.causal
     )
+    if data_set.n_tokens("val") < data_set.seq_len:  # a loss "measured" on nothing would become the best
+        raise ConfigError(
+            f"data {data_set.path} holds {data_set.n_tokens('val')} validation tokens, fewer than one sequence "
+            f"({data_set.seq_len}): prepare it again with data.val_tokens >= {data_set.seq_len} and documents to draw "
+            f"them from (one text file is one document under --data.doc_split file: use blank or auto)"
+        )
     budget = Budget.of(data_set, cfg)
+    if resume:
+        check_budget(saved, budget)
     if budget.total_steps == 0:
         raise ConfigError(f"data {data_set.path} has no training sequences; prepare it with data.unique_tokens > 0")
     runtime = Runtime.create(cfg.device, cfg.threads, cfg.compile)
@@ -117,8 +125,7 @@ def _writer_lock(out: Path, resume: bool) -> RunLock:
 
 
 def _refuse_if_held(out: Path) -> None:
-    if (out / ".lock").is_file():
-        RunLock(out).acquire().release()  # raises naming the PID while another process holds it
+    RunLock(out).check()  # raises naming the PID while another process holds it; writes nothing
 
 
 def _has_content(out: Path) -> bool:
@@ -185,7 +192,9 @@ class Trainer:
                 bar.advance(s.step)
                 t_last, tokens_since = time.perf_counter(), 0
                 while s.step < self.stop_at:
+                    t_step = time.perf_counter()
                     info, n_real = self.train_step()
+                    s.train_seconds += time.perf_counter() - t_step
                     tokens_since += n_real
                     if s.step % self.eval_every == 0 or s.step == total:
                         info.val = self.validate_and_log()
@@ -279,10 +288,15 @@ class Trainer:
 
     def final_estimate(self, val: ValidationLoss) -> dict:
         """The run's reported result: a bound again with final_mc_passes (the curve's few passes are ±0.1 nats)."""
-        if val.stderr is None or self.cfg.final_mc_passes == self.cfg.eval_mc_passes:
-            return {"final_val_loss": val.loss, "final_val_stderr": val.stderr}
-        precise = self.validate(self.model, mc_passes=self.cfg.final_mc_passes)
-        return {"final_val_loss": precise.loss, "final_val_stderr": precise.stderr}
+        precise = val
+        if val.stderr is not None and self.cfg.final_mc_passes != self.cfg.eval_mc_passes:
+            precise = self.validate(self.model, mc_passes=self.cfg.final_mc_passes)
+        return {
+            "final_val_loss": precise.loss,
+            "final_val_stderr": precise.stderr,
+            "final_bits_per_byte": precise.bits_per_byte,
+            "train_seconds": self.state.train_seconds,  # optimiser steps only, summed over resumes
+        }
 
     def maybe_checkpoint(self) -> bool:
         step = self.state.step

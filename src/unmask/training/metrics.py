@@ -38,10 +38,15 @@ class MetricsWriter:
 
 
 def truncate_metrics(out: Path, step: int) -> None:
-    """Keep only records up to `step`, the checkpoint a run resumes from, so the log has no duplicates."""
+    """Keep only records up to `step`, the checkpoint a run resumes from, so the log has no duplicates.
+
+    The file is rewritten only when something goes (later records, a torn line): a finished run
+    that is resumed leaves its log untouched.
+    """
     path = Path(out) / "metrics.jsonl"
-    if path.exists():
-        keep = [json.dumps(r) for r in read_metrics(out) if r["step"] <= step]
+    records = read_metrics(out)
+    keep = [json.dumps(r) for r in records if r["step"] <= step]
+    if path.exists() and len(keep) < len(path.read_text(encoding="utf-8", errors="replace").splitlines()):
         atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 

@@ -65,3 +65,21 @@ def resume_config(run: Run, model: ModelConfig | None, train: TrainConfig | None
             f"{'; '.join(changed)}: drop these options or train a new --out"
         )
     return dataclasses.replace(saved, **{f: getattr(train, f) for f in RUNTIME_FIELDS})
+
+
+def check_budget(run: Run, budget) -> None:
+    """A resumed run's budget, recomputed from its config and data, must be the one recorded when it was
+    created: a hand-edited epochs or batch_size would change the experiment silently (or never end)."""
+    recorded = run.budget()
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"{run.path / 'budget.json'} is not a JSON object; restore the run's own copy")
+    differ = [
+        f"{k} {recorded[k]!r} (config.json and data give {v!r})"
+        for k, v in dataclasses.asdict(budget).items()
+        if k in recorded and recorded[k] != v
+    ]
+    if differ:
+        raise ConfigError(
+            f"run {run.path}: budget.json records {'; '.join(differ)}: config.json or budget.json was edited; "
+            f"restore them or train a new --out"
+        )

@@ -29,6 +29,8 @@ class TrainState:
     best_val: float = math.inf
     skipped_steps: int = 0
     tokens_seen: int = 0
+    train_seconds: float = 0.0
+    """Wall time spent in optimiser steps, summed over resumes (validation and checkpoints excluded)."""
 
     def data_position(self, step: int | None = None) -> dict[str, int]:
         step = self.step if step is None else step
@@ -51,6 +53,7 @@ class TrainState:
             "best_val": self.best_val,
             "skipped_steps": self.skipped_steps,
             "tokens_seen": self.tokens_seen,
+            "train_seconds": self.train_seconds,
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
@@ -73,3 +76,4 @@ class TrainState:
             torch.cuda.set_rng_state(state["cuda_rng"], self.generator.device)
         self.step, self.best_val = step, state["best_val"]
         self.skipped_steps, self.tokens_seen = state["skipped_steps"], state["tokens_seen"]
+        self.train_seconds = float(state.get("train_seconds", 0.0))  # absent in checkpoints of older versions

@@ -1,0 +1,143 @@
+"""A study config (YAML) → the grid of runs: every point its own run, schedule and directory.
+
+    name: mini
+    out: runs/studies/mini
+    data: {seq_len: 64, val_tokens: 8192}          # DataConfig; unique_tokens comes from the grid
+    model: {}                                       # ModelConfig shared by every point (size from the grid)
+    train: {batch_size: 16, eval_mc_passes: 4}      # TrainConfig shared by every point
+    objectives: [ar, mdm]
+    sizes: [demo]
+    unique_tokens: [25000, 50000]
+    epochs: {ar: [1, 4, 16], mdm: [1, 4, 16, 64]}  # a list for all objectives, or one per objective
+    seeds: [0]
+    tune: {lr: [0.001, 0.002, 0.004]}              # optional: each objective at its own best over this grid
+    workers: 0                                      # parallel runs (0 = one per CPU core), one thread each
+    runner: local                                   # or ray
+
+Two comparison protocols come out of one grid: *identical settings* (the points whose tuned
+values equal the shared config's: the paper's protocol) and *each objective at its own best*
+(per objective, size, U and E, the tuned point with the lowest final validation loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from unmask.config import SIZES, ConfigError, DataConfig, ModelConfig, TrainConfig, check, from_dict, to_dict
+from unmask.study.local import Job
+
+TUNABLE = {f.name: "train" for f in dataclasses.fields(TrainConfig)} | {
+    name: "model" for name in ("init_std", "dropout", "rope_base")
+}
+"""Fields a `tune` grid may vary: any TrainConfig field, and the model's initialisation and dropout."""
+
+
+@dataclass
+class StudyConfig:
+    """A grid of runs over objective, model size, unique tokens U, epochs E, seeds and a tuning grid."""
+
+    name: str = "study"
+    out: str = "runs/study"
+    data: DataConfig = field(default_factory=lambda: DataConfig(val_tokens=8_192))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(eval_mc_passes=4))
+    objectives: list[str] = field(default_factory=lambda: ["ar", "mdm"])
+    sizes: list[str] = field(default_factory=lambda: ["demo"])
+    unique_tokens: list[int] = field(default_factory=lambda: [25_000])
+    epochs: dict[str, list[int]] = field(default_factory=lambda: {"ar": [1, 4, 16], "mdm": [1, 4, 16, 64]})
+    seeds: list[int] = field(default_factory=lambda: [0])
+    tune: dict[str, list[Any]] = field(default_factory=dict)
+    workers: int = 0
+    runner: Literal["local", "ray"] = "local"
+
+    def __post_init__(self) -> None:
+        check(bool(self.objectives), "study.objectives: name at least one objective")
+        unknown = sorted(set(self.sizes) - set(SIZES))
+        check(not unknown, f"study.sizes: unknown {unknown}; choose from {sorted(SIZES)}")
+        check(all(u > 0 for u in self.unique_tokens), "study.unique_tokens: every budget must be > 0")
+        missing = sorted(set(self.objectives) - set(self.epochs))
+        check(not missing, f"study.epochs: no epoch list for {missing} (give a list per objective)")
+        check(all(e >= 1 for es in self.epochs.values() for e in es), "study.epochs: every epoch count must be >= 1")
+        bad = sorted(set(self.tune) - set(TUNABLE))
+        check(not bad, f"study.tune: {bad} cannot be tuned; choose TrainConfig fields or init_std, dropout, rope_base")
+        check(self.workers >= 0, f"study.workers={self.workers}: must be >= 0")
+        check(self.runner in ("local", "ray"), f"study.runner={self.runner!r}: must be 'local' or 'ray'")
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """A StudyConfig from YAML, every unknown key or wrong type named in one line."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study config {path} does not exist; see configs/studies/ for examples")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"study config {path} is not valid YAML ({type(e).__name__})") from None
+    check(isinstance(raw, dict), f"study config {path}: expected a mapping of keys to values")
+    nested = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+    values = {k: from_dict(nested[k], v or {}) if k in nested else v for k, v in raw.items()}
+    if isinstance(values.get("epochs"), list):  # one list for every objective
+        values["epochs"] = {o: values["epochs"] for o in values.get("objectives", StudyConfig().objectives)}
+    return from_dict(StudyConfig, values)
+
+
+def point_name(objective: str, size: str, U: int, epochs: int, seed: int, tuned: dict[str, Any]) -> str:
+    extra = "".join(f"-{k}{v:g}" if isinstance(v, float) else f"-{k}{v}" for k, v in sorted(tuned.items()))
+    return f"{objective}-{size}-U{U}-E{epochs}-s{seed}{extra}"
+
+
+def data_dir(study: StudyConfig, U: int) -> Path:
+    return Path(study.out) / "data" / f"U{U}"
+
+
+def jobs(study: StudyConfig) -> list[Job]:
+    """Every point of the grid as a runner Job (its run directory under OUT/runs/)."""
+    tune_keys = sorted(study.tune)
+    combos = [
+        dict(zip(tune_keys, vals, strict=True)) for vals in itertools.product(*(study.tune[k] for k in tune_keys))
+    ]
+    out = []
+    for objective, size, U, seed, tuned in itertools.product(
+        study.objectives, study.sizes, study.unique_tokens, study.seeds, combos or [{}]
+    ):
+        for epochs in study.epochs[objective]:
+            model = dataclasses.replace(
+                study.model, size=size, **{k: v for k, v in tuned.items() if TUNABLE[k] == "model"}
+            )
+            train = dataclasses.replace(
+                study.train,
+                objective=objective,
+                epochs=epochs,
+                seed=seed,
+                **{k: v for k, v in tuned.items() if TUNABLE[k] == "train"},
+            )
+            name = point_name(objective, size, U, epochs, seed, tuned)
+            out.append(Job(name, str(data_dir(study, U)), str(Path(study.out) / "runs" / name), model, train))
+    return out
+
+
+def prepare_data(study: StudyConfig, quiet: bool = True) -> None:
+    """One prepared data folder per unique-token budget U (kept when its config is unchanged)."""
+    from unmask.data.prepare import prepare
+
+    for U in study.unique_tokens:
+        cfg = dataclasses.replace(study.data, unique_tokens=U)
+        target = data_dir(study, U)
+        manifest = target / "manifest.json"
+        if manifest.is_file() and json.loads(manifest.read_text()).get("config") == to_dict(cfg):
+            continue
+        prepare(cfg, target, overwrite=target.exists(), quiet=quiet)
+
+
+def config_hash(config: dict) -> str:
+    """A short stable hash of a run's resolved config (what makes two runs the same experiment)."""
+    keep = {k: config[k] for k in ("model", "train", "data_identity") if k in config}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
