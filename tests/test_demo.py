@@ -65,8 +65,12 @@ def test_findings_say_what_the_numbers_show():
             run("mdm", 64, 5.3, 64, 5.3),
         ],
         "best": {"ar": {"final_val_loss": 5.45}, "mdm": {"final_val_loss": 5.3}},
+        "unigram": 6.0,
     }
     text = "\n".join(findings(results))
+    assert "its best run ends 0.700 nats below the unigram cross-entropy of the validation split (6.000)" in text
+    plateau = "\n".join(findings({**results, "unigram": 5.35}))
+    assert "MDM has not left the unigram plateau (5.350): its best run ends at 5.300" in plateau
     assert "After 1 epoch AR is better" in text
     assert "AR is best at 8 epochs (5.450)" in text and "32 epochs end at 6.500" in text
     assert "the 32-epoch run bottoms at 5.200 (epoch 9) and ends at 6.500" in text

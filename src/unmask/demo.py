@@ -110,7 +110,10 @@ def summarise(jobs: list, out: Path) -> dict:
         )
     by_obj = {o: [r for r in runs if r["objective"] == o] for o in ("ar", "mdm")}
     best = {o: min(rs, key=lambda r: r["final_val_loss"]) for o, rs in by_obj.items() if rs}  # the best run
+    from unmask.study.pipeline import unigram_cross_entropy
+
     return {
+        "unigram": unigram_cross_entropy(Path(jobs[0].data)),
         "runs": runs,
         "best": {
             o: {k: r[k] for k in ("epochs", "final_val_loss", "best_val_loss", "best_epoch", "run")}

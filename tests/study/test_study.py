@@ -80,3 +80,12 @@ def test_the_same_sweep_runs_on_a_local_ray_instance(tmp_path):
     before = mtimes(tmp_path / "ray")
     assert cli.main(["study", "run", str(config)]) == 0  # a second invocation trains nothing
     assert mtimes(tmp_path / "ray") == before
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs" / "studies").glob("*.yaml")), ids=str)
+def test_every_study_preset_loads_into_a_grid(path):
+    from unmask.study.grid import jobs, load_study
+
+    study = load_study(path)
+    points = jobs(study)
+    assert len(points) == len({j.name for j in points}) > 0
