@@ -125,6 +125,9 @@ class ModelConfig:
     """Std of the normal initialisation of weight matrices (residual projections also / sqrt(2 n_layer))."""
     rope_base: float = 10_000.0
     """RoPE frequency base."""
+    local_prior: float = 0.0
+    """A fixed attention prior on head 0 of every layer: bias 0 on the two adjacent positions, -local_prior on
+    every other key (so a masked position can read its neighbours from step 0; see docs/study.md); 0 = off."""
     qk_norm: bool = False
     """RMSNorm on each head's queries and keys before RoPE (logits O(1) at any init); false = the original model."""
     causal: bool = True
@@ -145,6 +148,7 @@ class ModelConfig:
         check(0.0 <= self.dropout < 1.0, f"model.dropout={self.dropout}: must be in [0, 1)")
         check(0 < self.init_std < math.inf, f"model.init_std={self.init_std}: must be a finite number > 0")
         check(0 < self.rope_base < math.inf, f"model.rope_base={self.rope_base}: must be a finite number > 0")
+        check(0 <= self.local_prior < math.inf, f"model.local_prior={self.local_prior}: must be a finite number >= 0")
 
 
 @dataclass
@@ -208,7 +212,7 @@ class TrainConfig:
         check(0 <= self.threads <= 4096, f"train.threads={self.threads}: must be in [0, 4096] (0 = torch's default)")
         check(0 <= self.seed < 2**63, f"train.seed={self.seed}: must be in [0, 2**63)")
         check(self.epochs >= 1, f"train.epochs={self.epochs}: must be >= 1")
-        check(self.batch_size >= 1, f"train.batch_size={self.batch_size}: must be >= 1")
+        check(1 <= self.batch_size < 2**63, f"train.batch_size={self.batch_size}: must be in [1, 2**63)")
         mb = self.micro_batch_size
         check(
             mb is None or (mb >= 1 and self.batch_size % mb == 0),

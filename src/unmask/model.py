@@ -168,6 +168,19 @@ class Transformer(nn.Module):
             return (keys <= query_at)[None, None]  # (1, 1, T, Tp + T)
         return (key_padding_mask[:, None, None, :] & (keys <= query_at)) | (keys == query_at)  # (B, 1, T, Tp + T)
 
+    def _local_prior(self, allowed, is_causal: bool, T: int, Tp: int, pos, key_pos, device) -> torch.Tensor:
+        """Float mask (B or 1, H, T, Tp + T): head 0 biased to the keys one position away, -inf where not allowed."""
+        query_at = pos if pos is not None else torch.arange(Tp, Tp + T, device=device)[None]  # (B or 1, T)
+        if key_pos is None:
+            key_pos = pos if (pos is not None and Tp == 0) else torch.arange(Tp + T, device=device)[None]
+        near = (query_at[:, :, None] - key_pos[:, None, :]).abs() == 1  # (B or 1, T, S)
+        head0 = torch.where(near, 0.0, -self.cfg.local_prior)
+        bias = torch.zeros(head0.shape[0], self.cfg.n_head, T, Tp + T, device=device)
+        bias[:, 0] = head0
+        if is_causal:  # the causal kernel's mask, written out
+            allowed = torch.ones(T, Tp + T, dtype=torch.bool, device=device).tril(Tp)[None, None]
+        return bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -177,6 +190,7 @@ class Transformer(nn.Module):
         output_mask: torch.Tensor | None = None,
         past_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         return_kv: bool = False,
+        key_pos: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Logits (B, T, V) for tokens idx (B, T); (M, V) at the M positions of `output_mask` if given.
 
@@ -192,6 +206,8 @@ class Transformer(nn.Module):
             dim 2). idx then attends to [past keys, own keys]: all of them when bidirectional,
             every past key and own keys j <= i when causal.
         return_kv: also return the per-layer (k, v) of the idx tokens only, (B, H, T, Dh) each.
+        key_pos: (B, Tp + T) positions of all keys, for `local_prior` only; default `pos` without a cache,
+            else 0..Tp+T-1 (pass it when cached keys are reordered or padded).
         """
         B, T = idx.shape
         Tp = 0 if past_kv is None else past_kv[0][0].shape[2]
@@ -201,6 +217,8 @@ class Transformer(nn.Module):
             attn_mask, is_causal = None, self.cfg.causal  # training path: SDPA's own causal kernel
         else:
             attn_mask, is_causal = self._attn_mask(T, Tp, key_padding_mask, idx.device), False
+        if self.cfg.local_prior:
+            attn_mask, is_causal = self._local_prior(attn_mask, is_causal, T, Tp, pos, key_pos, idx.device), False
         x = self.embed(idx)
         kv = []
         for layer, block in enumerate(self.blocks):

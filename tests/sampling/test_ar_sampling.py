@@ -17,9 +17,12 @@ from unmask.sampling.ar import left_pad, next_token, sample_ar
 from unmask.sampling.mdm import filter_logits
 
 
-def random_model(causal: bool, vocab: int = 24, seq_len: int = 16, seed: int = 0) -> Transformer:
+def random_model(
+    causal: bool, vocab: int = 24, seq_len: int = 16, seed: int = 0, local_prior: float = 0.0
+) -> Transformer:
     torch.manual_seed(seed)
-    model = Transformer(ModelConfig(size="tiny", vocab_size=vocab, seq_len=seq_len, causal=causal)).eval()
+    cfg = ModelConfig(size="tiny", vocab_size=vocab, seq_len=seq_len, causal=causal, local_prior=local_prior)
+    model = Transformer(cfg).eval()
     with torch.no_grad():  # larger weights than the 0.02 init, so attention is far from uniform
         for p in model.parameters():
             if p.dim() == 2:
@@ -30,9 +33,16 @@ def random_model(causal: bool, vocab: int = 24, seq_len: int = 16, seed: int = 0
 # --- KV cache -------------------------------------------------------------------------------------
 
 
+LOCAL_PRIOR = pytest.mark.parametrize("local_prior", [0.0, 5.0], ids=["plain", "local_prior"])
+
+
+@LOCAL_PRIOR
 @pytest.mark.parametrize("causal", [True, False])
-def test_prefix_cache_then_rest_equals_one_forward(causal):
-    model, x = random_model(causal), torch.randint(0, 24, (2, 12), generator=torch.Generator().manual_seed(1))
+def test_prefix_cache_then_rest_equals_one_forward(causal, local_prior):
+    model, x = (
+        random_model(causal, local_prior=local_prior),
+        torch.randint(0, 24, (2, 12), generator=torch.Generator().manual_seed(1)),
+    )
     full = model(x)
     if causal:  # causal: the prefix's logits do not depend on what follows
         prefix_logits, kv = model(x[:, :5], return_kv=True)
@@ -59,14 +69,17 @@ def test_returned_kv_has_the_shape_of_the_new_tokens_only():
     assert all(k.shape == v.shape == (3, model.cfg.n_head, 2, 16) for k, v in new)
 
 
-def test_dual_cache_of_prefix_and_suffix_reproduces_the_middle_block():
+@LOCAL_PRIOR
+def test_dual_cache_of_prefix_and_suffix_reproduces_the_middle_block(local_prior):
     """Fast-dLLM's dual cache: keys of prefix and suffix from a full pass, only the middle block recomputed."""
-    model, x = random_model(False), torch.randint(0, 24, (2, 14), generator=torch.Generator().manual_seed(2))
+    model = random_model(False, local_prior=local_prior)
+    x = torch.randint(0, 24, (2, 14), generator=torch.Generator().manual_seed(2))
     full, kv = model(x, return_kv=True)
     a, b = 4, 9  # the middle block x[:, a:b]
     dual = [(torch.cat([k[:, :, :a], k[:, :, b:]], 2), torch.cat([v[:, :, :a], v[:, :, b:]], 2)) for k, v in kv]
     pos = torch.arange(a, b).expand(2, -1)
-    middle = model(x[:, a:b], pos=pos, past_kv=dual)
+    key_pos = torch.cat([torch.arange(a), torch.arange(b, 14), torch.arange(a, b)]).expand(2, -1)  # cached order
+    middle = model(x[:, a:b], pos=pos, past_kv=dual, key_pos=key_pos)
     torch.testing.assert_close(middle, full[:, a:b], atol=1e-5, rtol=0)
 
 
@@ -121,9 +134,10 @@ def reference_greedy(model: Transformer, prompt: torch.Tensor, n: int, query_is_
     return x
 
 
+@LOCAL_PRIOR
 @pytest.mark.parametrize("query_is_target", [False, True], ids=["ar", "ar_orderings"])
-def test_kv_cache_decoding_equals_recomputing_the_context(query_is_target):
-    model, prompt = random_model(True), torch.tensor([[3, 4, 5], [7, 7, 9]])
+def test_kv_cache_decoding_equals_recomputing_the_context(query_is_target, local_prior):
+    model, prompt = random_model(True, local_prior=local_prior), torch.tensor([[3, 4, 5], [7, 7, 9]])
     cached = sample_ar(model, prompt, 40, query_is_target=query_is_target)  # 43 tokens: the window slides
     fresh = sample_ar(model, prompt, 40, query_is_target=query_is_target, use_cache=False)
     assert torch.equal(cached.tokens, fresh.tokens) and cached.tokens.shape == (2, 43)
@@ -142,9 +156,10 @@ def test_a_prompt_longer_than_the_context_decodes_from_its_last_three_quarters()
     assert torch.equal(long[:, 20:], sample_ar(model, prompt[:, 8:], 10).tokens[:, 12:])
 
 
+@LOCAL_PRIOR
 @pytest.mark.parametrize("use_cache", [True, False])
-def test_batch_of_prompts_with_different_lengths_equals_each_alone(use_cache):
-    model, pad = random_model(True), 2
+def test_batch_of_prompts_with_different_lengths_equals_each_alone(use_cache, local_prior):
+    model, pad = random_model(True, local_prior=local_prior), 2
     prompts = [[5, 6], [9, 10, 11, 12, 13, 14]]
     x, real = left_pad(prompts, pad)
     assert x.tolist()[0] == [pad, pad, pad, pad, 5, 6] and real.sum(1).tolist() == [2, 6]
@@ -207,3 +222,16 @@ def test_bad_arguments_fail_with_one_line_naming_the_option():
     for mask in ([[True, False]], [[True, False, True]]):  # right padding, padding inside the prompt
         with pytest.raises(ConfigError, match="prompt_mask: .*on the left"):
             sample_ar(model, torch.tensor([[5] * len(mask[0])]), 3, prompt_mask=torch.tensor(mask))
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_mdm_caches_are_exact_with_the_local_prior_when_each_block_is_one_step(cache):
+    """One step per block: the cache is refreshed before it is read, so tokens equal the uncached decoding."""
+    from unmask.sampling import SamplerConfig, sample_mdm
+
+    model = random_model(False, local_prior=5.0)
+    x, real = left_pad([[5, 6], [9, 10, 11, 12]], 2)
+    options = dict(method="low_confidence", steps=2, block_length=4)
+    cached = sample_mdm(model, x, 8, 1, SamplerConfig.from_flat(cache=cache, **options), (2,), prompt_mask=real)
+    plain = sample_mdm(model, x, 8, 1, SamplerConfig.from_flat(**options), (2,), prompt_mask=real)
+    assert torch.equal(cached.tokens, plain.tokens)

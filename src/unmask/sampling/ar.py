@@ -111,7 +111,8 @@ def sample_ar(
         if past is None:
             cached = start
         window = real[:, start:]  # (B, Tw) over every key of the context
-        pos = (window.cumsum(1) - 1).clamp_min(0)[:, cached - start :]  # per-row positions of the fed tokens
+        window_pos = (window.cumsum(1) - 1).clamp_min(0)  # (B, Tw) per-row positions of every key
+        pos = window_pos[:, cached - start :]  # of the fed tokens
         logits, kv = model(
             x[:, cached:],
             pos=pos,
@@ -119,6 +120,7 @@ def sample_ar(
             key_padding_mask=window if padded else None,
             past_kv=past,
             return_kv=True,
+            key_pos=window_pos,
         )
         out.forward_passes += 1
         if use_cache:

@@ -156,7 +156,9 @@ class _Denoiser:
         else:  # only the window is recomputed; its queries attend to the cached keys outside it
             a, b = self.window
             kw = self._kw(a, b) or {"pos": torch.arange(a, b, device=x.device).expand(len(x), -1)}
-            logits = self.model(x[:, a:b], output_mask=cand[:, a:b], past_kv=self.past, **kw).float()
+            every = self.pos if self.pos is not None else torch.arange(x.shape[1], device=x.device).expand(len(x), -1)
+            key_pos = torch.cat([every[:, :a], every[:, b:], every[:, a:b]], 1)  # the cached keys' order
+            logits = self.model(x[:, a:b], output_mask=cand[:, a:b], past_kv=self.past, key_pos=key_pos, **kw).float()
         logits[:, self.banned] = float("-inf")  # the mask token is never emitted
         T = self.cfg.temperature
         if (self.cfg.top_k or self.cfg.top_p < 1) and T > 0:  # the nucleus of the tempered law, the one sampled
