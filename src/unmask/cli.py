@@ -76,19 +76,21 @@ def train(
 
 def _print_result(path) -> None:
     """The run's result: the final weights with the precise estimator; the lowest curve point is labelled."""
-    from unmask.run import Run
+    from unmask.run import Run, is_finite_number
 
     run = Run(path)
-    result, evals = run.final_result(), [r for r in run.metrics() if "val_loss" in r]
+    result = run.final_result()
+    evals = [r for r in run.metrics() if is_finite_number(r.get("val_loss"))]  # a non-finite one is logged as null
     total = run.budget().get("total_steps")
     if result is None or result["step"] != total:
         print(f"{path}: stopped before its last step (no result yet); continue with --resume true")
         return
     kind = run.objective.bound_name
     passes = run.train_config.final_mc_passes
-    spread = "" if result["stderr"] is None else f" ± {result['stderr']:.4f} ({passes} MC passes)"
-    print(f"{path}: final validation {kind} {result['loss']:.4f}{spread}, final weights (last.safetensors)")
-    lowest = min(evals, key=lambda r: r["val_loss"])
+    loss = f"{result['loss']:.4f}" if is_finite_number(result["loss"]) else "not finite (the run diverged)"
+    spread = f" ± {result['stderr']:.4f} ({passes} MC passes)" if is_finite_number(result["stderr"]) else ""
+    print(f"{path}: final validation {kind} {loss}{spread}, final weights (last.safetensors)")
+    lowest = min(evals, key=lambda r: r["val_loss"], default=result)
     if lowest["step"] != result["step"]:
         print(
             f"  lowest on the validation curve: {lowest['val_loss']:.4f} at step {lowest['step']} "

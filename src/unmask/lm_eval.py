@@ -31,6 +31,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from unmask.config import ConfigError
 from unmask.evaluation.conditional import LikelihoodConfig, encode_pair
 from unmask.evaluation.zeroshot import load_scorer
 
@@ -63,7 +64,18 @@ class UnmaskLM(LM):
         if device and device.startswith("cuda") and not torch.cuda.is_available():
             device = None  # lm-eval's default is cuda:0; on a machine without CUDA run on the CPU
         self._device = resolve_device(device or "auto")
-        config = LikelihoodConfig(estimator, int(mc_samples), float(cfg_scale), int(seed), 1e-3, int(max_batch_tokens))
+        try:
+            numbers = int(mc_samples), float(cfg_scale), int(seed), int(max_batch_tokens)
+            gen_length = None if gen_length is None else int(gen_length)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"model_args: mc_samples={mc_samples!r}, cfg_scale={cfg_scale!r}, seed={seed!r}, "
+                f"max_batch_tokens={max_batch_tokens!r}, gen_length={gen_length!r}: expected numbers"
+            ) from None
+        if gen_length is not None and gen_length < 1:
+            raise ConfigError(f"model_args: gen_length={gen_length}: must be >= 1 (or unset)")
+        mc, scale, seed, max_tokens = numbers
+        config = LikelihoodConfig(estimator, mc, scale, seed, 1e-3, max_tokens)
         self.scorer, self.tok, self.eod_id, self.objective = load_scorer(run, which, self._device, config)
         self.greedy, self.gen_length, self.seed = bool(greedy), gen_length, int(seed)
         self.sampler = SamplerConfig.from_flat(**sampler)  # model_args are flat: method=..., block_length=...

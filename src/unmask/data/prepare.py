@@ -155,6 +155,19 @@ def _covered_bytes(cfg: DataConfig, tok) -> int:
     return used
 
 
+def _check_corpus_holds_the_budget(cfg: DataConfig) -> None:
+    """Refuse an impossible budget before training a tokenizer or encoding anything: a token covers at least
+    one byte (plus one end-of-document per piece), so a training split of fewer bytes cannot hold U tokens."""
+    available = 0
+    for piece in _tokenizer_texts(cfg, TOKENIZER_MAX_BYTES):
+        available += len(piece.encode("utf-8")) + 1
+    if available < min(cfg.unique_tokens, TOKENIZER_MAX_BYTES):
+        raise ConfigError(
+            f"data.unique_tokens={cfg.unique_tokens} is larger than the corpus: its training split has only "
+            f"{available:,} bytes; lower data.unique_tokens or add data"
+        )
+
+
 def _tokenizer(cfg: DataConfig) -> tuple[Tokenizer, dict]:
     """The tokenizer and how it was made, for the manifest.
 
@@ -265,6 +278,7 @@ def _swap_in(new: Path, target: Path) -> None:
 
 
 def _write_shards(cfg: DataConfig, sources: list[Path], tmp: Path, quiet: bool) -> dict:
+    _check_corpus_holds_the_budget(cfg)
     tok, tokenizer_info = _tokenizer(cfg)
     tok.save(str(tmp / "tokenizer.json"))
     ids = special_ids(tok)

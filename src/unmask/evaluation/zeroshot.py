@@ -45,8 +45,8 @@ def read_items(path: str | Path) -> list[MCItem]:
         where = f"{path}:{lineno}"
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{where} is not valid JSON ({e.msg})") from None
+        except (ValueError, RecursionError) as e:  # bad JSON, 5000-digit numbers, [[[[... nested too deep
+            raise ConfigError(f"{where} is not valid JSON ({getattr(e, 'msg', type(e).__name__)})") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("context"), str):
             raise ConfigError(f"{where} needs a string field 'context'")
         choices = rec.get("choices")

@@ -14,13 +14,15 @@ before a model is loaded, with one line that names the option.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from unmask.config import check
+from unmask.config import check, from_dict
 
 METHODS = ("ancestral", "low_confidence", "random", "threshold")
+MAX_STEPS = 2**20
+STEPS_PER_TOKEN = 16
+"""A generation gets at most this many denoising steps per masked token (more only repeats empty steps)."""
 
 
 @dataclass
@@ -40,7 +42,10 @@ class CommitConfig:
 
     def __post_init__(self) -> None:
         check(self.method in METHODS, f"method={self.method!r}: choose one of {', '.join(METHODS)}")
-        check(self.steps is None or self.steps >= 1, f"steps={self.steps}: must be >= 1 (or None)")
+        check(
+            self.steps is None or 1 <= self.steps <= MAX_STEPS,
+            f"steps={self.steps}: must be in [1, {MAX_STEPS}] (or None)",
+        )
         check(
             self.steps is None or self.method != "threshold",
             "steps: not used by method threshold (it commits every token above --threshold); leave it unset",
@@ -91,7 +96,7 @@ class EnergyConfig:
     """Weights softmax(-E / temperature) over the candidates."""
 
     def __post_init__(self) -> None:
-        check(self.candidates >= 2, f"edlm_candidates={self.candidates}: must be >= 2")
+        check(2 <= self.candidates <= 1024, f"edlm_candidates={self.candidates}: must be in [2, 1024]")
         check(
             0 <= self.t_end <= self.t_start <= 1,
             f"edlm_t_end={self.t_end}, edlm_t_start={self.t_start}: need 0 <= t_end <= t_start <= 1",
@@ -166,10 +171,8 @@ class SamplerConfig:
         for name, value in options.items():
             group, key = FLAT_NAMES[name]
             (top if group is None else groups.setdefault(group, {}))[key] = value
-        kinds = {
-            f.name: f.default_factory for f in dataclasses.fields(cls) if f.default_factory is not dataclasses.MISSING
-        }
-        return cls(**top, **{g: kinds[g]().__class__(**values) for g, values in groups.items()})
+        nested = {g: from_dict(GROUPS[g], values) for g, values in groups.items()}  # types checked: one clear line
+        return from_dict(cls, {**top, **nested})
 
     def flat(self) -> dict[str, Any]:
         """Every option under its flat name (the inverse of from_flat)."""
@@ -205,6 +208,8 @@ class SamplerConfig:
         if c.method == "threshold":
             return n_blocks, 0
         steps = c.steps or -(-max(n_masked, 1) // n_blocks) * n_blocks
+        limit = STEPS_PER_TOKEN * max(n_masked, 1)
+        check(steps <= limit, f"steps={steps}: at most {limit} ({STEPS_PER_TOKEN} per masked token) for this request")
         check(steps % n_blocks == 0, f"steps={steps} must be a multiple of the number of blocks {n_blocks}")
         return n_blocks, steps // n_blocks
 

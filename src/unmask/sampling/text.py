@@ -95,6 +95,7 @@ def decode(
     sampler = sampler or SamplerConfig()
     check(1 <= n <= MAX_SAMPLES, f"n={n}: must be in [1, {MAX_SAMPLES}]")
     check(length >= 0, f"length={length}: must be >= 0")
+    check(0 <= seed < 2**63, f"seed={seed}: must be in [0, 2**63)")
     opened = Run(run)
     objective, ids, seq_len = opened.objective, opened.special_ids, opened.model_config.seq_len
     check(1 <= blank_length <= seq_len, f"blank_length={blank_length}: must be in [1, seq_len {seq_len}]")

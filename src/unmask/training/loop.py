@@ -29,7 +29,7 @@ from unmask.run import Run
 from unmask.runtime import Runtime
 from unmask.training.metrics import MetricsWriter, truncate_metrics
 from unmask.training.optim import Budget, learning_rate, make_optimizer
-from unmask.training.rundir import check_budget, create_run_dir, resume_config
+from unmask.training.rundir import check_resumable, create_run_dir, resume_config
 from unmask.training.signals import StopSignals, TrainingStopped
 from unmask.training.state import TrainState
 
@@ -89,7 +89,7 @@ def train(
         )
     budget = Budget.of(data_set, cfg)
     if resume:
-        check_budget(saved, budget)
+        check_resumable(saved, budget)
     if budget.total_steps == 0:
         raise ConfigError(f"data {data_set.path} has no training sequences; prepare it with data.unique_tokens > 0")
     runtime = Runtime.create(cfg.device, cfg.threads, cfg.compile)

@@ -67,9 +67,17 @@ def resume_config(run: Run, model: ModelConfig | None, train: TrainConfig | None
     return dataclasses.replace(saved, **{f: getattr(train, f) for f in RUNTIME_FIELDS})
 
 
-def check_budget(run: Run, budget) -> None:
-    """A resumed run's budget, recomputed from its config and data, must be the one recorded when it was
-    created: a hand-edited epochs or batch_size would change the experiment silently (or never end)."""
+REWRITTEN = ("last.safetensors", "best.safetensors", "metrics.jsonl")
+"""Files a resumed run may write again."""
+
+
+def check_resumable(run: Run, budget) -> None:
+    """Before a run is resumed: the files it rewrites must be files (a folder there is damage, not a full
+    disk), and its budget, recomputed from its config and data, must be the one recorded when it was
+    created (a hand-edited epochs or batch_size would change the experiment silently, or never end)."""
+    for name in REWRITTEN:
+        if (run.path / name).exists() and not (run.path / name).is_file():
+            raise ConfigError(f"{run.path / name} is not a file: the run directory is damaged; restore it")
     recorded = run.budget()
     if not isinstance(recorded, dict):
         raise ConfigError(f"{run.path / 'budget.json'} is not a JSON object; restore the run's own copy")
