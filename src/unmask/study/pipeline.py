@@ -255,8 +255,14 @@ def report_study(config: str | Path, quiet: bool = False) -> Path:
         Block("figure", (figure_loss_vs_epochs(identical, out), "Final validation loss vs epochs, per U")),
         Block("figure", (figure_loss_vs_flops(identical, out), "Final validation loss vs training FLOPs")),
     ]
+    blocks += [Block("h2", "Findings"), *[Block("p", line) for line in findings(fitted, identical, unigram)]]
     for protocol, entry in fitted["protocols"].items():
-        blocks += [Block("h2", f"Fit: {PROTOCOLS[protocol]}"), *_fit_blocks(entry, PAPER)]
+        blocks.append(Block("h2", f"Fit: {PROTOCOLS[protocol]}"))
+        if protocol == "own_best" and not study.tune:
+            blocks.append(Block("p", "This study has no tuning grid: each objective's own best is its only "
+                                     "setting, so this protocol equals the identical-settings one above."))  # fmt: skip
+            continue
+        blocks += _fit_blocks(entry, PAPER)
     fits = _refit_for_figure(rows, study)
     if fits:
         blocks.append(Block("figure", (figure_fit(identical, fits, out), "Fitted vs observed; effective data")))
@@ -276,6 +282,52 @@ def report_study(config: str | Path, quiet: bool = False) -> Path:
     if not quiet:
         print(f"report: {md} and {out / 'report.html'}")
     return md
+
+
+def findings(fitted: dict, rows: list[dict], unigram: dict[int, float]) -> list[str]:
+    """What the runs and the fit show, computed (never hard-coded), per protocol."""
+    lines = []
+    for U, level in unigram.items():
+        mdm = [r["final_val_loss"] for r in rows if r["unique_tokens"] == U and r["objective"] == "mdm"]
+        if mdm:
+            lines.append(f"U = {U:,}: MDM's best run ends {level - min(mdm):.2f} nats below the unigram "
+                         f"cross-entropy of the validation split ({level:.3f}).")  # fmt: skip
+    for protocol, entry in fitted["protocols"].items():
+        name = PROTOCOLS[protocol]
+        fits = entry["objectives"]
+        rd = {o: f.get("values", {}).get("rd_star") for o, f in fits.items()}
+        ci = {o: f.get("intervals_95", {}).get("rd_star") for o, f in fits.items()}
+        if rd.get("ar") and rd.get("mdm") and ci.get("ar") and ci.get("mdm"):
+            apart = ci["mdm"][0] > ci["ar"][1]
+            lines.append(
+                f"{name}: R_D* = {rd['mdm']:.3g} for MDM vs {rd['ar']:.3g} for AR; the 95% intervals "
+                + ("do not overlap (MDM > AR)." if apart else "overlap: no difference is established.")
+            )
+        else:
+            why = "; ".join(f"{o.upper()}: {f.get('unidentified', {}).get('rd_star', f.get('error', '?'))}"
+                            for o, f in fits.items() if not rd.get(o))  # fmt: skip
+            lines.append(f"{name}: R_D* is not determined by these runs, so R_D*(MDM) > R_D*(AR) is neither shown "
+                         f"nor refuted ({why}).")  # fmt: skip
+        for U, o in entry.get("observed", {}).items():
+            if o["mdm_beats_ar_from_epochs"]:
+                at = o["mdm_beats_ar_from_epochs"]
+                lines.append(f"{name}, U = {int(U):,}: the crossover is observed: MDM at {at} "
+                             f"epochs ({o['mdm_beats_ar_from_flops']:.3g} FLOPs) beats AR's best run "
+                             f"({o['ar_best']:.3f} at {o['ar_best_epochs']} epochs).")  # fmt: skip
+            else:
+                lines.append(f"{name}, U = {int(U):,}: no crossover observed: MDM's best {o['mdm_best']:.3f} vs AR's "
+                             f"best {o['ar_best']:.3f} ({o['mdm_best'] - o['ar_best']:+.3f} nats).")  # fmt: skip
+        crit = entry.get("critical_compute", {}).get("per_U", {})
+        found = {U: c for U, c in crit.items() if c.get("compute")}
+        if found:
+            lines.append(
+                f"{name}: the fitted laws cross (extrapolated C_crit) at "
+                + ", ".join(f"U = {int(U):,}: {c['compute']:.3g} FLOPs" for U, c in found.items())
+                + "."
+            )
+        elif crit:
+            lines.append(f"{name}: no extrapolated crossover: {next(iter(crit.values()))['reason']}.")
+    return lines
 
 
 def _fit_blocks(entry: dict, paper: dict) -> list:

@@ -104,8 +104,9 @@ def figure_loss_vs_epochs(rows: list[dict], out: Path) -> Path:
                          and r["objective"] == objective)  # fmt: skip
             if pts:
                 ax.plot(*zip(*pts, strict=True), "o-", color=COLORS.get(objective), label=objective.upper())
-        if "unigram" in rows[0]:
-            ax.axhline(rows[0]["unigram"], color="gray", ls=":", label="unigram CE")
+        level = next((r["unigram"] for r in rows if r["unique_tokens"] == U and "unigram" in r), None)
+        if level is not None:  # each budget's own validation split and tokenizer
+            ax.axhline(level, color="gray", ls=":", label="unigram CE")
         ax.set_xscale("log")
         ax.set_xlabel("epochs (one run and schedule each)")
         ax.set_title(f"U = {U:,} unique tokens")
@@ -156,12 +157,15 @@ def figure_fit(rows: list[dict], fits: dict[str, Any], out: Path) -> Path:
     for objective, fit in fits.items():
         if fit is None:
             continue
-        pts = [r for r in rows if r["objective"] == objective]
-        try:
-            pred = [float(fit.loss(r["non_embedding_params"], r["tokens_seen"], r["unique_tokens"])) for r in pts]
-        except ValueError:
+        obs, pred = [], []
+        for r in (r for r in rows if r["objective"] == objective):
+            try:  # a point that needs an unidentified parameter (e.g. R_D* for repeated data) has no prediction
+                pred.append(float(fit.loss(r["non_embedding_params"], r["tokens_seen"], r["unique_tokens"])))
+            except ValueError:
+                continue
+            obs.append(r["final_val_loss"])
+        if not obs:
             continue
-        obs = [r["final_val_loss"] for r in pts]
         lo, hi = min(lo, *obs, *pred), max(hi, *obs, *pred)
         ax1.scatter(obs, pred, color=COLORS.get(objective), label=objective.upper(), s=18)
         if "rd_star" in fit.values:
@@ -173,8 +177,9 @@ def figure_fit(rows: list[dict], fits: dict[str, Any], out: Path) -> Path:
         ax1.plot([lo, hi], [lo, hi], "k:", lw=1)
     ax1.set_xlabel("observed final loss")
     ax1.set_ylabel("fitted loss")
-    ax1.set_title("fit vs observation")
-    ax1.legend()
+    ax1.set_title("fit vs observation (points the fit can predict)")
+    if ax1.get_legend_handles_labels()[0]:
+        ax1.legend()
     R = np.logspace(-1, 3.5, 200)
     ax2.plot(R, 1 + R, "k:", lw=1, label="fresh data (D' = D)")
     ax2.set_xscale("log")
