@@ -42,7 +42,7 @@ from unmask import cli
 from unmask.config import MAX_SEQ_LEN, ConfigError, ModelConfig, TrainConfig
 from unmask.data import TokenData
 from unmask.objectives import OBJECTIVES
-from unmask.run import Run
+from unmask.run import RUN_FILES, Run
 from unmask.training import train
 
 TASKS = Path(__file__).parent / "fixtures" / "austen_mc.jsonl"
@@ -309,17 +309,6 @@ FIELD_COMMANDS = ("sample", "resume")
 """A config field's values go through these in the quick run; the others take them in the slow run."""
 
 
-RUN_FILES = (
-    "config.json",
-    "model_config.json",
-    "budget.json",
-    "tokenizer.json",
-    "best.safetensors",
-    "last.safetensors",
-    "checkpoints/manifest.json",
-    "metrics.jsonl",
-    "provenance.json",
-)
 GARBAGE = random.Random(0).randbytes(777)
 
 

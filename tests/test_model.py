@@ -85,3 +85,54 @@ def test_output_mask_gives_the_same_logits_at_the_selected_positions():
     x = torch.randint(0, 64, (2, 16))
     select = torch.rand(2, 16) < 0.4
     torch.testing.assert_close(model(x, output_mask=select), model(x)[select])
+
+
+def test_qk_norm_is_off_by_default_and_adds_no_weights_then():
+    """Off, the model is the original one: same weight names (old checkpoints load), same logits for a seed."""
+    plain = ModelConfig(size="tiny", vocab_size=64, seq_len=16)
+    assert plain.qk_norm is False
+    torch.manual_seed(0)
+    model = Transformer(plain)
+    assert not any("q_norm" in k or "k_norm" in k for k in model.state_dict())
+    torch.manual_seed(0)
+    normed = Transformer(dataclasses.replace(plain, qk_norm=True))
+    extra = set(normed.state_dict()) - set(model.state_dict())
+    assert extra == {f"blocks.{i}.attn.{n}_norm.weight" for i in range(plain.n_layer) for n in "qk"}
+    assert sum(p.numel() for p in normed.parameters()) == count_params(normed.cfg)
+    x = torch.randint(0, 64, (2, 16))
+    assert not torch.allclose(model(x), normed(x))  # on, it does change the function
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_qk_norm_makes_attention_independent_of_the_query_key_scale(causal):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(size="tiny", vocab_size=64, seq_len=16, causal=causal, qk_norm=True)).eval()
+    x = torch.randint(0, 64, (2, 16))
+    before = model(x)
+    d = model.cfg.d_model
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.weight[: 2 * d] *= 7.0  # queries and keys only
+    torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
+
+
+def test_qk_norm_keeps_ar_causal_and_padding_inert():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(size="tiny", vocab_size=64, seq_len=16, causal=True, qk_norm=True)).eval()
+    x = torch.randint(0, 64, (2, 16))
+    y = x.clone()
+    y[:, 9] = (y[:, 9] + 1) % 64
+    assert torch.equal(model(x)[:, :9], model(y)[:, :9])
+    padded = torch.cat([x[:, :10], torch.full((2, 6), 3)], dim=1)
+    keep = torch.arange(16)[None] < 10
+    torch.testing.assert_close(model(padded, key_padding_mask=keep)[:, :10], model(x[:, :10]), atol=1e-5, rtol=1e-5)
+
+
+def test_qk_norm_survives_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(size="tiny", vocab_size=64, seq_len=16, causal=False, qk_norm=True)).eval()
+    save_model(model, tmp_path / "last.safetensors")
+    loaded = load_model(tmp_path / "last.safetensors")
+    assert loaded.cfg.qk_norm
+    x = torch.randint(0, 64, (3, 16))
+    assert torch.equal(model(x), loaded(x))

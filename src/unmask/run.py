@@ -29,6 +29,18 @@ from unmask.config import ConfigError, ModelConfig, TrainConfig, from_dict
 from unmask.objectives import Objective, Specials, get_objective
 
 WEIGHTS = ("best", "last")
+RUN_FILES = (
+    "config.json",
+    "model_config.json",
+    "budget.json",
+    "tokenizer.json",
+    "best.safetensors",
+    "last.safetensors",
+    "checkpoints/manifest.json",
+    "metrics.jsonl",
+    "provenance.json",
+)
+"""The files every finished run directory holds (the layout above; tb/ and checkpoints' files besides)."""
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -11,7 +11,7 @@ import torch
 
 from tests.conftest import TINY_DATA, tiny_model_config, tiny_train_config
 from unmask.config import TrainConfig
-from unmask.run import Run, read_metrics
+from unmask.run import RUN_FILES, Run, read_metrics
 from unmask.training import Budget, learning_rate, train
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "mdm_30_steps.json"
@@ -80,17 +80,7 @@ def test_resume_after_interruption_continues_with_identical_losses(tiny_data, tm
 
 def test_run_directory_is_self_describing(tiny_data, tmp_path):
     out = run(tiny_data, tmp_path / "r", objective="mdm", epochs=1)
-    for name in (
-        "config.json",
-        "budget.json",
-        "tokenizer.json",
-        "best.safetensors",
-        "last.safetensors",
-        "checkpoints/manifest.json",
-        "metrics.jsonl",
-        "provenance.json",
-        "model_config.json",
-    ):
+    for name in RUN_FILES:
         assert (out / name).exists(), name
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["objective"] == "mdm" and config["model"]["causal"] is False
