@@ -139,7 +139,7 @@ def test_yaml_config_with_dotted_overrides(capsys, tiny_data_dir, tmp_path):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["train"]["lr"] == 0.001 and saved["train"]["objective"] == "ar"
     assert saved["model"]["n_layer"] == 2  # the 'tiny' row
-    assert "NLL" in out
+    assert "final validation NLL" in out and "final weights (last.safetensors)" in out  # the run's result
 
     code, out, _ = unmask(capsys, "eval", tmp_path / "run", "--json", "true")
     result = json.loads(out)

@@ -89,3 +89,23 @@ def test_every_study_preset_loads_into_a_grid(path):
     study = load_study(path)
     points = jobs(study)
     assert len(points) == len({j.name for j in points}) > 0
+
+
+def test_the_two_protocols_pick_the_shared_setting_and_each_objectives_best():
+    from unmask.config import TrainConfig
+    from unmask.study.grid import StudyConfig
+    from unmask.study.pipeline import protocol_rows
+
+    study = StudyConfig(train=TrainConfig(lr=0.002), tune={"lr": [0.001, 0.002, 0.004]})
+
+    def row(objective, lr, loss):
+        tuned = json.dumps({"lr": lr})
+        return {"objective": objective, "size": "demo", "unique_tokens": 1000, "epochs": 4, "seed": 0,
+                "tuned": tuned, "final_val_loss": loss}  # fmt: skip
+
+    rows = [row("ar", 0.001, 5.0), row("ar", 0.002, 5.2), row("ar", 0.004, 5.5),
+            row("mdm", 0.001, 6.1), row("mdm", 0.002, 6.0), row("mdm", 0.004, 5.7)]  # fmt: skip
+    identical = protocol_rows(rows, study, "identical")
+    assert {(r["objective"], r["final_val_loss"]) for r in identical} == {("ar", 5.2), ("mdm", 6.0)}
+    best = protocol_rows(rows, study, "own_best")
+    assert {(r["objective"], r["final_val_loss"]) for r in best} == {("ar", 5.0), ("mdm", 5.7)}
