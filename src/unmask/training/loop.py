@@ -21,7 +21,7 @@ import torch
 from unmask.checkpoint import Checkpoints, RunLock, check_output_dir
 from unmask.config import ConfigError, ModelConfig, TrainConfig, UnmaskError
 from unmask.data.dataset import TokenData
-from unmask.model import Transformer, count_params, save_model
+from unmask.model import Transformer, count_params, read_weights, save_model
 from unmask.objectives import Specials, get_objective
 from unmask.objectives.validation import ValidationLoss, token_byte_lengths, validation_loss
 from unmask.progress import progress_bar
@@ -353,11 +353,9 @@ class Trainer:
 
 def _holds_weights(path: Path, model: torch.nn.Module) -> bool:
     """Does the safetensors file at `path` hold exactly the weights of `model`?"""
-    from safetensors.torch import load_file
-
     try:
-        saved = load_file(str(path))
-    except Exception:  # missing or torn: it does not
+        saved = read_weights(path)
+    except ConfigError:  # missing or torn: it does not
         return False
     state = model.state_dict()
     return saved.keys() == state.keys() and all(torch.equal(saved[k], v.cpu()) for k, v in state.items())
