@@ -58,6 +58,8 @@ def test_a_run_with_other_settings_is_refused_and_left_alone(tiny_data_dir, tmp_
     config_before = (tmp_path / "ar-E1" / "config.json").read_text()
     other = dataclasses.replace(job, train=dataclasses.replace(job.train, lr=1e-4))
     assert same_run(other) is False
+    for change in ({"local_prior": 5.0}, {"qk_norm": True}, {"init_std": 0.05}, {"dropout": 0.1}):
+        assert same_run(dataclasses.replace(job, model=dataclasses.replace(job.model, **change))) is False, change
     with pytest.raises(ConfigError, match="holds a run with other settings"):
         run_jobs([other], workers=1, quiet=True)
     assert (tmp_path / "ar-E1" / "config.json").read_text() == config_before

@@ -69,6 +69,18 @@ def test_a_four_point_sweep_runs_resumes_fits_and_reports(tmp_path, capsys):
     html = (report / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2 and "<table>" in html  # self-contained
 
+    # a tuning grid added later keeps the runs at the shared value and trains only the new points
+    config.write_text(config.read_text() + "tune: {lr: [0.002, 0.004]}\n")
+    assert cli.main(["study", "run", str(config)]) == 0
+    after = mtimes(tmp_path / "local")
+    assert {k: v for k, v in after.items() if k in before} == before and len(after) > len(before)
+    rows = list(csv.DictReader(open(tmp_path / "local" / "results.csv")))
+    assert len(rows) == 8 and sum(r["name"].endswith("-lr0.004") for r in rows) == 4
+    assert cli.main(["study", "fit", str(config), "--n_boot", "0"]) == 0
+    assert cli.main(["study", "report", str(config)]) == 0
+    text = (report / "report.md").read_text()
+    assert "Results (each objective at its own best)" in text and "(lr 0.00" in text
+
 
 @pytest.mark.slow
 def test_the_same_sweep_runs_on_a_local_ray_instance(tmp_path):

@@ -198,8 +198,14 @@ def _lbfgs(fun, starts: list[np.ndarray], bounds) -> np.ndarray:
     best = None
     with _one_blas_thread():
         for x0 in starts:
-            res = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds,
-                           options={"maxiter": 3000, "ftol": 1e-13, "gtol": 1e-10})
+            res = minimize(
+                fun,
+                x0,
+                jac=True,
+                method="L-BFGS-B",
+                bounds=bounds,
+                options={"maxiter": 3000, "ftol": 1e-13, "gtol": 1e-10},
+            )
             if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
                 best = res
     if best is None:
@@ -323,8 +329,9 @@ def _stage2(base: dict[str, float], N, D, U, log_obs, fit_rn: bool, delta: float
     return dict(zip(names, np.exp(theta).tolist(), strict=True)), statistic, largest
 
 
-def fit_law(points: Points, *, delta: float = HUBER_DELTA, n_starts: int = 8,
-            init: Mapping[str, float] | None = None) -> FitResult:
+def fit_law(
+    points: Points, *, delta: float = HUBER_DELTA, n_starts: int = 8, init: Mapping[str, float] | None = None
+) -> FitResult:
     """Fit the law to one objective's runs, (N, D, U, loss) records; see the module docstring.
 
     Identifiability rules (necessary, not sufficient; bootstrap intervals show the rest):
@@ -363,8 +370,10 @@ def fit_law(points: Points, *, delta: float = HUBER_DELTA, n_starts: int = 8,
         raise FitError(f"all {n1} single-epoch points share one N and one D: neither term of the law can be fitted")
     k1 = 1 + 2 * (int(has_N) + int(has_D))
     if n1 <= k1 or sizes + data_sizes - 1 < k1:
-        raise FitError(f"only {n1} single-epoch points (D ≤ U) over {sizes} model sizes and {data_sizes} data sizes "
-                       f"for {k1} free parameters: need more than {k1} points and sizes + data sizes − 1 ≥ {k1}")
+        raise FitError(
+            f"only {n1} single-epoch points (D ≤ U) over {sizes} model sizes and {data_sizes} data sizes "
+            f"for {k1} free parameters: need more than {k1} points and sizes + data sizes − 1 ≥ {k1}"
+        )
 
     values = _stage1(np.log(N[single]), np.log(D[single]), np.log(L[single]), has_N, has_D, delta, n_starts, init)
 
@@ -388,12 +397,16 @@ def fit_law(points: Points, *, delta: float = HUBER_DELTA, n_starts: int = 8,
             ratio = N[rep] / np.minimum(N[rep], compute_optimal_n(values, U[rep]))
             if not np.any(ratio > 1 + 1e-9):
                 fit_rn = False
-                unidentified["rn_star"] = ("no repeated run has more parameters than compute-optimal for its unique "
-                                           "data (N ≤ U_N everywhere), so R_N never enters")
+                unidentified["rn_star"] = (
+                    "no repeated run has more parameters than compute-optimal for its unique "
+                    "data (N ≤ U_N everywhere), so R_N never enters"
+                )
             elif _distinct(ratio) < 2:
                 fit_rn = False
-                unidentified["rn_star"] = (f"N/U_N takes one value ({ratio[0]:.3g}) among repeated points, which "
-                                           "cannot separate R_N* from the other constants")
+                unidentified["rn_star"] = (
+                    f"N/U_N takes one value ({ratio[0]:.3g}) among repeated points, which "
+                    "cannot separate R_N* from the other constants"
+                )
         if fit_rn and n_rep <= 2:
             fit_rn = False
             unidentified["rn_star"] = f"only {n_rep} repeated points for 2 stage-2 parameters"
@@ -407,7 +420,8 @@ def fit_law(points: Points, *, delta: float = HUBER_DELTA, n_starts: int = 8,
                     unidentified[name] = (
                         f"{NO_SATURATION}: {name} = ∞ (no decay) fits as well as the estimate {r_star:.3g} "
                         f"(likelihood-ratio statistic {statistic[name]:.2g} < {CHI2_1_95}; largest repetition seen "
-                        f"{largest[name]:.3g}), so the data give only a lower bound")
+                        f"{largest[name]:.3g}), so the data give only a lower bound"
+                    )
                 else:
                     values[name] = r_star
     return FitResult(values, unidentified, only_at, tuple(notes), n1, n_rep)
@@ -416,8 +430,15 @@ def fit_law(points: Points, *, delta: float = HUBER_DELTA, n_starts: int = 8,
 # ---------------------------------------------------------------- uncertainty
 
 
-def bootstrap(points: Points, n_boot: int = 200, seed: int = 0, *, level: float = 0.95,
-              point: FitResult | None = None, delta: float = HUBER_DELTA) -> dict[str, Interval]:
+def bootstrap(
+    points: Points,
+    n_boot: int = 200,
+    seed: int = 0,
+    *,
+    level: float = 0.95,
+    point: FitResult | None = None,
+    delta: float = HUBER_DELTA,
+) -> dict[str, Interval]:
     """Percentile intervals for every parameter the full-data fit identifies.
 
     Resampling is stratified by stage: single-epoch and repeated points are each resampled with replacement
@@ -466,10 +487,16 @@ def _loss_fn(fit: FitResult | Mapping[str, float]) -> Callable:
     return fit.loss if isinstance(fit, FitResult) else (lambda N, D, U: law_loss(fit, N, D, U))
 
 
-def critical_compute(fit_ar: FitResult | Mapping[str, float], fit_mdm: FitResult | Mapping[str, float], U: float,
-                     N: float | Callable[[float], float] | Literal["optimal"], *,
-                     c_range: tuple[float, float] | None = None, n_grid: int = 400,
-                     n_range: tuple[float, float] = (1e5, 1e12)) -> Crossing:
+def critical_compute(
+    fit_ar: FitResult | Mapping[str, float],
+    fit_mdm: FitResult | Mapping[str, float],
+    U: float,
+    N: float | Callable[[float], float] | Literal["optimal"],
+    *,
+    c_range: tuple[float, float] | None = None,
+    n_grid: int = 400,
+    n_range: tuple[float, float] = (1e5, 1e12),
+) -> Crossing:
     """The smallest compute C = 6·N·D at which the MDM law's loss falls below the AR law's, for U unique tokens.
 
     Along which path: `N` a number fixes the model size (D = C / 6N; the default range is 0.01–10⁴ epochs);
@@ -502,8 +529,9 @@ def critical_compute(fit_ar: FitResult | Mapping[str, float], fit_mdm: FitResult
         return Crossing(None, f"the laws cannot be evaluated on this path: {e}")
     below = l_mdm < l_ar
     if below[0]:
-        return Crossing(None, f"MDM is already below AR at the smallest compute searched (C = {Cs[0]:.3g}); "
-                              "lower c_range")
+        return Crossing(
+            None, f"MDM is already below AR at the smallest compute searched (C = {Cs[0]:.3g}); lower c_range"
+        )
     if not below.any():
         return Crossing(None, f"MDM stays above AR for C in [{Cs[0]:.3g}, {Cs[-1]:.3g}]: the curves do not cross there")
     i = int(np.argmax(below))

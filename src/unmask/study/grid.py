@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from unmask.config import SIZES, ConfigError, DataConfig, ModelConfig, TrainConfig, check, from_dict, to_dict
-from unmask.study.local import Job
+from unmask.study.local import USER_MODEL_FIELDS, Job
 
 TUNABLE = {f.name: "train" for f in dataclasses.fields(TrainConfig)} | {
-    name: "model" for name in ("init_std", "dropout", "rope_base")
+    name: "model" for name in USER_MODEL_FIELDS if name not in ("n_layer", "d_model", "n_head")
 }
-"""Fields a `tune` grid may vary: any TrainConfig field, and the model's initialisation and dropout."""
+"""Fields a `tune` grid may vary: any TrainConfig field, and the model's non-shape fields (init, dropout, ...)."""
 
 
 @dataclass
@@ -65,9 +65,14 @@ class StudyConfig:
         check(not missing, f"study.epochs: no epoch list for {missing} (give a list per objective)")
         check(all(e >= 1 for es in self.epochs.values() for e in es), "study.epochs: every epoch count must be >= 1")
         bad = sorted(set(self.tune) - set(TUNABLE))
-        check(not bad, f"study.tune: {bad} cannot be tuned; choose TrainConfig fields or init_std, dropout, rope_base")
+        model_fields = sorted(k for k, v in TUNABLE.items() if v == "model")
+        check(not bad, f"study.tune: {bad} cannot be tuned; choose TrainConfig fields or the model's {model_fields}")
         check(self.workers >= 0, f"study.workers={self.workers}: must be >= 0")
         check(self.runner in ("local", "ray"), f"study.runner={self.runner!r}: must be 'local' or 'ray'")
+
+    def shared(self) -> dict[str, Any]:
+        """The shared config's values of the tuned fields: the identical-settings point of the tuning grid."""
+        return {k: getattr(self.model if TUNABLE[k] == "model" else self.train, k) for k in sorted(self.tune)}
 
 
 def load_study(path: str | Path) -> StudyConfig:
@@ -90,6 +95,8 @@ def load_study(path: str | Path) -> StudyConfig:
 
 
 def point_name(objective: str, size: str, U: int, epochs: int, seed: int, tuned: dict[str, Any]) -> str:
+    """e.g. mdm-demo-U25000-E16-s0-lr0.004; `tuned` holds only the values that differ from the shared config,
+    so adding a tuning grid to a study keeps (and reuses) the runs it already has."""
     extra = "".join(f"-{k}{v:g}" if isinstance(v, float) else f"-{k}{v}" for k, v in sorted(tuned.items()))
     return f"{objective}-{size}-U{U}-E{epochs}-s{seed}{extra}"
 
@@ -104,7 +111,7 @@ def jobs(study: StudyConfig) -> list[Job]:
     combos = [
         dict(zip(tune_keys, vals, strict=True)) for vals in itertools.product(*(study.tune[k] for k in tune_keys))
     ]
-    out = []
+    shared, out = study.shared(), []
     for objective, size, U, seed, tuned in itertools.product(
         study.objectives, study.sizes, study.unique_tokens, study.seeds, combos or [{}]
     ):
@@ -119,7 +126,8 @@ def jobs(study: StudyConfig) -> list[Job]:
                 seed=seed,
                 **{k: v for k, v in tuned.items() if TUNABLE[k] == "train"},
             )
-            name = point_name(objective, size, U, epochs, seed, tuned)
+            differs = {k: v for k, v in tuned.items() if v != shared[k]}
+            name = point_name(objective, size, U, epochs, seed, differs)
             out.append(Job(name, str(data_dir(study, U)), str(Path(study.out) / "runs" / name), model, train))
     return out
 

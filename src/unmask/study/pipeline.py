@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from unmask.config import ConfigError
-from unmask.study.grid import TUNABLE, StudyConfig, data_dir, jobs, load_study, prepare_data
+from unmask.study.grid import StudyConfig, data_dir, jobs, load_study, prepare_data
 from unmask.study.results import results_table, write_table
 
 PROTOCOLS = {
@@ -68,8 +68,7 @@ def protocol_rows(rows: list[dict], study: StudyConfig, protocol: str) -> list[d
     """identical: the points at the shared config's values of the tuned fields; own_best: per (objective,
     size, U, E, seed) the tuned point with the lowest final validation loss."""
     if protocol == "identical":
-        shared = {k: getattr(study.model if TUNABLE[k] == "model" else study.train, k) for k in study.tune}
-        return [r for r in rows if json.loads(r["tuned"]) == {k: shared[k] for k in sorted(shared)}]
+        return [r for r in rows if json.loads(r["tuned"]) == study.shared()]
     best: dict[tuple, dict] = {}
     for r in rows:
         key = (r["objective"], r["size"], r["unique_tokens"], r["epochs"], r["seed"])
@@ -117,6 +116,7 @@ def fit_study(config: str | Path, n_boot: int = 200, quiet: bool = False) -> dic
                 "values": fit.values,
                 "intervals_95": {k: list(v[:2]) for k, v in intervals.items()},
                 "unidentified": fit.unidentified,
+                "only_at": fit.only_at,
                 "notes": list(fit.notes),
             }
         if {"ar", "mdm"} <= set(fits):
@@ -233,28 +233,21 @@ def report_study(config: str | Path, quiet: bool = False) -> Path:
             "on its NLL; AR: exact NLL), both scored on the same validation tokens.",
         ),  # fmt: skip
         Block("h2", "Results (identical settings)"),
+        *_results_blocks(identical, unigram),
     ]
-    for U in unigram:
-        epochs = sorted({r["epochs"] for r in identical if r["unique_tokens"] == U})
-        table = []
-        for e in epochs:
-            cells = {r["objective"]: r for r in identical if r["unique_tokens"] == U and r["epochs"] == e}
-            table.append([e] + [cells[o]["final_val_loss"] if o in cells else None for o in ("ar", "mdm")]
-                         + [unigram[U] - cells["mdm"]["final_val_loss"] if "mdm" in cells else None])  # fmt: skip
-        blocks += [
-            Block(
-                "p",
-                f"U = {U:,} unique tokens; unigram cross-entropy of the validation split: "
-                f"{unigram[U]:.3f} nats (a model that ignores context).",
-            ),  # fmt: skip
-            Block("table", (["epochs", "AR final loss", "MDM final loss", "MDM below unigram"], table)),
-        ]
     for row in identical:
         row["unigram"] = unigram[row["unique_tokens"]]
     blocks += [
         Block("figure", (figure_loss_vs_epochs(identical, out), "Final validation loss vs epochs, per U")),
         Block("figure", (figure_loss_vs_flops(identical, out), "Final validation loss vs training FLOPs")),
     ]
+    if study.tune:
+        blocks += [
+            Block("h2", "Results (each objective at its own best)"),
+            Block("p", f"Per point, the lowest final loss over the tuning grid {study.tune}; the chosen values "
+                       "in brackets. Choosing on the validation split makes these numbers slightly optimistic."),
+            *_results_blocks(protocol_rows(rows, study, "own_best"), unigram, show_tuned=True),
+        ]  # fmt: skip
     blocks += [Block("h2", "Findings"), *[Block("p", line) for line in findings(fitted, identical, unigram)]]
     for protocol, entry in fitted["protocols"].items():
         blocks.append(Block("h2", f"Fit: {PROTOCOLS[protocol]}"))
@@ -263,7 +256,7 @@ def report_study(config: str | Path, quiet: bool = False) -> Path:
                                      "setting, so this protocol equals the identical-settings one above."))  # fmt: skip
             continue
         blocks += _fit_blocks(entry, PAPER)
-    fits = _refit_for_figure(rows, study)
+    fits = _fits_of(fitted["protocols"].get("identical", {}))
     if fits:
         blocks.append(Block("figure", (figure_fit(identical, fits, out), "Fitted vs observed; effective data")))
     provenance = Run(rows[0]["run"]).provenance()
@@ -282,6 +275,31 @@ def report_study(config: str | Path, quiet: bool = False) -> Path:
     if not quiet:
         print(f"report: {md} and {out / 'report.html'}")
     return md
+
+
+def _results_blocks(rows: list[dict], unigram: dict[int, float], show_tuned: bool = False) -> list:
+    """Per U, a table of final losses by epochs: AR, MDM and MDM's distance below the unigram level."""
+    from unmask.study.report import Block
+
+    def cell(row):
+        if row is None or not show_tuned:
+            return None if row is None else row["final_val_loss"]
+        chosen = ", ".join(f"{k} {v:g}" for k, v in json.loads(row["tuned"]).items())
+        return f"{row['final_val_loss']:.4f} ({chosen})"
+
+    blocks = []
+    for U, level in unigram.items():
+        table = []
+        for e in sorted({r["epochs"] for r in rows if r["unique_tokens"] == U}):
+            cells = {r["objective"]: r for r in rows if r["unique_tokens"] == U and r["epochs"] == e}
+            mdm = cells.get("mdm")
+            table.append([e, cell(cells.get("ar")), cell(mdm), None if mdm is None else level - mdm["final_val_loss"]])
+        blocks += [
+            Block("p", f"U = {U:,} unique tokens; unigram cross-entropy of the validation split: {level:.3f} nats "
+                       "(a model that ignores context)."),
+            Block("table", (["epochs", "AR final loss", "MDM final loss", "MDM below unigram"], table)),
+        ]  # fmt: skip
+    return blocks
 
 
 def findings(fitted: dict, rows: list[dict], unigram: dict[int, float]) -> list[str]:
@@ -370,15 +388,12 @@ def _fit_blocks(entry: dict, paper: dict) -> list:
     return blocks
 
 
-def _refit_for_figure(rows, study):
-    from unmask.study.fit import FitError, Point, fit_law
+def _fits_of(entry: dict) -> dict:
+    """The FitResults fit.json recorded for one protocol (objectives that could not be fitted left out)."""
+    from unmask.study.fit import FitResult
 
-    fits = {}
-    for objective in sorted({r["objective"] for r in rows}):
-        pts = [Point(r["non_embedding_params"], r["tokens_seen"], r["unique_tokens"], r["final_val_loss"])
-               for r in protocol_rows(rows, study, "identical") if r["objective"] == objective]  # fmt: skip
-        try:
-            fits[objective] = fit_law(pts)
-        except FitError:
-            continue
-    return fits
+    return {
+        objective: FitResult(fit["values"], fit["unidentified"], fit.get("only_at", {}), tuple(fit["notes"]))
+        for objective, fit in entry.get("objectives", {}).items()
+        if "error" not in fit
+    }
