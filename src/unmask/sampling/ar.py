@@ -20,7 +20,7 @@ would alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -73,6 +73,7 @@ def sample_ar(
     query_is_target: bool = False,
     use_cache: bool = True,
     prompt_mask: torch.Tensor | None = None,
+    on_step: Callable[[list[list[int]], torch.Tensor], None] | None = None,
 ) -> SampleOutput:
     """Continue prompts (B, P) by max_new_tokens; `tokens` is (B, P + max_new_tokens).
 
@@ -87,6 +88,8 @@ def sample_ar(
         None = no padding. Padded columns keep their ids in `tokens`.
     `history[s]` lists, per sequence, the position written at step s; `forward_passes`
     counts model calls (the cache's prefill and each rebuild count one).
+    on_step: called after every step with, per sequence, the positions committed at that step and
+        the canvas (B, T) after it (`unmask serve` streams them); it may raise to stop decoding.
     """
     check(temperature >= 0, f"temperature={temperature}: must be >= 0")
     check(top_k >= 0, f"top_k={top_k}: must be >= 0 (0 = off)")
@@ -132,6 +135,8 @@ def sample_ar(
         x = torch.cat([x, nxt[:, None]], dim=1)
         real = torch.cat([real, torch.ones(B, 1, dtype=torch.bool, device=x.device)], dim=1)
         out.history.append([[T] for _ in range(B)])
+        if on_step is not None:
+            on_step(out.history[-1], x)
         if eod_id is not None and bool(done.all()):  # host-device sync: one bool per step
             break
     if x.shape[1] < P + max_new_tokens:

@@ -19,6 +19,7 @@ Fast-dLLM prefix / dual KV cache; MDLM's no-change cache.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -181,12 +182,15 @@ def sample_mdm(
     generator: torch.Generator | None = None,
     energy_model: torch.nn.Module | None = None,
     prompt_mask: torch.Tensor | None = None,
+    on_step: Callable[[list[list[int]], torch.Tensor], None] | None = None,
 ) -> SampleOutput:
     """Generate gen_len tokens after prompts (B, P) (mask tokens inside them are infilled) with `config`.
 
     energy_model: an AR model over the same tokenizer; turns the ancestral sampler into EDLM.
     prompt_mask: (B, P) True for real prompt tokens, for prompts of different lengths left-padded
         with any non-mask id (`unmask.sampling.left_pad`); each row decodes as it would alone.
+    on_step: called after every step with, per sequence, the positions committed at that step and
+        the canvas (B, T) after it (`unmask serve` streams them); it may raise to stop decoding.
     """
     cfg = config
     if energy_model is not None:
@@ -214,18 +218,20 @@ def sample_mdm(
         region = (col >= lo) & (col < hi) if block else col < hi  # (T,): infill masks join the first block
         first_masked = int((~fixed).any(0).nonzero()[0]) if block == 0 else lo
         denoise.new_block(first_masked, hi)
-        x = _decode_block(x, region, steps_per_block, denoise, cfg, mask_id, generator, energy_model, out)
+        x = _decode_block(x, region, steps_per_block, denoise, cfg, mask_id, generator, energy_model, out, on_step)
     if (x == mask_id).any():  # conv can leave a position with no committed neighbour masked: one fill step
         cand = x == mask_id
         denoise.new_block(0, T)
         x0 = sample_categorical(denoise(x, cand), cfg.temperature, generator)
         x = x.masked_scatter(cand, x0)
         out.history.append(_rows(cand))
+        if on_step is not None:
+            on_step(out.history[-1], x)
     out.tokens = x
     return out
 
 
-def _decode_block(x, region, steps, denoise, cfg, mask_id, generator, energy_model, out) -> torch.Tensor:
+def _decode_block(x, region, steps, denoise, cfg, mask_id, generator, energy_model, out, on_step=None) -> torch.Tensor:
     """Decode the masked positions of `region` (T,) in `steps` steps (threshold: until none is left)."""
     B, T = x.shape
     n = ((x == mask_id) & region).sum(1)  # (B,) masked tokens of this block per sequence
@@ -270,6 +276,8 @@ def _decode_block(x, region, steps, denoise, cfg, mask_id, generator, energy_mod
         x = torch.where(commit, x0, x)
         changed = bool(commit.any())  # host sync: one bool per step
         out.history.append(_rows(commit))
+        if on_step is not None:
+            on_step(out.history[-1], x)
         step += 1
     return x
 
