@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -55,8 +56,58 @@ def bench_train(steps: int, threads: int, size: str, batch_size: int, seq_len: i
     return results
 
 
-def bench_prepare(megabytes: int) -> dict:
-    """Tokenise `megabytes` of text (the embedded corpus repeated) through `unmask prepare`."""
+RAW_ENCODE = """
+import json, sys
+from tokenizers import Tokenizer
+tok, n, batch, chars = Tokenizer.from_file(sys.argv[1]), 0, [], 0
+for line in open(sys.argv[2], encoding="utf-8"):
+    batch.append(json.loads(line)["text"])
+    chars += len(batch[-1])
+    if chars >= 2_000_000:
+        n += sum(len(e.ids) + 1 for e in tok.encode_batch_fast(batch))
+        batch, chars = [], 0
+n += sum(len(e.ids) + 1 for e in tok.encode_batch_fast(batch))
+print(n)
+"""
+"""The reference: the `tokenizers` encoder alone over the same JSONL, as a whole process (read, parse,
+encode in batches of ~2M characters on every core, count tokens + one end-of-document per document)."""
+
+
+PEAK_OF = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(child.pid, 0)
+print(usage.ru_maxrss, file=sys.stderr)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+"""Runs a command and prints its peak resident KiB: a process forked from this one (torch loaded) would
+carry our resident size into its own peak, so a small launcher forks the measured process instead."""
+
+
+def _timed_process(args: list[str]) -> tuple[float, int, str]:
+    """(wall seconds, peak resident MB, stdout) of one fresh process; fails on a non-zero exit."""
+    import subprocess
+    import sys
+
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", PEAK_OF, *args], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"{args[:4]} exited with {done.returncode}: {done.stderr[-500:]}")
+    return seconds, int(done.stderr.split()[-1]) // 1024, done.stdout
+
+
+def bench_prepare(megabytes: int, repeats: int = 3) -> dict:
+    """`unmask prepare` as a whole process (start-up and imports included) vs the `tokenizers` encoder alone.
+
+    Both read the same `megabytes` of JSONL (the embedded corpus repeated) with the same trained
+    tokenizer, in fresh processes, interleaved A/B `repeats` times; prepare's budget is every token
+    of the corpus, so both encode the same text. Reports median tokens/s, the paired ratios and
+    each process's peak resident memory.
+    """
+    import statistics
+    import sys
+
     from unmask.data.corpus import default_corpus_path
     from unmask.data.prepare import prepare
 
@@ -71,28 +122,40 @@ def bench_prepare(megabytes: int) -> dict:
                     line = json.dumps({"text": text}) + "\n"
                     f.write(line)
                     n_bytes += len(line)
-        tokenizer_dir = prepare(
-            DataConfig(unique_tokens=1000, val_tokens=0, val_fraction=0.0), Path(tmp) / "tok", quiet=True
-        )
-        # A budget safely below the corpus size (> 4 bytes/token at vocab 1024), so the timing covers
-        # reading, parallel encoding and writing of nearly the whole corpus.
-        total = n_bytes // 6
-        cfg = DataConfig(
-            inputs=[str(corpus)],
-            tokenizer=str(tokenizer_dir / "tokenizer.json"),
-            unique_tokens=total,
-            val_tokens=0,
-            val_fraction=0.0,
-        )
-        start = time.perf_counter()
-        prepare(cfg, Path(tmp) / "out", quiet=True)
-        seconds = time.perf_counter() - start
-    rate = total / seconds
+        tokenizer = Path(tmp) / "tok" / "tokenizer.json"
+        prepare(DataConfig(unique_tokens=1000, val_tokens=0, val_fraction=0.0), tokenizer.parent, quiet=True)
+        raw = [sys.executable, "-c", RAW_ENCODE, str(tokenizer), str(corpus)]
+        total = int(_timed_process(raw)[2])  # every token of the corpus, end-of-document tokens included
+        # fmt: off
+        cli = [sys.executable, "-m", "unmask", "prepare", str(corpus), "--out", str(Path(tmp) / "out"),
+               "--overwrite", "true", "--data.tokenizer", str(tokenizer), "--data.unique_tokens", str(total),
+               "--data.val_tokens", "0", "--data.val_fraction", "0"]
+        # fmt: on
+        runs = {"prepare": [], "tokenizers": []}
+        for _ in range(repeats):  # interleaved, so a change in the machine's speed hits both alike
+            runs["prepare"].append(_timed_process(cli)[:2])
+            runs["tokenizers"].append(_timed_process(raw)[:2])
+    rates = {k: [total / s for s, _ in v] for k, v in runs.items()}
+    ratios = [p / r for p, r in zip(rates["prepare"], rates["tokenizers"], strict=True)]
+    peak = {k: max(mb for _, mb in v) for k, v in runs.items()}
+    result = {
+        "megabytes": n_bytes / 1e6,
+        "tokens": total,
+        "tokens_per_s": statistics.median(rates["prepare"]),
+        "tokenizers_tokens_per_s": statistics.median(rates["tokenizers"]),
+        "ratio": statistics.median(ratios),
+        "ratio_range": [min(ratios), max(ratios)],
+        "peak_mb": peak["prepare"],
+        "tokenizers_peak_mb": peak["tokenizers"],
+        "cores": os.cpu_count(),
+    }
     print(
-        f"unmask prepare: {n_bytes / 1e6:.0f} MB, {total:,} tokens in {seconds:.1f} s = {rate:,.0f} tokens/s "
-        f"({torch.get_num_threads()} cores visible to torch; tokenizers uses all cores)"
+        f"unmask prepare, whole process: {n_bytes / 1e6:.0f} MB, {total:,} tokens: {result['tokens_per_s']:,.0f} "
+        f"tokens/s, peak {peak['prepare']} MB; the tokenizers encoder alone (also a whole process): "
+        f"{result['tokenizers_tokens_per_s']:,.0f} tokens/s, peak {peak['tokenizers']} MB; ratio "
+        f"{result['ratio']:.2f} (paired, {min(ratios):.2f}-{max(ratios):.2f} over {repeats}); {os.cpu_count()} cores"
     )
-    return {"megabytes": n_bytes / 1e6, "tokens": total, "seconds": seconds, "tokens_per_s": rate}
+    return result
 
 
 def quality_of(gen, judge_run: str | None, device: str = "cpu") -> dict[str, float]:
@@ -108,6 +171,14 @@ def quality_of(gen, judge_run: str | None, device: str = "cpu") -> dict[str, flo
         opened = Run(judge_run)
         judge, query_is_target = opened.load_model("last", resolve_device(device)), opened.objective.query_is_target
     return text_quality(gen.output.tokens, gen.eod_id, judge, gen.prompt_len, judge_query_is_target=query_is_target)
+
+
+def generated_tokens(tokens: torch.Tensor, prompt_len: int, eod_id: int) -> torch.Tensor:
+    """(B,) tokens an AR decoder generated per sample: its continuation up to and including the first
+    end-of-document (sampled like any other token; the columns after it are filler), else the whole length."""
+    cont = tokens[:, prompt_len:]
+    eod = cont == eod_id
+    return torch.where(eod.any(1), eod.int().argmax(1) + 1, cont.shape[1])
 
 
 # name: SamplerConfig options, each at the bench's temperature; "{L}" is the generation length, "{L/4}" a quarter.
@@ -168,13 +239,19 @@ def bench_sample(
     decode(run, "", 1, 8, SamplerConfig(temperature=temperature), seed, device=device)  # warm-up
     results = {}
     for name, row_run, sampler in rows:
+        is_ar = sampler is None  # the judge run's own decoding
         sampler = sampler or SamplerConfig(temperature=temperature)
         energy = judge_run if name == "edlm" else None
         gen = decode(row_run, "", n, length, sampler, seed, device=device, energy_run=energy)
         out = gen.output
+        # MDM fills every position; AR stops at end-of-document, so it counts what it generated
+        per_sample = generated_tokens(out.tokens, gen.prompt_len, gen.eod_id) if is_ar else None
+        tokens = n * length if per_sample is None else int(per_sample.sum())
+        positions = length if per_sample is None else max(int(per_sample.max()), 1)  # decoding steps of the batch
         results[name] = {
-            "tokens_per_s": n * length / gen.seconds,
-            "forward_passes_per_token": out.forward_passes / length,
+            "tokens_per_s": tokens / gen.seconds,
+            "generated_tokens": tokens,
+            "forward_passes_per_token": out.forward_passes / positions,
             "energy_passes": out.energy_passes,
             "seconds": gen.seconds,
             **quality_of(gen, judge_run, device),

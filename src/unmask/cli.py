@@ -387,9 +387,7 @@ def build_parser():
         else:
             variadic = VARIADIC_POSITIONALS.get(name)
             if variadic:
-                sub.add_argument(
-                    variadic, nargs="*", type=str, default=[], help=VARIADIC_HELP[variadic]
-                )
+                sub.add_argument(variadic, nargs="*", type=str, default=[], help=VARIADIC_HELP[variadic])
             sub.add_function_arguments(fn, as_group=False, as_positional=True, skip={variadic} if variadic else None)
         subcommands.add_subcommand(name, sub, help=(fn.__doc__ or "").splitlines()[0])
     return parser
@@ -445,8 +443,6 @@ def _error(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     from jsonargparse import ArgumentError
 
-    from unmask.training.signals import TrainingStopped
-
     parser = build_parser()
     argv = migrate_flags(gather_lists(list(sys.argv[1:] if argv is None else argv)))
     try:
@@ -464,21 +460,29 @@ def main(argv: list[str] | None = None) -> int:
     except UnmaskError as e:  # ConfigError: bad input, nothing done (2); TrainingError: the run failed (1)
         _error(str(e))
         return 2 if isinstance(e, ConfigError) else 1
-    except TrainingStopped as e:  # SIGTERM/SIGINT honoured with a checkpoint: a clean exit
-        print(f"unmask: {e}", file=sys.stderr)
-        return 0
     except KeyboardInterrupt:
         print("unmask: interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # a path the user gave that the OS refuses (too long, not a directory, no permission)
         _error(f"{e.strerror or type(e).__name__}: {e.filename}; check the path" if e.filename else str(e))
         return 2
-    except Exception as e:  # a bug, not bad input: still one line; UNMASK_DEBUG=1 shows the traceback
+    except Exception as e:
+        if _training_stopped(e):  # SIGTERM/SIGINT honoured with a checkpoint: a clean exit
+            print(f"unmask: {e}", file=sys.stderr)
+            return 0
+        # a bug, not bad input: still one line; UNMASK_DEBUG=1 shows the traceback
         if os.environ.get("UNMASK_DEBUG"):
             raise
         _error(f"internal error {type(e).__name__}: {e} (a bug: please report it; UNMASK_DEBUG=1 shows the traceback)")
         return 1
     return 0
+
+
+def _training_stopped(e: Exception) -> bool:
+    """Whether `e` is training's TrainingStopped; only training raises it, so a command that never loaded
+    training (prepare: no torch at all) needs no import to tell."""
+    signals = sys.modules.get("unmask.training.signals")
+    return signals is not None and isinstance(e, signals.TrainingStopped)
 
 
 def _explain(message: str, parser, argv: list[str] | None) -> str:

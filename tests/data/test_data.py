@@ -190,3 +190,24 @@ def test_a_single_text_file_splits_into_paragraphs_so_validation_gets_documents(
                   tmp_path / "data", quiet=True)  # fmt: skip
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["val_tokens"] == 300 and manifest["documents"]["val"] > 1
+
+
+def test_unmask_prepare_as_a_process_never_imports_torch(tmp_path):
+    # Preparing data needs the tokenizer and numpy only; importing torch cost ~4 s and ~400 MB per run.
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Chapter {i}. It was a truth universally acknowledged." * 20 for i in range(40)))
+    probe = (
+        "import atexit, runpy, sys\n"
+        "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules))\n"
+        "sys.argv = ['unmask'] + sys.argv[1:]\n"
+        "runpy.run_module('unmask', run_name='__main__', alter_sys=True)\n"
+    )
+    args = ["prepare", str(corpus), "--out", str(tmp_path / "data"), "--data.unique_tokens", "3000"]
+    args += ["--data.val_tokens", "300", "--data.vocab_size", "300", "--data.seq_len", "16"]
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "3,000 training tokens" in done.stdout
+    assert "torch imported: False" in done.stdout

@@ -79,6 +79,34 @@ def test_single_token_samples_follow_softmax_of_logits_over_temperature(method, 
     assert chisquare(observed[allowed.numpy()], expected).pvalue > 1e-3
 
 
+@pytest.mark.parametrize("temperature", [0.6, 1.0])
+def test_low_confidence_commits_the_position_and_token_of_the_exact_law(temperature):
+    # Two masked positions, one committed per step: the first step keeps the position whose drawn
+    # token is the more probable (prob confidence, at temperature 1), so which position and which
+    # token come first depend on both draws. Exact law: P(position i, token v) =
+    # q_i(v) · P(p_j(x_j) < p_i(v)), x_j ~ q_j, with q = softmax(l / temperature), p = softmax(l).
+    V, n = 6, 30_000
+    table = torch.tensor(
+        [[0.0] * V, [-9.0, -9.0, 2.0, 1.2, 0.1, -0.7], [-9.0, -9.0, 1.6, 1.5, -0.3, 0.4]]
+    )  # banned 0 and mask 1 never drawn; no two probabilities of the two rows are equal
+    out = run(FixedLogits(table), torch.full((n, 1), 3), 2, method="low_confidence", steps=2, temperature=temperature)
+    first = torch.tensor([rows[0] for rows in out.history[0]])  # (n,) position committed first: 1 or 2
+    token = out.tokens[torch.arange(n), first]
+    observed = np.bincount(((first - 1) * V + token).numpy(), minlength=2 * V)
+    allowed = torch.arange(2, V)
+    p = torch.softmax(table[1:, allowed].double(), -1)  # (2, 4) confidences
+    q = torch.softmax(table[1:, allowed].double() / temperature, -1)  # (2, 4) the drawn law
+    expected = np.zeros(2 * V)
+    for i in range(2):
+        for v in range(len(allowed)):
+            below = q[1 - i][p[1 - i] < p[i, v]].sum()  # the other position draws a less probable token
+            expected[i * V + int(allowed[v])] = float(q[i, v] * below) * n
+    assert abs(expected.sum() - n) < 1e-6 * n
+    keep = expected > 0
+    assert observed[~keep].sum() == 0
+    assert chisquare(observed[keep], expected[keep]).pvalue > 1e-3
+
+
 def test_every_draw_uses_float64_noise(monkeypatch):
     dtypes = []
     real_rand = torch.rand

@@ -11,6 +11,7 @@ from torch import nn
 from unmask.config import ConfigError, ModelConfig
 from unmask.model import Transformer
 from unmask.sampling import SamplerConfig, sample_ar, sample_categorical, sample_mdm
+from unmask.sampling.gumbel import sample_with_confidence
 from unmask.sampling.mdm import commit_schedule
 
 
@@ -36,6 +37,45 @@ def test_gumbel_noise_is_float64_so_rare_tokens_keep_their_probability(monkeypat
     monkeypatch.setattr(torch, "rand", lambda *a, **k: dtypes.append(k.get("dtype")) or real_rand(*a, **k))
     sample_categorical(torch.zeros(3, 5), 1.0)
     assert dtypes == [torch.float64]
+
+
+def inverse_cdf_float64(logits: torch.Tensor, temperature: float, u: torch.Tensor) -> torch.Tensor:
+    """The reference: the float64 inverse CDF of the uniforms u (M,) under softmax(logits / temperature)."""
+    z = logits.double() / temperature
+    cdf = (z - z.amax(-1, keepdim=True)).exp().cumsum(-1)
+    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+
+
+@pytest.mark.parametrize("V", [1000, 1024])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("spread", [0.3, 3.0, 10.0])
+def test_draws_with_confidence_equal_the_float64_inverse_cdf_and_bound_their_error(V, temperature, spread):
+    # Float32 sums with a certified error bound; rows too close to a token boundary are redone in
+    # float64, so every token is the one the float64 inverse CDF of the same uniform picks.
+    torch.manual_seed(0)
+    logits = torch.randn(2000, V) * spread
+    logits[:, 1] = float("-inf")  # a banned token
+    x, conf, err = sample_with_confidence(logits, temperature, torch.Generator().manual_seed(5))
+    u = torch.rand(2000, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert torch.equal(x, inverse_cdf_float64(logits, temperature, u)) and not (x == 1).any()
+    exact = torch.softmax(logits.double(), -1).gather(-1, x[:, None])[:, 0]  # p(x) at temperature 1
+    assert ((conf - exact).abs() <= err).all() and (err <= 1e-4 * exact).all()
+
+
+def test_draws_with_confidence_at_temperature_zero_are_the_argmax_and_its_probability():
+    logits = torch.randn(50, 300) * 4
+    x, conf, err = sample_with_confidence(logits, 0.0)
+    assert torch.equal(x, logits.argmax(-1))
+    assert ((conf - torch.softmax(logits.double(), -1).amax(-1)).abs() <= err).all()
+
+
+def test_draws_with_confidence_follow_softmax_at_temperature():
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -3.0])
+    n, temperature = 40_000, 0.7
+    draws, _, _ = sample_with_confidence(logits.expand(n, -1), temperature, torch.Generator().manual_seed(0))
+    observed = np.bincount(draws.numpy(), minlength=5)
+    expected = torch.softmax(logits.double() / temperature, -1).numpy() * n
+    assert chisquare(observed, expected).pvalue > 1e-3
 
 
 def test_temperature_zero_is_argmax():
@@ -212,8 +252,25 @@ def test_bench_sample_reports_speed_and_quality_per_method(tiny_runs, capsys):
         and rows["conv_S/4"]["forward_passes_per_token"] == 0.25
     )
     assert rows["edlm"]["energy_passes"] > 0
+    for name, row in rows.items():  # AR counts the tokens it generated, MDM every position
+        assert row["tokens_per_s"] == pytest.approx(row["generated_tokens"] / row["seconds"])
+        assert name.startswith("ar") or row["generated_tokens"] == 2 * 8
     assert all(r["gen_ppl"] > 1 and r["tokens_per_s"] > 0 and 0 <= r["rep_2"] <= 1 for r in rows.values())
     assert "gen PPL" in capsys.readouterr().out
+
+
+def test_ar_tokens_per_second_counts_the_tokens_generated_up_to_end_of_document():
+    from unmask.bench import generated_tokens
+
+    eod, prompt_len = 0, 1
+    tokens = torch.tensor(
+        [
+            [eod, 5, 6, eod, eod, eod],  # stopped: 2 tokens and the end-of-document = 3; the rest is filler
+            [eod, 5, 6, 7, 8, 9],  # never stopped: all 5
+            [eod, eod, eod, eod, eod, eod],  # ended at once: 1
+        ]
+    )
+    assert generated_tokens(tokens, prompt_len, eod).tolist() == [3, 5, 1]  # 9 tokens, not 3 x 5 = 15
 
 
 @pytest.mark.parametrize(

@@ -78,22 +78,29 @@ class Piece(NamedTuple):
 
 
 class TokenWriter:
-    """Appends tokens to a flat binary file until it holds exactly `limit` tokens."""
+    """Appends tokens to a flat binary file until it holds exactly `limit` tokens (written per `flush`)."""
 
     def __init__(self, path: Path, limit: int, dtype: np.dtype):
         self.file, self.limit, self.dtype, self.n = open(path, "wb"), limit, dtype, 0
+        self.pending: list[int] = []
 
     @property
     def full(self) -> bool:
         return self.n >= self.limit
 
     def write(self, ids: list[int]) -> int:
-        take = ids[: self.limit - self.n]
-        np.asarray(take, dtype=self.dtype).tofile(self.file)
+        take = ids if len(ids) <= self.limit - self.n else ids[: self.limit - self.n]
+        self.pending += take
         self.n += len(take)
         return len(take)
 
+    def flush(self) -> None:
+        """One array per encoded batch, not one per document."""
+        np.asarray(self.pending, dtype=self.dtype).tofile(self.file)
+        self.pending = []
+
     def close(self) -> None:
+        self.flush()
         self.file.close()
 
 
@@ -158,14 +165,15 @@ def _covered_bytes(cfg: DataConfig, tok) -> int:
 def _check_corpus_holds_the_budget(cfg: DataConfig) -> None:
     """Refuse an impossible budget before training a tokenizer or encoding anything: a token covers at least
     one byte (plus one end-of-document per piece), so a training split of fewer bytes cannot hold U tokens."""
-    available = 0
+    available, need = 0, min(cfg.unique_tokens, TOKENIZER_MAX_BYTES)
     for piece in _tokenizer_texts(cfg, TOKENIZER_MAX_BYTES):
         available += len(piece.encode("utf-8")) + 1
-    if available < min(cfg.unique_tokens, TOKENIZER_MAX_BYTES):
-        raise ConfigError(
-            f"data.unique_tokens={cfg.unique_tokens} is larger than the corpus: its training split has only "
-            f"{available:,} bytes; lower data.unique_tokens or add data"
-        )
+        if available >= need:
+            return  # enough: no need to read on
+    raise ConfigError(
+        f"data.unique_tokens={cfg.unique_tokens} is larger than the corpus: its training split has only "
+        f"{available:,} bytes; lower data.unique_tokens or add data"
+    )
 
 
 def _tokenizer(cfg: DataConfig) -> tuple[Tokenizer, dict]:
@@ -308,6 +316,8 @@ def _write_shards(cfg: DataConfig, sources: list[Path], tmp: Path, quiet: bool) 
                 if piece.first:
                     counts["val" if piece.is_val else "train"] += 1
                 bar.advance(n)
+            train.flush()
+            val.flush()
             if train.full and val.full:
                 break  # stop reading: nothing more can be used
     seconds = time.perf_counter() - start

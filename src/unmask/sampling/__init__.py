@@ -1,7 +1,7 @@
 """Samplers, standing apart from models and objectives: tokens in, SampleOutput out.
 
 AR decoding (`ar.py`) and every MDM sampler (`mdm.py`, configured by one
-`SamplerConfig`); all share the float64 Gumbel-max of `gumbel.py`.
+`SamplerConfig`); all share the exact float64 categorical draws of `gumbel.py`.
 
 Exports load on first use, so the CLI can build its options from `SamplerConfig`
 without importing torch.

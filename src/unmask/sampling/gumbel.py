@@ -1,13 +1,25 @@
-"""Categorical sampling by Gumbel-max in float64.
+"""Categorical sampling, exact in float64.
 
 float32 Gumbel noise saturates (−log(−log u) tops out near 16), which silently
 lowers the effective temperature and hides entropy collapse; float64 does not.
 Temperature 0 means argmax.
+
+`sample_categorical` is Gumbel-max with float64 noise, V draws per row. A sampler
+that needs a token at every row together with its probability (MDM low-confidence)
+uses `sample_with_confidence` instead: the inverse CDF of one float64 uniform per
+row, over float32 terms exp(z) summed in float64 (block sums, then one block) and
+certified against their worst-case rounding; the rare draw that falls within that
+bound of a token boundary is redone wholly in float64. The law is that of the float64
+inverse CDF (the exact softmax up to 2^-53 per token), for one float32 exp per entry.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+UNIT = 2.0**-24  # float32 unit roundoff
+BLOCK = 32  # tokens per block of the two-level inverse CDF
 
 
 def sample_categorical(
@@ -20,3 +32,71 @@ def sample_categorical(
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
     gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))
     return (logits + gumbel).argmax(dim=-1)
+
+
+def sum_error(V: int, total: torch.Tensor) -> torch.Tensor:
+    """A bound on the error of any prefix sum of the float32 terms exp((l_v - l_max) / T), summed in float64.
+
+    Each term is off by at most 2u|z| + 4u relative, z = (l_v - l_max) / T <= 0 (the subtraction and
+    the division round by u each, exp by at most 2 ulp), and sum_v |z| e^z <= V / e; summing a block
+    in float32 adds at most BLOCK·u of it, the float64 sums ~V·2^-53. So u·(V + (BLOCK + 6)·total)
+    bounds it, total >= 1 the row's sum (its top term is exp(0) = 1).
+    """
+    return UNIT * (V + (BLOCK + 6) * total)
+
+
+def confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """p(token) (M,) under softmax(logits) (M, V) at temperature 1, in float64."""
+    return logits.double().softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def sample_with_confidence(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokens x (M,) drawn from softmax(logits / temperature) (M, V), and their probability at temperature 1.
+
+    Returns (x, conf, err): the exact p(x) lies within conf ± err (M,) float64, so a caller ranking
+    the confidences can tell where float32 is not sure and recompute `confidence` there only.
+    """
+    M, V = logits.shape
+    logits = logits.float()
+    top = logits.amax(-1, keepdim=True)  # (M, 1)
+    if temperature == 0:
+        x = logits.argmax(-1)
+        total = (logits - top).exp_().sum(-1, dtype=torch.float64)  # (M,) >= 1; p(argmax) = 1 / total
+        return x, 1 / total, sum_error(V, total) / total**2 + 1e-300
+    e = logits - top  # (M, V) <= 0; -inf where banned
+    if temperature != 1:
+        e.div_(temperature)
+    e = e.exp_() if V % BLOCK == 0 else F.pad(e.exp_(), (0, -V % BLOCK))
+    e = e.view(M, -1, BLOCK)  # (M, V / BLOCK, BLOCK) float32
+    starts = F.pad(e.sum(-1).double().cumsum(-1), (1, 0))  # (M, V / BLOCK + 1) prefix sums at block starts
+    total = starts[:, -1]  # (M,)
+    u = torch.rand(M, generator=generator, device=logits.device, dtype=torch.float64)
+    target = (u * total)[:, None]  # (M, 1) the inverse CDF of u: the first token whose prefix sum exceeds it
+    j = (torch.searchsorted(starts, target, right=True) - 1).clamp(0, e.shape[1] - 1)  # (M, 1) its block
+    inside = e.gather(1, j[:, :, None].expand(-1, -1, BLOCK))[:, 0].double().cumsum(-1)  # (M, BLOCK)
+    inside = F.pad(inside, (1, 0)) + starts.gather(1, j)  # (M, BLOCK + 1) prefix sums inside block j
+    k = (torch.searchsorted(inside, target, right=True) - 1).clamp(0, BLOCK - 1)  # (M, 1) its place there
+    edges = inside.gather(1, torch.cat([k, k + 1], 1))  # (M, 2) prefix sums before and after the token
+    x = (j * BLOCK + k)[:, 0]
+    # The exact prefix sums lie within sum_error of these (and the exact target too): with twice
+    # that to spare on both sides, the exact inverse CDF picks the same token.
+    gap = torch.minimum(target - edges[:, :1], edges[:, 1:] - target)[:, 0]
+    sure = gap > 2 * sum_error(V, total)
+    if V % BLOCK:
+        sure &= x < V
+        x = x.clamp_max(V - 1)
+    d_x = logits.gather(1, x[:, None])[:, 0].double() - top[:, 0].double()  # (M,) log p(x) + log S at T = 1
+    total_1 = total if temperature == 1 else (logits - top).exp_().sum(-1, dtype=torch.float64)
+    conf = d_x.exp() / total_1  # p(x) at temperature 1
+    err = conf * (sum_error(V, total_1) / total_1 + 1e-12)
+    unsure = (~sure).nonzero()[:, 0]
+    if len(unsure):  # host sync; rare: redo these rows in float64 with the same uniform
+        redo = logits[unsure].double()
+        e64 = ((redo - redo.amax(-1, keepdim=True)) / temperature).exp()
+        cdf64 = e64.cumsum(-1)
+        target64 = u[unsure] * cdf64[:, -1]
+        x64 = torch.searchsorted(cdf64, target64[:, None], right=True)[:, 0].clamp_max(V - 1)
+        x[unsure], conf[unsure], err[unsure] = x64, confidence(logits[unsure], x64), 0.0
+    return x, conf, err

@@ -29,7 +29,7 @@ from unmask.config import check
 from unmask.objectives.ar import ar_token_nll, left_to_right
 from unmask.objectives.mdm import guided_logits
 from unmask.sampling.config import SamplerConfig
-from unmask.sampling.gumbel import sample_categorical
+from unmask.sampling.gumbel import confidence, sample_categorical, sample_with_confidence
 
 
 @dataclass
@@ -63,7 +63,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def confidence_of(logits: torch.Tensor, x0: torch.Tensor, rule: str) -> torch.Tensor:
+def confidence_of(logits: torch.Tensor, x0: torch.Tensor | None, rule: str) -> torch.Tensor:
     """Positive confidence (M,) of predictions x0 (M,) under logits (M, V) at temperature 1.
 
     prob: p(x0); margin: p(top-1) - p(top-2); entropy: exp(-H(p)), which orders like -H but stays
@@ -77,6 +77,57 @@ def confidence_of(logits: torch.Tensor, x0: torch.Tensor, rule: str) -> torch.Te
         return top2[:, 0] - top2[:, 1]
     entropy = -(p * p.clamp_min(1e-300).log()).sum(-1)
     return torch.exp(-entropy)
+
+
+def _top_k_commit(score: torch.Tensor, cand: torch.Tensor, k: torch.Tensor, kmax: int) -> torch.Tensor:
+    """(B, T) the k (B,) best-scored masked positions of each sequence."""
+    if not kmax:
+        return torch.zeros_like(cand)
+    ranked = score.topk(kmax, dim=1).indices
+    return torch.zeros_like(cand).scatter(1, ranked, torch.arange(kmax, device=cand.device) < k[:, None]) & cand
+
+
+def _threshold_commit(score: torch.Tensor, cand: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, T) every masked position scored above τ, and at least the best of each sequence that has one."""
+    commit = cand & (score > threshold)
+    best = score.argmax(1)
+    commit[torch.arange(len(cand), device=cand.device), best] |= cand.any(1)
+    return commit
+
+
+def _prob_scores(logits, cand, scale, cfg: SamplerConfig, k, kmax, generator):
+    """Prob confidence: x0 and scores (B, T) at every masked position, and the commit, as float64 would make it.
+
+    The draws and p(x0) come from `sample_with_confidence` (one float32 pass, float64 uniforms);
+    a sequence whose commit the float32 error could change (a score within its bound of the k-th
+    best, of τ or of the best) gets float64 confidences, as every sequence had before.
+    """
+    B, T = cand.shape
+    tokens, conf, err = sample_with_confidence(logits, cfg.temperature, generator)
+    x0 = torch.zeros_like(cand, dtype=torch.long).masked_scatter(cand, tokens)
+    if scale is not None:  # conv scales are >= 0
+        conf, err = conf * scale[cand], err * scale[cand]
+    score = torch.full((B, T), float("-inf"), dtype=torch.float64, device=cand.device).masked_scatter(cand, conf)
+    bound = torch.zeros_like(score).masked_scatter(cand, err)
+    lo, hi = score - bound, score + bound
+    if k is None:  # threshold: which scores exceed τ, and which is the best
+        commit = _threshold_commit(score, cand, cfg.commit.threshold)
+        top2 = score.topk(min(2, T), dim=1).indices
+        rows = torch.arange(B, device=cand.device)
+        clear_best = (lo[rows, top2[:, 0]] > hi[rows, top2[:, -1]]) | (cand.sum(1) < 2)
+        unsure = ~clear_best | (cand & (lo <= cfg.commit.threshold) & (hi > cfg.commit.threshold)).any(1)
+    else:  # top-k: the k chosen stay above every other score
+        commit = _top_k_commit(score, cand, k, kmax)
+        floor = torch.where(commit, lo, float("inf")).amin(1)
+        unsure = floor <= torch.where(cand & ~commit, hi, float("-inf")).amax(1)
+    redo = cand & unsure[:, None]  # (B, T)
+    if bool(redo.any()):  # host sync; float64 confidences of the unsure sequences
+        exact = confidence(logits[redo[cand]], x0[redo])
+        score[redo] = exact if scale is None else exact * scale[redo]
+        commit = (
+            _threshold_commit(score, cand, cfg.commit.threshold) if k is None else _top_k_commit(score, cand, k, kmax)
+        )
+    return x0, commit
 
 
 def conv_scores(unmasked: torch.Tensor, kernel: int, g: str, scale: float) -> torch.Tensor:
@@ -168,7 +219,11 @@ class _Denoiser:
 
 
 def _rows(commit: torch.Tensor) -> list[list[int]]:
-    return [row.nonzero().flatten().tolist() for row in commit]
+    """The committed positions of each sequence of commit (B, T), with one host sync."""
+    rows: list[list[int]] = [[] for _ in range(len(commit))]
+    for b, pos in commit.nonzero().tolist():
+        rows[b].append(pos)
+    return rows
 
 
 @torch.no_grad()
@@ -232,21 +287,31 @@ def sample_mdm(
 
 
 def _decode_block(x, region, steps, denoise, cfg, mask_id, generator, energy_model, out, on_step=None) -> torch.Tensor:
-    """Decode the masked positions of `region` (T,) in `steps` steps (threshold: until none is left)."""
+    """Decode the masked positions of `region` (T,) in `steps` steps (threshold: until none is left).
+
+    Tokens are drawn only where they matter: at the committed positions, or, for the prob confidence
+    (which scores the token drawn), at every masked position by one float32 pass (`_prob_scores`).
+    """
     B, T = x.shape
+    method = cfg.commit.method
     n = ((x == mask_id) & region).sum(1)  # (B,) masked tokens of this block per sequence
+    if method != "threshold":  # tokens committed per step and sequence: the schedule of commit_schedule
+        at = torch.arange(steps, device=x.device)[:, None]
+        schedule = n // steps + (at < n % steps).long()  # (steps, B)
+        kmaxes = schedule.amax(1).tolist()  # host sync, once per block
     step, logits, changed = 0, None, True
     while True:
         cand = (x == mask_id) & region  # (B, T)
-        if (step == steps) if cfg.commit.method != "threshold" else not bool(cand.any()):  # host sync per step
+        if (step == steps) if method != "threshold" else not bool(cand.any()):  # host sync per step
             break
         if changed or logits is None or not cfg.cache.skip_unchanged:
             logits = denoise(x, cand)  # (M, V)
-        x0 = torch.full_like(x, mask_id)
-        x0[cand] = sample_categorical(logits, cfg.temperature, generator)
-        committed = x != mask_id if denoise.real is None else (x != mask_id) & denoise.real  # padding is not text
-        scale = conv_scores(committed, cfg.conv.kernel, cfg.conv.g, cfg.conv.scale) if cfg.conv.enabled else None
-        if cfg.commit.method == "ancestral":
+        scale = None
+        if cfg.conv.enabled:
+            committed = x != mask_id if denoise.real is None else (x != mask_id) & denoise.real  # padding: no text
+            scale = conv_scores(committed, cfg.conv.kernel, cfg.conv.g, cfg.conv.scale)
+        x0 = None  # (B, T) drawn tokens where known; else drawn below at the committed positions only
+        if method == "ancestral":
             t, s = 1 - step / steps, 1 - (step + 1) / steps
             if energy_model is not None and cfg.energy.t_end <= t <= cfg.energy.t_start:
                 x0 = _edlm_x0(x, cand, logits, cfg, generator, energy_model, out)
@@ -258,21 +323,26 @@ def _decode_block(x, region, steps, denoise, cfg, mask_id, generator, energy_mod
                 p = (p * scale).clamp(max=1.0)
             commit = cand & (torch.rand((B, T), generator=generator, device=x.device, dtype=torch.float64) < p)
         else:
-            if cfg.commit.method == "random":
-                conf = torch.rand(len(logits), generator=generator, device=x.device, dtype=torch.float64)
-            else:
-                conf = confidence_of(logits, x0[cand], cfg.commit.confidence)
-            score = torch.full((B, T), float("-inf"), dtype=torch.float64, device=x.device)
-            score[cand] = conf if scale is None else conf * scale[cand]
-            if cfg.commit.method == "threshold":
-                commit = cand & (score > cfg.commit.threshold)
-                best = score.argmax(1)  # at least one per sequence that still has a masked token
-                commit[torch.arange(B, device=x.device), best] |= cand.any(1)
-            else:
-                k = n // steps + (step < n % steps).long()  # (B,) the schedule of commit_schedule, per sequence
-                ranked = score.topk(int(k.max()), dim=1).indices if int(k.max()) else score[:, :0].long()
-                keep = torch.arange(ranked.shape[1], device=x.device) < k[:, None]
-                commit = torch.zeros_like(cand).scatter(1, ranked, keep) & cand
+            k, kmax = (None, 0) if method == "threshold" else (schedule[step], kmaxes[step])  # (B,), its max
+            if method != "random" and cfg.commit.confidence == "prob":  # the score depends on the token drawn
+                x0, commit = _prob_scores(logits, cand, scale, cfg, k, kmax, generator)
+            else:  # random, margin, entropy: scored without a token; tokens drawn below where committed
+                conf = (
+                    torch.rand(len(logits), generator=generator, device=x.device, dtype=torch.float64)
+                    if method == "random"
+                    else confidence_of(logits, None, cfg.commit.confidence)
+                )
+                score = torch.full((B, T), float("-inf"), dtype=torch.float64, device=x.device)
+                score[cand] = conf if scale is None else conf * scale[cand]
+                commit = (
+                    _threshold_commit(score, cand, cfg.commit.threshold)
+                    if k is None
+                    else _top_k_commit(score, cand, k, kmax)
+                )
+        if x0 is None:
+            x0 = torch.zeros_like(x).masked_scatter(
+                commit, sample_categorical(logits[commit[cand]], cfg.temperature, generator)
+            )
         x = torch.where(commit, x0, x)
         changed = bool(commit.any())  # host sync: one bool per step
         out.history.append(_rows(commit))
