@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 UNIT = 2.0**-24  # float32 unit roundoff
 BLOCK = 32  # tokens per block of the two-level inverse CDF
+EXACT_UP_TO = 1 << 16  # entries (rows x vocabulary) up to which float64 throughout costs less than certifying
 
 
 def sample_categorical(
@@ -50,16 +51,37 @@ def confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return logits.double().softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
 
 
+def inverse_cdf(
+    logits: torch.Tensor, temperature: float, u: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The token x (M,) whose float64 prefix sum of exp((l - l_max) / T) over logits (M, V) first exceeds u
+    (M,) of the total; returns (x, its term exp((l_x - l_max) / T), the total), all float64 but x."""
+    z = logits.double()
+    z = z - z.amax(-1, keepdim=True)
+    e = (z if temperature == 1 else z / temperature).exp_()
+    cdf = e.cumsum(-1)
+    x = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp_max(logits.shape[-1] - 1)
+    return x, e.gather(-1, x[:, None])[:, 0], cdf[:, -1]
+
+
 def sample_with_confidence(
     logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Tokens x (M,) drawn from softmax(logits / temperature) (M, V), and their probability at temperature 1.
 
     Returns (x, conf, err): the exact p(x) lies within conf ± err (M,) float64, so a caller ranking
-    the confidences can tell where float32 is not sure and recompute `confidence` there only.
+    the confidences can tell where float32 is not sure and recompute `confidence` there only; err is
+    None when conf is the float64 one already (small inputs, where float64 throughout is cheapest).
     """
     M, V = logits.shape
     logits = logits.float()
+    if M * V <= EXACT_UP_TO:  # the same tokens for the same generator state, in fewer operations
+        if temperature == 0:
+            x = logits.argmax(-1)
+            return x, confidence(logits, x), None
+        u = torch.rand(M, generator=generator, device=logits.device, dtype=torch.float64)
+        x, term, total = inverse_cdf(logits, temperature, u)
+        return x, term / total if temperature == 1 else confidence(logits, x), None
     top = logits.amax(-1, keepdim=True)  # (M, 1)
     if temperature == 0:
         x = logits.argmax(-1)
@@ -93,10 +115,6 @@ def sample_with_confidence(
     err = conf * (sum_error(V, total_1) / total_1 + 1e-12)
     unsure = (~sure).nonzero()[:, 0]
     if len(unsure):  # host sync; rare: redo these rows in float64 with the same uniform
-        redo = logits[unsure].double()
-        e64 = ((redo - redo.amax(-1, keepdim=True)) / temperature).exp()
-        cdf64 = e64.cumsum(-1)
-        target64 = u[unsure] * cdf64[:, -1]
-        x64 = torch.searchsorted(cdf64, target64[:, None], right=True)[:, 0].clamp_max(V - 1)
+        x64 = inverse_cdf(logits[unsure], temperature, u[unsure])[0]
         x[unsure], conf[unsure], err[unsure] = x64, confidence(logits[unsure], x64), 0.0
     return x, conf, err

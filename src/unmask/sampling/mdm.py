@@ -106,18 +106,21 @@ def _prob_scores(logits, cand, scale, cfg: SamplerConfig, k, kmax, generator):
     tokens, conf, err = sample_with_confidence(logits, cfg.temperature, generator)
     x0 = torch.zeros_like(cand, dtype=torch.long).masked_scatter(cand, tokens)
     if scale is not None:  # conv scales are >= 0
-        conf, err = conf * scale[cand], err * scale[cand]
+        conf = conf * scale[cand]
     score = torch.full((B, T), float("-inf"), dtype=torch.float64, device=cand.device).masked_scatter(cand, conf)
+    commit = _threshold_commit(score, cand, cfg.commit.threshold) if k is None else _top_k_commit(score, cand, k, kmax)
+    if err is None:  # float64 confidences already
+        return x0, commit
+    if scale is not None:
+        err = err * scale[cand]
     bound = torch.zeros_like(score).masked_scatter(cand, err)
     lo, hi = score - bound, score + bound
     if k is None:  # threshold: which scores exceed τ, and which is the best
-        commit = _threshold_commit(score, cand, cfg.commit.threshold)
         top2 = score.topk(min(2, T), dim=1).indices
         rows = torch.arange(B, device=cand.device)
         clear_best = (lo[rows, top2[:, 0]] > hi[rows, top2[:, -1]]) | (cand.sum(1) < 2)
         unsure = ~clear_best | (cand & (lo <= cfg.commit.threshold) & (hi > cfg.commit.threshold)).any(1)
     else:  # top-k: the k chosen stay above every other score
-        commit = _top_k_commit(score, cand, k, kmax)
         floor = torch.where(commit, lo, float("inf")).amin(1)
         unsure = floor <= torch.where(cand & ~commit, hi, float("-inf")).amax(1)
     redo = cand & unsure[:, None]  # (B, T)
@@ -170,7 +173,8 @@ class _Denoiser:
     """Logits at the candidate positions: CFG, the Fast-dLLM cache, banned tokens, top-k/top-p; counts passes."""
 
     def __init__(self, model, cfg: SamplerConfig, mask_id: int, banned: list[int], fixed: torch.Tensor, out, real):
-        self.model, self.cfg, self.mask_id, self.banned, self.fixed, self.out = model, cfg, mask_id, banned, fixed, out
+        self.model, self.cfg, self.mask_id, self.fixed, self.out = model, cfg, mask_id, fixed, out
+        self.banned = torch.tensor(banned, dtype=torch.long, device=fixed.device)
         self.past: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.window = (0, fixed.shape[1])
         # Left-padded prompts of different lengths: padding is never attended to, and each row's
@@ -344,7 +348,8 @@ def _decode_block(x, region, steps, denoise, cfg, mask_id, generator, energy_mod
                 commit, sample_categorical(logits[commit[cand]], cfg.temperature, generator)
             )
         x = torch.where(commit, x0, x)
-        changed = bool(commit.any())  # host sync: one bool per step
+        if cfg.cache.skip_unchanged:  # MDLM's no-change cache: host sync, one bool per step
+            changed = bool(commit.any())
         out.history.append(_rows(commit))
         if on_step is not None:
             on_step(out.history[-1], x)
