@@ -22,7 +22,8 @@ def unmask(capsys, *args: str) -> tuple[int, str, str]:
 
 def test_command_table_matches_the_python_functions():
     parser_commands = set(cli.build_parser()._subcommands_action.choices)
-    assert parser_commands == set(cli.COMMANDS) == {"prepare", "train", "eval", "sample", "demo", "bench", "study"}
+    commands = {"prepare", "train", "eval", "sample", "demo", "bench", "study", "serve"}
+    assert parser_commands == set(cli.COMMANDS) == commands
     for name, fn in cli.COMMANDS.items():
         assert fn.__doc__, f"{name} needs a docstring: it is the --help text"
         assert all(p.annotation is not inspect.Parameter.empty for p in inspect.signature(fn).parameters.values())
