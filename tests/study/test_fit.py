@@ -168,6 +168,12 @@ def test_no_saturation_gives_no_number_for_rd_star():
     fit = fit_law(runs(no_decay, epochs=[2.0, 3.0, 4.0]))  # R_D ≤ 3
     assert "rd_star" not in fit.values
     assert "lower bound" in fit.unidentified["rd_star"]
+    # ...but the profile likelihood bounds it from below: values the data reject are excluded.
+    bound = fit.lower_bounds["rd_star"]
+    assert f"rd_star ≥ {bound:.3g} (95%)" in fit.unidentified["rd_star"]
+    assert bound > 1.0
+    strong = fit_law(runs({**BASE, "rd_star": 1e7, "rn_star": 5.0}, epochs=[2.0, 4.0, 8.0, 16.0]))  # R_D ≤ 15
+    assert strong.lower_bounds["rd_star"] > bound  # more repetition seen, a higher bound
 
 
 # ---------------------------------------------------------------- critical compute

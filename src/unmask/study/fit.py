@@ -92,6 +92,8 @@ class FitResult:
     """Single-epoch points (D ≤ U) used in stage 1."""
     n_repeated: int = 0
     """Repeated points (D > U) used in stage 2."""
+    lower_bounds: dict[str, float] = field(default_factory=dict)
+    """R* the data cannot tell from ∞: the smallest value they do not reject at 95% (profile likelihood)."""
 
     def loss(self, N: ArrayLike, D: ArrayLike, U: ArrayLike) -> np.ndarray | float:
         """Predicted loss; refuses inputs that need an unidentified parameter."""
@@ -310,23 +312,32 @@ def _stage2(base: dict[str, float], N, D, U, log_obs, fit_rn: bool, delta: float
     theta = _lbfgs(fun, starts, bounds)
     best, _, residuals = model(theta)
 
-    statistic = {}
-    for i, name in enumerate(names):  # profile: R* pinned at its upper bound, the other constant re-fitted
-        far = theta.copy()
-        far[i] = bounds[i][1]
+    scale = _lr_scale(residuals, delta)
+
+    def profile(i: int, log_r: float) -> float:
+        """The likelihood-ratio statistic of R* pinned at exp(log_r), the other constant re-fitted."""
+        pinned = theta.copy()
+        pinned[i] = log_r
         if k == 2:
             j = 1 - i
 
-            def other(x, far=far, j=j):
-                th = far.copy()
+            def other(x, pinned=pinned, j=j):
+                th = pinned.copy()
                 th[j] = x[0]
                 value, grad = fun(th)
                 return value, grad[[j]]
 
-            far[j] = _lbfgs(other, [theta[[j]]], [bounds[j]])[0]
-        statistic[name] = 2 * n * delta * (fun(far)[0] - best) * _lr_scale(residuals, delta)  # Σ Huber = n·δ·J
+            pinned[j] = _lbfgs(other, [theta[[j]]], [bounds[j]])[0]
+        return 2 * n * delta * (fun(pinned)[0] - best) * scale  # Σ Huber = n·δ·J
+
+    statistic, lower = {}, {}
+    for i, name in enumerate(names):
+        statistic[name] = profile(i, bounds[i][1])  # "no decay": R* at its upper bound
+        # The 95% lower bound: the smallest R* the data do not reject (the profile falls as R* grows to ∞).
+        grid = np.linspace(math.log(0.1), bounds[i][1], 64)
+        lower[name] = next((math.exp(g) for g in grid if profile(i, g) < CHI2_1_95), math.exp(bounds[i][1]))
     largest = {"rd_star": float(RD.max()), "rn_star": float(RN.max()) if has_N else 0.0}
-    return dict(zip(names, np.exp(theta).tolist(), strict=True)), statistic, largest
+    return dict(zip(names, np.exp(theta).tolist(), strict=True)), statistic, largest, lower
 
 
 def fit_law(
@@ -354,6 +365,7 @@ def fit_law(
     sizes, data_sizes = _distinct(N[single]), _distinct(D[single])
     has_N, has_D = sizes >= 2, data_sizes >= 2
     unidentified: dict[str, str] = {}
+    lower_bounds: dict[str, float] = {}
     only_at: dict[str, float] = {}
     notes: list[str] = []
     if not has_N:
@@ -414,17 +426,18 @@ def fit_law(
             unidentified["rd_star"] = f"only {n_rep} repeated point for 1 stage-2 parameter"
         else:
             args = (values, N[rep], D[rep], U[rep], np.log(L[rep]), fit_rn, delta, n_starts, init)
-            stars, statistic, largest = _stage2(*args)
+            stars, statistic, largest, lower = _stage2(*args)
             for name, r_star in stars.items():
                 if statistic[name] < CHI2_1_95:
+                    lower_bounds[name] = lower[name]
                     unidentified[name] = (
                         f"{NO_SATURATION}: {name} = ∞ (no decay) fits as well as the estimate {r_star:.3g} "
                         f"(likelihood-ratio statistic {statistic[name]:.2g} < {CHI2_1_95}; largest repetition seen "
-                        f"{largest[name]:.3g}), so the data give only a lower bound"
+                        f"{largest[name]:.3g}), so the data give only a lower bound: {name} ≥ {lower[name]:.3g} (95%)"
                     )
                 else:
                     values[name] = r_star
-    return FitResult(values, unidentified, only_at, tuple(notes), n1, n_rep)
+    return FitResult(values, unidentified, only_at, tuple(notes), n1, n_rep, lower_bounds)
 
 
 # ---------------------------------------------------------------- uncertainty

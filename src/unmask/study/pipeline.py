@@ -310,6 +310,7 @@ def findings(fitted: dict, rows: list[dict], unigram: dict[int, float]) -> list[
         if mdm:
             lines.append(f"U = {U:,}: MDM's best run ends {level - min(mdm):.2f} nats below the unigram "
                          f"cross-entropy of the validation split ({level:.3f}).")  # fmt: skip
+    lines += _outside_the_law(rows, unigram)
     for protocol, entry in fitted["protocols"].items():
         name = PROTOCOLS[protocol]
         fits = entry["objectives"]
@@ -345,6 +346,35 @@ def findings(fitted: dict, rows: list[dict], unigram: dict[int, float]) -> list[
             )
         elif crit:
             lines.append(f"{name}: no extrapolated crossover: {next(iter(crit.values()))['reason']}.")
+    return lines
+
+
+def _outside_the_law(rows: list[dict], unigram: dict[int, float], margin: float = 0.05) -> list[str]:
+    """Where the runs break the law's premises: a final loss that rises with repetition (overfitting; the law's
+    loss only saturates), and single-epoch runs that sit on the unigram plateau (so the single-epoch stage of
+    the fit describes the plateau, not the law's regime)."""
+    lines = []
+    for objective in sorted({r["objective"] for r in rows}):
+        rising, flat = [], []
+        for U, level in unigram.items():
+            runs = sorted((r for r in rows if r["objective"] == objective and r["unique_tokens"] == U),
+                          key=lambda r: r["epochs"])  # fmt: skip
+            if not runs:
+                continue
+            best = min(runs, key=lambda r: r["final_val_loss"])
+            if runs[-1]["final_val_loss"] > best["final_val_loss"] + margin:
+                rising.append(f"U = {U:,}: {best['final_val_loss']:.3f} at {best['epochs']} epochs to "
+                              f"{runs[-1]['final_val_loss']:.3f} at {runs[-1]['epochs']}")  # fmt: skip
+            if runs[0]["epochs"] == 1 and runs[0]["final_val_loss"] > level - margin:
+                flat.append(U)
+        if rising:
+            lines.append(f"{objective.upper()}'s final loss rises with repetition ({'; '.join(rising)}): "
+                         "overfitting, which the data-constrained law cannot represent (its loss never rises "
+                         "with repetition), so these points misfit and weaken every test of the fit.")  # fmt: skip
+        if flat and len(flat) == len(unigram):
+            lines.append(f"{objective.upper()}'s single-epoch runs sit on the unigram plateau at every U (within "
+                         f"{margin} nats): the single-epoch stage of the fit (E, B, beta) describes the plateau, not "
+                         "the law's regime, so its constants are not comparable with the paper's.")  # fmt: skip
     return lines
 
 
