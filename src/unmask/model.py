@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from unmask.config import SIZES, ConfigError, ModelConfig, from_dict, to_dict  # noqa: F401  (SIZES: re-exported)
 
@@ -32,6 +33,17 @@ def count_params(cfg: ModelConfig) -> int:
     per_block = 4 * d * d + 3 * d * h + 2 * d  # attention, SwiGLU, two RMSNorms
     per_block += 2 * (d // cfg.n_head) if cfg.qk_norm else 0  # the q and k RMSNorms (one head_dim gain each)
     return cfg.vocab_size * d + cfg.n_layer * per_block + d  # + final norm
+
+
+def flops_per_token(cfg: ModelConfig, head_fraction: float = 1.0) -> float:
+    """Training FLOPs per token (forward + backward = 3 x forward): 6 per weight (the tied output embedding is a
+    matmul, its lookup is not, so 6·count_params) plus 12·n_layer·T·d_model for the attention scores and their
+    weighted sum (PaLM's count: causal masking not subtracted, the same for every objective).
+
+    head_fraction: the share of positions projected to the vocabulary (MDM projects only its masked positions,
+    on average half: 0.5 gives the FLOPs it executes)."""
+    head = 6 * cfg.vocab_size * cfg.d_model
+    return 6 * count_params(cfg) - head * (1 - head_fraction) + 12 * cfg.n_layer * cfg.seq_len * cfg.d_model
 
 
 class RMSNorm(nn.Module):
@@ -128,6 +140,8 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        self.activation_checkpointing = False
+        """Recompute each block's activations in backward instead of storing them (set by the runtime)."""
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model)
@@ -221,8 +235,11 @@ class Transformer(nn.Module):
             attn_mask, is_causal = self._local_prior(attn_mask, is_causal, T, Tp, pos, key_pos, idx.device), False
         x = self.embed(idx)
         kv = []
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer, block in enumerate(self.blocks):
-            x, layer_kv = block(x, rope_q, rope_k, is_causal, attn_mask, None if past_kv is None else past_kv[layer])
+            args = (x, rope_q, rope_k, is_causal, attn_mask, None if past_kv is None else past_kv[layer])
+            # Activation checkpointing: keep only each block's input; its activations are recomputed in backward.
+            x, layer_kv = checkpoint(block, *args, use_reentrant=False) if recompute else block(*args)
             kv.append(layer_kv)
         h = self.norm(x)
         if output_mask is not None:
@@ -231,11 +248,13 @@ class Transformer(nn.Module):
         return (logits, kv) if return_kv else logits
 
 
-def save_model(model: Transformer, path: Path) -> None:
-    """Write weights as safetensors (atomically) and the model config beside them."""
+def save_model(model: Transformer, path: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write weights as safetensors (atomically) and the model config beside them; `state`: the model's
+    weights when they are gathered elsewhere (from FSDP2 shards)."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    state = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
+    state = _unwrap(model).state_dict() if state is None else state
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     save_file(state, str(tmp))
     tmp.replace(path)
     config_path = path.parent / "model_config.json"
