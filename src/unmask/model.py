@@ -53,11 +53,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and torch.is_grad_enabled() and _HAS_FUSED_RMS_NORM:
+        if x.device.type == "cpu" and torch.is_grad_enabled() and _HAS_FUSED_RMS_NORM and FAST_CPU:
             return _CPURMSNorm.apply(x, self.weight, self.eps)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
+FAST_CPU = True  # A/B switch for benchmarks
 _HAS_FUSED_RMS_NORM = hasattr(torch.ops.aten, "_fused_rms_norm")
 
 
@@ -113,7 +114,11 @@ class Attention(nn.Module):
     def qkv_heads(self, x, rope_q, rope_k):
         """Queries and keys (normed if qk_norm, then rotated) and values of x (B, T, D), each (B, H, T, Dh)."""
         B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, Dh)
+        if self.q_norm is None and rope_q is rope_k and FAST_CPU:  # one rotation for queries and keys together
+            q, k = apply_rope(qkv[:2], rope_k)
+            return q, k, qkv[2]
+        q, k, v = qkv
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         return apply_rope(q, rope_q), apply_rope(k, rope_k), v
