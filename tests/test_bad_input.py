@@ -620,7 +620,7 @@ TINY_TRAIN = ["--model.size", "tiny", "--train.epochs", 1, "--train.batch_size",
 TINY_TRAIN += ["--tensorboard", "false"]
 TINY_PREPARE = ["--data.unique_tokens", 3000, "--data.val_tokens", 1000, "--data.vocab_size", 384]
 TINY_PREPARE += ["--data.seq_len", 32, "--data.tokenizer_train_bytes", 400_000]
-TINY_BENCH = ["--steps", 1, "--size", "tiny", "--batch_size", 2, "--seq_len", 8, "--vocab_size", 300]
+TINY_BENCH = ["--steps", 1, "--size", "tiny", "--batch_size", 2, "--seq_len", 8, "--vocab_size", 300, "--repeats", 1]
 """Legal settings that keep a command that succeeds to a fraction of a second."""
 
 
@@ -754,6 +754,7 @@ BENCH_OPTIONS = {
     "--batch_size": (OUT_OF_RANGE, COUNT),
     "--seq_len": (OUT_OF_RANGE, COUNT),
     "--vocab_size": (OUT_OF_RANGE, COUNT),
+    "--repeats": (OUT_OF_RANGE, COUNT),
 }
 BENCH_PREPARE_OPTIONS = {"--prepare_mb": (OUT_OF_RANGE, COUNT)}
 BENCH_SAMPLE_OPTIONS = {

@@ -14,46 +14,202 @@ import torch
 from unmask.config import DataConfig, ModelConfig, TrainConfig
 from unmask.model import Transformer, count_params
 from unmask.objectives import Specials, get_objective
-from unmask.runtime import keep_freed_memory
 from unmask.training import make_optimizer
 
+PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
+    # Dense bf16 tensor-core peaks from the vendors' datasheets, matched as a substring of the device name
+    # (the first match wins, so the longer names come first). Override with --peak_tflops.
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("GH200", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10G", 70.0),
+    ("A10", 125.0),
+    ("MI300X", 1307.0),
+]
 
-def time_train_steps(model: Transformer, objective: str, x: torch.Tensor, steps: int, warmup: int = 5) -> float:
-    """Seconds per optimiser step (forward, backward, clip, AdamW) of an objective on a fixed batch."""
-    cfg = TrainConfig(objective=objective)
-    optimizer = make_optimizer(model, cfg)
-    loss_fn = get_objective(objective).make_loss(cfg, x.shape[1])
-    sp = Specials(mask_id=1, pad_id=2)
+
+def peak_flops(device: torch.device, override_tflops: float | None = None) -> float | None:
+    """The device's dense bf16 peak in FLOP/s: the override, else the table entry of its name; None on CPUs
+    and unknown accelerators (no MFU is printed then)."""
+    if override_tflops:
+        return override_tflops * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tflops * 1e12 for key, tflops in PEAK_BF16_TFLOPS if key in name), None)
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None) -> float | None:
+    """Model FLOPs utilisation: the model's training FLOPs per second over the device's peak."""
+    return None if not peak else tokens_per_s * flops_per_token / peak
+
+
+SIDES = ("ar", "mdm", "reference")
+"""unmask's AR step, its MDM step, and the nanoGPT-style reference (unmask.reference_gpt) at the same shape."""
+
+
+def time_side(
+    side: str, size: str, seq_len: int, batch_size: int, vocab_size: int, steps: int, warmup: int, threads: int,
+    device: str, compile: bool,
+) -> dict:  # fmt: skip
+    """One side's training step timed in this process: forward, backward, clip, AdamW, on a fixed batch.
+
+    Every side gets the same process settings (threads, allocator, seed, optimiser, warm-up): the process is
+    set up before the side is known.
+    """
+    import resource
+
+    from unmask.model import flops_per_token
+    from unmask.reference_gpt import ReferenceGPT
+    from unmask.runtime import Runtime
+
+    runtime = Runtime.create(device, threads, compile)
+    torch.manual_seed(0)
+    x = torch.randint(3, vocab_size, (batch_size, seq_len), device=runtime.device)
+    cfg = ModelConfig(size=size, vocab_size=vocab_size, seq_len=seq_len, causal=side != "mdm")
+    if side == "reference":
+        model = ReferenceGPT(vocab_size, seq_len, cfg.d_model, cfg.n_layer, cfg.n_head).to(runtime.device)
+        reference_loss = torch.compile(model.loss) if runtime.compile else model.loss
+
+        def loss() -> torch.Tensor:
+            return reference_loss(x)
+    else:
+        model = Transformer(cfg).to(runtime.device)
+        step_model = runtime.prepare_model(model)
+        loss_fn = get_objective(side).make_loss(TrainConfig(objective=side), seq_len)
+        generator = torch.Generator(runtime.device).manual_seed(1)
+        sp = Specials(mask_id=1, pad_id=2)
+
+        def loss() -> torch.Tensor:
+            return loss_fn(step_model, x, sp, generator).loss_sum / x.numel()
+
+    optimizer = make_optimizer(model, TrainConfig())
+    sync = torch.cuda.synchronize if runtime.device.type == "cuda" else (lambda: None)
     for i in range(warmup + steps):
         if i == warmup:
+            sync()
             start = time.perf_counter()
-        out = loss_fn(model, x, sp, None)
-        (out.loss_sum / out.n_tokens).backward()
+        with runtime.autocast():
+            value = loss()
+        value.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return (time.perf_counter() - start) / steps
+    sync()
+    seconds = (time.perf_counter() - start) / steps
+    if runtime.device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(runtime.device) / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process's peak RSS (KiB on Linux)
+    # Executed FLOPs: MDM projects only its masked positions to the vocabulary (E[p] = 1/2 of them); the
+    # reference's learned positions are a lookup, so it does the AR side's work.
+    fpt = flops_per_token(cfg, head_fraction=0.5 if side == "mdm" else 1.0)
+    return {
+        "ms_per_step": 1000 * seconds, "tokens_per_s": x.numel() / seconds, "flops_per_token": fpt,
+        "peak_memory_mb": peak_mb, "device_name": _device_name(runtime.device),
+    }  # fmt: skip
 
 
-def bench_train(steps: int, threads: int, size: str, batch_size: int, seq_len: int, vocab_size: int) -> dict:
-    if threads:
-        torch.set_num_threads(threads)
-    keep_freed_memory()
-    torch.manual_seed(0)
-    x = torch.randint(3, vocab_size, (batch_size, seq_len))
-    results = {}
-    for objective in ("ar", "mdm"):
-        causal = get_objective(objective).causal
-        cfg = ModelConfig(size=size, vocab_size=vocab_size, seq_len=seq_len, causal=causal)
-        seconds = time_train_steps(Transformer(cfg), objective, x, steps)
-        results[objective] = {"ms_per_step": 1000 * seconds, "tokens_per_s": batch_size * seq_len / seconds}
-    print(
-        f"unmask train throughput: size {size} ({count_params(cfg) / 1e6:.2f}M params), batch {batch_size}x{seq_len}, "
-        f"{torch.get_num_threads()} thread(s), torch {torch.__version__}"
+def _device_name(device: torch.device) -> str:
+    import platform
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.machine()}"
+
+
+def _time_in_fresh_process(side: str, **kwargs) -> dict:
+    """time_side in a new Python process: process-wide settings (allocator, threads) cannot leak between sides,
+    and each side pays the same start-up."""
+    import subprocess
+    import sys
+
+    code = f"import json; from unmask.bench import time_side; print(json.dumps(time_side({side!r}, **{kwargs!r})))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode != 0:
+        from unmask.config import UnmaskError
+
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise UnmaskError(f"bench train: the {side} process failed: {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_train(
+    size: str = "demo", seq_len: int = 64, batch_size: int = 16, vocab_size: int = 1024, steps: int = 30,
+    threads: int = 1, device: str = "cpu", compile: bool = False, against: str = "none", repeats: int = 5,
+    warmup: int = 5, peak_tflops: float | None = None, quiet: bool = False,
+) -> dict:  # fmt: skip
+    """Training tokens/s, ms/step, peak memory and MFU of AR and MDM; with against='reference', also the
+    nanoGPT-style reference, run interleaved (the order rotates every repeat) in fresh processes with identical
+    settings, and the paired ratios unmask / reference per repeat (median and range), raw and FLOP-normalised."""
+    import statistics
+
+    from unmask.runtime import resolve_device
+
+    sides = ["ar", "mdm"] + (["reference"] if against == "reference" else [])
+    setting = dict(size=size, seq_len=seq_len, batch_size=batch_size, vocab_size=vocab_size, steps=steps,
+                   warmup=warmup, threads=threads, device=device, compile=compile)  # fmt: skip
+    times: dict[str, list[dict]] = {side: [] for side in sides}
+    for r in range(repeats):
+        for side in sides[r % len(sides) :] + sides[: r % len(sides)]:
+            times[side].append(_time_in_fresh_process(side, **setting))
+    peak = peak_flops(resolve_device(device), peak_tflops) if device != "cpu" or peak_tflops else None
+    result: dict = {"setting": setting, "repeats": repeats, "peak_flops": peak, "torch": torch.__version__}
+    result["sides"] = {}
+    for side, runs in times.items():
+        tps = [t["tokens_per_s"] for t in runs]
+        result["sides"][side] = {
+            "tokens_per_s": statistics.median(tps), "tokens_per_s_range": [min(tps), max(tps)],
+            "ms_per_step": statistics.median(t["ms_per_step"] for t in runs),
+            "peak_memory_mb": max(t["peak_memory_mb"] for t in runs), "flops_per_token": runs[0]["flops_per_token"],
+            "mfu": mfu(statistics.median(tps), runs[0]["flops_per_token"], peak),
+        }  # fmt: skip
+    result["device_name"] = times["ar"][0]["device_name"]
+    if against == "reference":
+        ref = times["reference"]
+        for side in ("ar", "mdm"):
+            ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(times[side], ref, strict=True)]
+            per_flop = [q * times[side][0]["flops_per_token"] / ref[0]["flops_per_token"] for q in ratios]
+            result["sides"][side]["vs_reference"] = {
+                "median": statistics.median(ratios), "range": [min(ratios), max(ratios)],
+                "per_flop_median": statistics.median(per_flop), "per_flop_range": [min(per_flop), max(per_flop)],
+            }  # fmt: skip
+    if not quiet:
+        print_train_table(result)
+    return result
+
+
+def print_train_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    s = result["setting"]
+    params = count_params(ModelConfig(size=s["size"], vocab_size=s["vocab_size"], seq_len=s["seq_len"]))
+    table = Table(
+        title=f"unmask bench train: size {s['size']} ({params / 1e6:.2f}M params), batch {s['batch_size']}x"
+        f"{s['seq_len']}, {result['device_name']}, {s['threads'] or 'default'} thread(s), compile {s['compile']}, "
+        f"median of {result['repeats']} interleaved repeats, torch {result['torch']}"
     )
-    for objective, r in results.items():
-        print(f"  {objective:4s} {r['ms_per_step']:8.2f} ms/step {r['tokens_per_s']:10,.0f} tokens/s")
-    return results
+    columns = ["side", "tokens/s (range)", "ms/step", "peak MB", "MFU", "vs reference (range)", "per FLOP (range)"]
+    for col in columns:
+        table.add_column(col, justify="left" if col == "side" else "right")
+    for side, r in result["sides"].items():
+        lo, hi = r["tokens_per_s_range"]
+        vs = r.get("vs_reference")
+        table.add_row(
+            side, f"{r['tokens_per_s']:,.0f} ({lo:,.0f}-{hi:,.0f})", f"{r['ms_per_step']:.2f}",
+            f"{r['peak_memory_mb']:,.0f}", "—" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
+            _ratio(vs, "median", "range"), _ratio(vs, "per_flop_median", "per_flop_range"),
+        )  # fmt: skip
+    Console(width=max(Console().width, 132)).print(table)
+
+
+def _ratio(vs: dict | None, median: str, spread: str) -> str:
+    return "—" if not vs else f"{vs[median]:.3f}x ({vs[spread][0]:.3f}-{vs[spread][1]:.3f})"
 
 
 RAW_ENCODE = """

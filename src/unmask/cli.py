@@ -67,10 +67,12 @@ def train(
             stopped by SIGTERM/Ctrl-C (checkpoint at the step boundary, exit 0) or killed resumes bitwise.
         tensorboard: Also write TensorBoard scalars to OUT/tb.
     """
+    from unmask.runtime import launched_world
     from unmask.training import train as run_train
 
     path = run_train(data, out, model, train, resume=resume, tensorboard=tensorboard)
-    _print_result(path)
+    if launched_world()[0] == 0:  # under torchrun, rank 0 speaks for the run
+        _print_result(path)
     return str(path)
 
 
@@ -246,6 +248,10 @@ def bench(
     what: Literal["train", "prepare", "sample"],
     steps: int = 30,
     threads: int = 0,
+    against: Literal["none", "reference"] = "none",
+    repeats: int = 5,
+    compile: bool = False,
+    peak_tflops: float | None = None,
     size: str = "demo",
     batch_size: int = 16,
     seq_len: int = 64,
@@ -265,8 +271,13 @@ def bench(
 
     Args:
         what: 'train', 'prepare' or 'sample'.
-        steps: Timed optimiser steps per objective (after warm-up).
+        steps: train: timed optimiser steps per objective and repeat (after 5 warm-up steps).
         threads: torch CPU threads; 0 = torch's default (sample: 1, so figures compare per core).
+        against: train: 'reference' also times a nanoGPT-style GPT of the same shape, interleaved, and prints the
+            paired ratios unmask / reference (median and range over the repeats), raw and per FLOP.
+        repeats: train: fresh processes per side, interleaved with the order rotating.
+        compile: train: torch.compile every side.
+        peak_tflops: train: the device's dense bf16 peak for MFU (default: a table of common GPUs; none on CPUs).
         size: Model size (unmask.model.SIZES).
         batch_size: Sequences per step.
         seq_len: Tokens per sequence.
@@ -280,8 +291,8 @@ def bench(
         threshold: sample: confidence threshold of the threshold (Fast-dLLM) rows.
         methods: sample: rows to run (default all): ancestral, low_confidence, random, semi_ar_b32, threshold_b32,
             threshold_b32_prefix, threshold_b32_dual, low_confidence_S/4, conv_S/4, edlm.
-        device: sample: 'cpu', 'cuda' or 'auto'.
-        json: sample: also write the results to this JSON file.
+        device: 'cpu', 'cuda' or 'auto' (train and sample).
+        json: train and sample: also write the results to this JSON file.
     """
     import shutil
     import tempfile
@@ -310,7 +321,17 @@ def bench(
           f"batch_size >= 1 and vocab_size in [4, 2**24]")  # fmt: skip
     ModelConfig(size=size, vocab_size=vocab_size, seq_len=seq_len)  # names a bad size or seq_len before any work
     check(batch_size * seq_len <= 2**24, f"batch_size x seq_len = {batch_size * seq_len:,} tokens: must be <= 2**24")
-    return bench_train(steps, threads, size, batch_size, seq_len, vocab_size)
+    check(1 <= repeats <= 1000, f"repeats={repeats}: must be in [1, 1000]")
+    check(peak_tflops is None or peak_tflops > 0, f"peak_tflops={peak_tflops}: must be > 0")
+    from unmask.runtime import resolve_device
+
+    resolve_device(device)  # names a missing GPU before any work
+    check_output_file("--json", json)
+    result = bench_train(size, seq_len, batch_size, vocab_size, steps, threads, device, compile, against, repeats,
+                         peak_tflops=peak_tflops)  # fmt: skip
+    if json:
+        Path(json).write_text(jsonlib.dumps(result, indent=2))
+    return result
 
 
 def check_output_file(option: str, path: str | None, make_parents: bool = False) -> None:

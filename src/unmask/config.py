@@ -197,6 +197,11 @@ class TrainConfig:
     """CPU threads of this process (torch.set_num_threads); 0 = torch's default. Parallel runs want 1 each."""
     compile: bool | None = None
     """torch.compile the model; None = on CUDA only."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass: less memory for ~1/3 more compute."""
+    parallel: str = "ddp"
+    """Under torchrun (WORLD_SIZE > 1): 'ddp' (a replica per process) or 'fsdp' (FSDP2: parameters, gradients
+    and AdamW state sharded). Each process trains on its own micro-batches of every global batch."""
     stop_at_step: int | None = None
     """Stop after this step with a resumable checkpoint; the schedule still spans the whole run."""
     checkpoint_every: int = 0
@@ -237,6 +242,7 @@ class TrainConfig:
         )
         check(self.checkpoint_every >= 0, f"train.checkpoint_every={self.checkpoint_every}: must be >= 0")
         check(self.keep_checkpoints >= 1, f"train.keep_checkpoints={self.keep_checkpoints}: must be >= 1")
+        check(self.parallel in ("ddp", "fsdp"), f"train.parallel={self.parallel!r}: must be 'ddp' or 'fsdp'")
         check(self.max_bad_steps >= 1, f"train.max_bad_steps={self.max_bad_steps}: must be >= 1")
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from unmask.config import SIZES, ConfigError, ModelConfig, from_dict, to_dict  # noqa: F401  (SIZES: re-exported)
 
@@ -34,6 +35,17 @@ def count_params(cfg: ModelConfig) -> int:
     return cfg.vocab_size * d + cfg.n_layer * per_block + d  # + final norm
 
 
+def flops_per_token(cfg: ModelConfig, head_fraction: float = 1.0) -> float:
+    """Training FLOPs per token (forward + backward = 3 x forward): 6 per weight (the tied output embedding is a
+    matmul, its lookup is not, so 6·count_params) plus 12·n_layer·T·d_model for the attention scores and their
+    weighted sum (PaLM's count: causal masking not subtracted, the same for every objective).
+
+    head_fraction: the share of positions projected to the vocabulary (MDM projects only its masked positions,
+    on average half: 0.5 gives the FLOPs it executes)."""
+    head = 6 * cfg.vocab_size * cfg.d_model
+    return 6 * count_params(cfg) - head * (1 - head_fraction) + 12 * cfg.n_layer * cfg.seq_len * cfg.d_model
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -41,7 +53,34 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_grad_enabled() and _HAS_FUSED_RMS_NORM and FAST_CPU:
+            return _CPURMSNorm.apply(x, self.weight, self.eps)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+FAST_CPU = True  # A/B switch for benchmarks
+_HAS_FUSED_RMS_NORM = hasattr(torch.ops.aten, "_fused_rms_norm")
+
+
+class _CPURMSNorm(torch.autograd.Function):
+    """RMSNorm with a hand-written backward for the CPU, where torch differentiates rms_norm op by op
+    (pow, mean, rsqrt, div: ~5% of a demo-size step). y = x·r·w with r = 1/sqrt(mean(x²) + eps);
+    dx = r·(g - x̂·mean(g·x̂)) with g = dy·w and x̂ = x·r; dw = Σ dy·x̂."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        y, rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        x_hat = x * rstd
+        g = dy * weight
+        dx = (g - x_hat * (g * x_hat).mean(-1, keepdim=True)) * rstd
+        dw = (dy * x_hat).flatten(0, -2).sum(0)
+        return dx, dw, None
 
 
 def rope_table(seq_len: int, head_dim: int, base: float) -> torch.Tensor:
@@ -75,7 +114,11 @@ class Attention(nn.Module):
     def qkv_heads(self, x, rope_q, rope_k):
         """Queries and keys (normed if qk_norm, then rotated) and values of x (B, T, D), each (B, H, T, Dh)."""
         B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, Dh)
+        if self.q_norm is None and rope_q is rope_k and FAST_CPU:  # one rotation for queries and keys together
+            q, k = apply_rope(qkv[:2], rope_k)
+            return q, k, qkv[2]
+        q, k, v = qkv
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         return apply_rope(q, rope_q), apply_rope(k, rope_k), v
@@ -128,6 +171,8 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        self.activation_checkpointing = False
+        """Recompute each block's activations in backward instead of storing them (set by the runtime)."""
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model)
@@ -221,8 +266,11 @@ class Transformer(nn.Module):
             attn_mask, is_causal = self._local_prior(attn_mask, is_causal, T, Tp, pos, key_pos, idx.device), False
         x = self.embed(idx)
         kv = []
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer, block in enumerate(self.blocks):
-            x, layer_kv = block(x, rope_q, rope_k, is_causal, attn_mask, None if past_kv is None else past_kv[layer])
+            args = (x, rope_q, rope_k, is_causal, attn_mask, None if past_kv is None else past_kv[layer])
+            # Activation checkpointing: keep only each block's input; its activations are recomputed in backward.
+            x, layer_kv = checkpoint(block, *args, use_reentrant=False) if recompute else block(*args)
             kv.append(layer_kv)
         h = self.norm(x)
         if output_mask is not None:
@@ -231,11 +279,13 @@ class Transformer(nn.Module):
         return (logits, kv) if return_kv else logits
 
 
-def save_model(model: Transformer, path: Path) -> None:
-    """Write weights as safetensors (atomically) and the model config beside them."""
+def save_model(model: Transformer, path: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write weights as safetensors (atomically) and the model config beside them; `state`: the model's
+    weights when they are gathered elsewhere (from FSDP2 shards)."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    state = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
+    state = _unwrap(model).state_dict() if state is None else state
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     save_file(state, str(tmp))
     tmp.replace(path)
     config_path = path.parent / "model_config.json"

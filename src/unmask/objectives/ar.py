@@ -45,7 +45,7 @@ def left_to_right(x: torch.Tensor, query_is_target: bool) -> dict:
 
 def _summed(nll: torch.Tensor, real: torch.Tensor) -> LossOutput:
     """Σ NLL over real targets (padding contributes zero), normalised by their count."""
-    return LossOutput(nll.masked_fill(~real[:, 1:], 0).sum(), int(real[:, 1:].sum()))
+    return LossOutput(nll.masked_fill(~real[:, 1:], 0).sum(), real[:, 1:])
 
 
 def ar_loss(model: torch.nn.Module, x: torch.Tensor, sp: Specials, generator=None) -> LossOutput:

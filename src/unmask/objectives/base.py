@@ -19,8 +19,13 @@ from unmask.config import TrainConfig
 class LossOutput:
     loss_sum: torch.Tensor
     """Sum over tokens of the (weighted) negative log-likelihood, float32 scalar."""
-    n_tokens: int
-    """Real (non-pad) tokens the sum is normalised by."""
+    scored: torch.Tensor | int
+    """The tokens the sum is normalised by: a bool mask, counted only when asked (on a GPU, counting waits for
+    the device: the training loop counts on its CPU copy instead), or their number."""
+
+    @property
+    def n_tokens(self) -> int:
+        return self.scored if isinstance(self.scored, int) else int(self.scored.sum())
 
     @property
     def loss(self) -> torch.Tensor:

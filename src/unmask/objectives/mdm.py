@@ -62,7 +62,7 @@ def mdm_loss(model: torch.nn.Module, x: torch.Tensor, sp: Specials, generator=No
     p = mask_probability(B, eps, generator, x.device)  # (B,)
     masked = (torch.rand(B, T, generator=generator, device=x.device) < p[:, None]) & real  # (B, T)
     ce, _ = masked_token_ce(model, x, masked, 1.0 / p, sp.mask_id, kpm)
-    return LossOutput(ce.sum(), int(real.sum()))
+    return LossOutput(ce.sum(), real)
 
 
 def elbo_pass_sums(

@@ -1,8 +1,8 @@
 """Run directories → one tidy results table (a row per run), written as CSV and Parquet.
 
 Columns: the point (objective, size, U, E, seed, tuned values), parameters with and without the
-embedding, tokens seen, FLOPs (6·N·D for the weights plus 6·n_layer·T·d_model per token for
-attention, forward and backward), the run's result (final weights, final_mc_passes for MDM) with its
+embedding, tokens seen, FLOPs (unmask.model.flops_per_token: 6 per weight plus 12·n_layer·T·d_model
+per token for attention, forward and backward), the run's result (final weights, final_mc_passes for MDM) with its
 standard error and bits per byte, the lowest point of its validation curve (early-stopped, labelled),
 wall time, hardware and a config hash. Unfinished runs are listed with status 'unfinished'.
 """
@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from unmask.model import count_params
+from unmask.model import count_params, flops_per_token
 from unmask.run import Run
 from unmask.study.grid import TUNABLE, StudyConfig, config_hash, jobs
 
@@ -24,11 +24,6 @@ COLUMNS = [
     "final_val_loss", "final_val_stderr", "final_bits_per_byte", "kind",
     "best_val_loss", "best_epoch", "wall_seconds", "hardware", "config_hash", "run",
 ]  # fmt: skip
-
-
-def flops_per_token(model_cfg) -> float:
-    """Training FLOPs per token: 6·N (weights, forward + backward) + 6·n_layer·T·d_model (attention scores)."""
-    return 6 * count_params(model_cfg) + 6 * model_cfg.n_layer * model_cfg.seq_len * model_cfg.d_model
 
 
 def row_of(job, study: StudyConfig) -> dict[str, Any]:

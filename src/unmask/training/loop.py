@@ -8,6 +8,7 @@ screen; per-step hooks let sweeps and fine-tuning reuse it rather than copy it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -26,12 +27,12 @@ from unmask.objectives import Specials, get_objective
 from unmask.objectives.validation import ValidationLoss, token_byte_lengths, validation_loss
 from unmask.progress import progress_bar
 from unmask.run import Run
-from unmask.runtime import Runtime
+from unmask.runtime import Runtime, launched_world
 from unmask.training.metrics import MetricsWriter, truncate_metrics
 from unmask.training.optim import Budget, learning_rate, make_optimizer
 from unmask.training.rundir import check_resumable, create_run_dir, resume_config
 from unmask.training.signals import StopSignals, TrainingStopped
-from unmask.training.state import TrainState
+from unmask.training.state import TrainState, noise_seed
 
 
 class TrainingError(UnmaskError):
@@ -53,6 +54,19 @@ class StepInfo:
 Hook = Callable[[StepInfo], None]
 
 
+@dataclass
+class StepBatch:
+    """One process's share of the global batch of one step."""
+
+    step: int
+    micro_batches: list[tuple[int, float, torch.Tensor]]
+    """(index k within the global batch, weight 1, or 0 for a stand-in, tokens on the device)."""
+    n_real: int
+    """Real (non-padding) tokens of the global batch."""
+    n_step: int
+    """Loss targets of the global batch: every process divides by it."""
+
+
 def train(
     data: str | Path | None,
     out: str | Path,
@@ -69,7 +83,8 @@ def train(
     compile) are taken from `train`, and any other value that differs from the saved one is refused.
     """
     out = Path(out)
-    _refuse_if_held(out)  # a live writer is named by its PID before anything else is said of the folder
+    if launched_world()[0] == 0:  # under torchrun, rank 0 holds the lock; the others never write
+        _refuse_if_held(out)  # a live writer is named by its PID before anything else is said of the folder
     if resume:
         saved = Run(out)
         model_cfg, cfg = saved.model_config, resume_config(saved, model, train)
@@ -92,18 +107,25 @@ def train(
         check_resumable(saved, budget)
     if budget.total_steps == 0:
         raise ConfigError(f"data {data_set.path} has no training sequences; prepare it with data.unique_tokens > 0")
-    runtime = Runtime.create(cfg.device, cfg.threads, cfg.compile)
-    check_output_dir(out, checkpoint_bytes(model_cfg))
-    with _writer_lock(out, resume):
-        torch.manual_seed(cfg.seed)
+    runtime = Runtime.create(cfg.device, cfg.threads, cfg.compile, cfg.parallel)
+    if budget.total_steps and runtime.world_size > cfg.batch_size:
+        raise ConfigError(
+            f"{runtime.world_size} processes but train.batch_size={cfg.batch_size}: each needs a sequence"
+        )
+    if runtime.is_main:
+        check_output_dir(out, checkpoint_bytes(model_cfg))
+    with _writer_lock(out, resume) if runtime.is_main else contextlib.nullcontext():
+        torch.manual_seed(cfg.seed)  # the same initial weights in every process
         net = Transformer(model_cfg).to(runtime.device)
-        generator = torch.Generator(runtime.device).manual_seed(cfg.seed + 1)  # the objective's noise
-        state = TrainState(net, make_optimizer(net, cfg), generator, budget.steps_per_epoch, cfg.seed)
+        net.activation_checkpointing = cfg.activation_checkpointing
+        net = runtime.shard(net)
+        state = TrainState(net, make_optimizer(net, cfg), runtime, budget.steps_per_epoch, cfg.seed)
         checkpoints = Checkpoints(out, cfg.keep_checkpoints)
         if resume:
             _restore(state, checkpoints, out)
-        else:
+        elif runtime.is_main:
             create_run_dir(out, data_set, model_cfg, cfg, budget)
+        runtime.barrier()
         trainer = Trainer(out, data_set, cfg, budget, runtime, state, checkpoints, quiet, tensorboard, hooks)
         trainer.run()
     return out
@@ -161,7 +183,8 @@ class Trainer:
         )
         objective = get_objective(cfg.objective)
         self.objective, self.specials = objective, Specials(mask_id=data.mask_id, pad_id=data.pad_id)
-        self.model = runtime.prepare_model(state.model)  # compiled or not; state.model keeps the weights
+        self.model = runtime.prepare_model(state.model)  # DDP-wrapped, compiled or not; state.model keeps the weights
+        self.generator = torch.Generator(runtime.device)  # reseeded per micro-batch: see noise_seed
         self.loss_fn = objective.make_loss(cfg, data.seq_len)
         self.validate = partial(
             validation_loss,
@@ -179,16 +202,18 @@ class Trainer:
         self.checkpoint_every = cfg.checkpoint_every or self.eval_every
         self.stop_at = min(cfg.stop_at_step or budget.total_steps, budget.total_steps)
         self.resume_hint = f"unmask train --out {out} --resume true"
-        self.bad_in_a_row, self.order = 0, None
+        self.bad_in_a_row, self.order, self.order_epoch = 0, None, -1
+        self.next_batch: StepBatch | None = None
 
     def run(self) -> None:
         s, total = self.state, self.budget.total_steps
         if s.step >= total:
             return self.finish()
-        self.metrics = MetricsWriter(self.out, self.tensorboard)
+        self.metrics = MetricsWriter(self.out, self.tensorboard) if self.runtime.is_main else NullMetrics()
         desc = f"{self.cfg.objective} E={self.cfg.epochs}"
+        quiet = self.quiet or not self.runtime.is_main
         try:
-            with StopSignals() as stop, progress_bar(desc, total=total, disable=self.quiet) as bar:
+            with StopSignals() as stop, progress_bar(desc, total=total, disable=quiet) as bar:
                 bar.advance(s.step)
                 t_last, tokens_since = time.perf_counter(), 0
                 while s.step < self.stop_at:
@@ -209,7 +234,8 @@ class Trainer:
                     )
                     for hook in self.hooks:
                         hook(info)
-                    if stop.received:  # checked last: a signal may arrive at any point of the step
+                    if self.runtime.all_sum([float(bool(stop.received))])[0]:  # checked last: a signal may
+                        # arrive at any point of the step; under torchrun every process stops at the same step
                         if not saved:
                             self.checkpoint()
                         raise TrainingStopped(
@@ -219,27 +245,51 @@ class Trainer:
         finally:
             self.metrics.close()
 
+    def load_batch(self, step: int) -> StepBatch:
+        """This process's micro-batches of the global batch of `step`, on the device (pinned, asynchronous copy).
+
+        Micro-batch k of the global batch goes to process k mod world_size and its noise is seeded by
+        (seed, step, k): the same losses and gradients on any number of processes for one micro_batch_size.
+        """
+        cfg = self.cfg
+        epoch, i = divmod(step, self.budget.steps_per_epoch)
+        if self.order_epoch != epoch:
+            self.order, self.order_epoch = self.data.epoch_order(epoch, cfg.seed), epoch
+        x = self.data.batch("train", self.order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
+        # Counted on the CPU copy of the global batch, before the move: no device sync.
+        n_real, n_step = int((x != self.specials.pad_id).sum()), self.objective.n_targets(x, self.specials.pad_id)
+        world, rank = self.runtime.world_size, self.runtime.rank
+        chunks = x.split(cfg.micro_batch_size or -(-cfg.batch_size // world))
+        mine = []
+        for j in range(-(-len(chunks) // world)):
+            k = j * world + rank
+            # A process without a micro-batch in the last round repeats one with weight 0: collectives need all.
+            weight = float(k < len(chunks))
+            mine.append((k, weight, self.runtime.to_device(chunks[k if weight else 0])))
+        return StepBatch(step, mine, n_real, n_step)
+
     def train_step(self) -> tuple[StepInfo, int]:
         """One optimiser step over one batch (micro-batches accumulated); never steps on a non-finite update."""
         s, cfg = self.state, self.cfg
-        epoch, i = divmod(s.step, self.budget.steps_per_epoch)
-        if self.order is None or i == 0:
-            self.order = self.data.epoch_order(epoch, cfg.seed)
-        x = self.data.batch("train", self.order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
-        # Counted on the CPU copy, before the move: no device sync.
-        n_real, n_step = int((x != self.specials.pad_id).sum()), self.objective.n_targets(x, self.specials.pad_id)
-        x = x.to(self.runtime.device)
+        batch = self.next_batch if self.next_batch and self.next_batch.step == s.step else self.load_batch(s.step)
         lr = learning_rate(s.step, self.budget, cfg)
         for group in s.optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = 0.0
-        for xm in x.split(cfg.micro_batch_size or cfg.batch_size):
-            with self.runtime.autocast():
-                out = self.loss_fn(self.model, xm, self.specials, s.generator)
-            (out.loss_sum / n_step).backward()
-            loss_sum += out.loss_sum.detach()
+        loss_sum = torch.zeros((), device=self.runtime.device)
+        for j, (k, weight, xm) in enumerate(batch.micro_batches):
+            self.generator.manual_seed(noise_seed(cfg.seed, s.step, k))
+            with self.runtime.no_grad_sync(self.model, last=j == len(batch.micro_batches) - 1):
+                with self.runtime.autocast():
+                    out = self.loss_fn(self.model, xm, self.specials, self.generator)
+                # DDP and FSDP2 average gradients over processes; scaling by world makes the sum exact.
+                (out.loss_sum * (weight * self.runtime.world_size / batch.n_step)).backward()
+            loss_sum += out.loss_sum.detach() * weight
+        if s.step + 1 < self.stop_at:  # the next batch's copy to the device overlaps this step's last kernels
+            self.next_batch = self.load_batch(s.step + 1)
+        n_real, n_step = batch.n_real, batch.n_step
         grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip or float("inf"))
-        loss = float(loss_sum) / n_step  # host-device sync: one per step, for the log
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
+        loss = self.runtime.all_sum([float(loss_sum)])[0] / n_step  # host-device sync: one per step, for the log
         finite = math.isfinite(loss) and bool(torch.isfinite(grad_norm))
         if finite:  # the weights and Adam moments stay clean
             s.optimizer.step()
@@ -270,7 +320,7 @@ class Trainer:
     def validate_and_log(self) -> ValidationLoss:
         """Validate; keep the best weights; at the last step add the run's result with final_mc_passes."""
         s = self.state
-        val = self.validate(self.model)
+        val = self.runtime.from_main(self.validate(self.model))  # every process validates (FSDP2 needs all)
         if val.loss < s.best_val:
             s.best_val = val.loss
             self._save_weights("best")
@@ -290,7 +340,7 @@ class Trainer:
         """The run's reported result: a bound again with final_mc_passes (the curve's few passes are ±0.1 nats)."""
         precise = val
         if val.stderr is not None and self.cfg.final_mc_passes != self.cfg.eval_mc_passes:
-            precise = self.validate(self.model, mc_passes=self.cfg.final_mc_passes)
+            precise = self.runtime.from_main(self.validate(self.model, mc_passes=self.cfg.final_mc_passes))
         return {
             "final_val_loss": precise.loss,
             "final_val_stderr": precise.stderr,
@@ -312,15 +362,20 @@ class Trainer:
             # last.safetensors first: a kill between the two leaves the previous checkpoint listed, and its
             # resume redoes the step, so the final weights are never older than the newest checkpoint.
             self._save_weights("last")
-            self.checkpoints.save(step, self.state.state_dict())
+            state = self.state.state_dict()  # every process: FSDP2 gathers the shards
+            if self.runtime.is_main:
+                self.checkpoints.save(step, state)
         except TrainingError:
             raise
         except Exception as e:  # disk full: OSError, or torch.save's RuntimeError from its C++ writer
             raise self._disk_error(f"the checkpoint of step {step}", e) from None
 
     def _save_weights(self, which: str) -> None:
+        weights = self.runtime.full_model_state(self.state.model)  # every process: FSDP2 gathers the shards
+        if not self.runtime.is_main:
+            return
         try:
-            save_model(self.state.model, self.out / f"{which}.safetensors")
+            save_model(self.state.model, self.out / f"{which}.safetensors", weights)
         except Exception as e:  # safetensors raises its own error types on a full disk
             raise self._disk_error(f"{which}.safetensors", e) from None
 
@@ -341,23 +396,34 @@ class Trainer:
 
     def finish(self) -> None:
         """A finished run resumed: repair what a kill after the last checkpoint may have left incomplete."""
-        if not _holds_weights(self.out / "last.safetensors", self.state.model):
+        weights = self.runtime.full_model_state(self.state.model)
+        last = self.out / "last.safetensors"
+        if not self.runtime.from_main(self.runtime.is_main and _holds_weights(last, weights)):
             self._save_weights("last")  # the final step's weights, from its checkpoint
         if not any("final_val_loss" in r for r in Run(self.out).metrics()):
-            self.metrics = MetricsWriter(self.out, self.tensorboard)
+            self.metrics = MetricsWriter(self.out, self.tensorboard) if self.runtime.is_main else NullMetrics()
             try:
                 self.validate_and_log()
             finally:
                 self.metrics.close()
 
 
-def _holds_weights(path: Path, model: torch.nn.Module) -> bool:
-    """Does the safetensors file at `path` hold exactly the weights of `model`?"""
+class NullMetrics:
+    """The metrics writer of processes other than rank 0: only rank 0 writes run files."""
+
+    def log(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _holds_weights(path: Path, state: dict[str, torch.Tensor]) -> bool:
+    """Does the safetensors file at `path` hold exactly these weights?"""
     try:
         saved = read_weights(path)
     except ConfigError:  # missing or torn: it does not
         return False
-    state = model.state_dict()
     return saved.keys() == state.keys() and all(torch.equal(saved[k], v.cpu()) for k, v in state.items())
 
 

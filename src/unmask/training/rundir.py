@@ -12,7 +12,7 @@ from unmask.config import ConfigError, ModelConfig, TrainConfig, to_dict
 from unmask.model import count_params
 from unmask.run import Run
 
-RUNTIME_FIELDS = ("stop_at_step", "device", "threads", "compile")
+RUNTIME_FIELDS = ("stop_at_step", "device", "threads", "compile", "parallel", "activation_checkpointing")
 """TrainConfig fields that control how a run executes, not what it is: free to change on resume."""
 
 

@@ -1,0 +1,76 @@
+"""The runtime's choices: activation checkpointing, the optimiser's kernel, and the GPU path (bf16 autocast with
+fp32 master weights, torch.compile, fused AdamW), which runs only where CUDA is present."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import tiny_model_config, tiny_train_config
+from unmask.model import Transformer
+from unmask.objectives import Specials, get_objective
+from unmask.run import Run, read_metrics
+from unmask.training import make_optimizer, train
+
+requires_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU: the bf16 autocast / torch.compile / fused AdamW path"
+)
+
+
+@pytest.mark.parametrize("objective", ["ar", "mdm"])
+def test_activation_checkpointing_changes_memory_not_results(tiny_data, objective):
+    cfg = tiny_model_config(tiny_data, causal=get_objective(objective).causal)
+    x = tiny_data.batch("train", np.arange(8))
+    loss_fn = get_objective(objective).make_loss(tiny_train_config(objective=objective), tiny_data.seq_len)
+    grads = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = Transformer(cfg)
+        model.activation_checkpointing = recompute
+        out = loss_fn(model, x, Specials(tiny_data.mask_id, tiny_data.pad_id), torch.Generator().manual_seed(1))
+        out.loss_sum.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, msg=name)
+
+
+def test_a_run_with_activation_checkpointing_trains_and_records_it(tiny_data, tmp_path):
+    out = train(tiny_data.path, tmp_path / "r", tiny_model_config(tiny_data),
+                tiny_train_config(objective="mdm", epochs=1, activation_checkpointing=True), quiet=True,
+                tensorboard=False)  # fmt: skip
+    assert Run(out).train_config.activation_checkpointing
+    losses = [r["loss"] for r in read_metrics(out) if "loss" in r]
+    assert sum(losses[-3:]) < sum(losses[:3])
+
+
+def test_adamw_is_fused_on_gpus_and_foreach_on_the_cpu(tiny_data):
+    optimizer = make_optimizer(Transformer(tiny_model_config(tiny_data)), tiny_train_config())
+    assert optimizer.defaults["foreach"] and not optimizer.defaults["fused"]
+
+
+@requires_cuda
+def test_gpu_training_uses_bf16_autocast_with_fp32_master_weights_and_fused_adamw(tiny_data, tmp_path):
+    out = train(tiny_data.path, tmp_path / "gpu", tiny_model_config(tiny_data),
+                tiny_train_config(objective="mdm", epochs=2, device="cuda", compile=False), quiet=True,
+                tensorboard=False)  # fmt: skip
+    losses = [r["loss"] for r in read_metrics(out) if "loss" in r]
+    assert all(torch.isfinite(torch.tensor(losses))) and sum(losses[-3:]) < sum(losses[:3])
+    weights = Run(out).load_model("last").state_dict()
+    assert {w.dtype for w in weights.values()} == {torch.float32}  # the master weights stay fp32
+    model = Transformer(tiny_model_config(tiny_data)).cuda()
+    assert make_optimizer(model, tiny_train_config()).defaults["fused"]
+    with torch.autocast("cuda", torch.bfloat16):
+        assert model(tiny_data.batch("train", np.arange(1)).cuda()).dtype == torch.bfloat16
+
+
+@requires_cuda
+@pytest.mark.slow
+def test_compiled_gpu_training_matches_eager(tiny_data, tmp_path):
+    runs = {}
+    for compiled in (False, True):
+        out = train(tiny_data.path, tmp_path / f"c{compiled}", tiny_model_config(tiny_data),
+                    tiny_train_config(objective="ar", epochs=1, device="cuda", compile=compiled), quiet=True,
+                    tensorboard=False)  # fmt: skip
+        runs[compiled] = [r["loss"] for r in read_metrics(out) if "loss" in r]
+    assert runs[True] == pytest.approx(runs[False], rel=2e-2)  # bf16 kernels differ in rounding, not in result
