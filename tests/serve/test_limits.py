@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import time
 
 import pytest
 
-from tests.serve.conftest import httpx, start_server
-
-
-class SlowNet:
-    """A run's network that takes `delay` seconds per forward pass: generations long enough to overlap."""
-
-    def __init__(self, net, delay: float):
-        self.net, self.delay, self.cfg = net, delay, net.cfg
-        self.calls = 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        time.sleep(self.delay)
-        return self.net(*args, **kwargs)
-
-
-def slow(loaded, delay: float) -> dict:
-    return {name: dataclasses.replace(m, net=SlowNet(m.net, delay)) for name, m in loaded.items()}
+from tests.serve.conftest import httpx, slow, start_server
 
 
 def post_in_thread(url: str, body: dict, results: list) -> threading.Thread:

@@ -128,13 +128,13 @@ class Pane {
     this.meta(`step ${u.step}${this.total ? " / " + this.total : ""}`);
   }
 
-  done(chunk) {
+  done(chunk, text) {
     const u = chunk.unmask;
     for (const cell of this.cells) {
       if (cell.classList.contains("mask")) cell.remove(); // AR stopped at end of document
       else if (cell.dataset.step) cell.style.background = colour(Number(cell.dataset.step), u.steps);
     }
-    this.node.querySelector(".answer").textContent = chunk.choices[0].text;
+    this.node.querySelector(".answer").textContent = text;
     this.node.dataset.state = "done";
     this.meta(`${u.steps} steps, ${u.seconds.toFixed(2)} s on the server`);
   }
@@ -177,14 +177,16 @@ async function runPane(pane, prompt) {
   });
   if (!response.ok) return pane.fail(await errorOf(response));
   const delay = numberOf("delay") || 0;
+  let text = ""; // AR: the deltas of every token; MDM: the whole answer in the last chunk
   for await (const chunk of events(response)) {
     if (chunk.error) return pane.fail(chunk.error.message);
+    text += chunk.choices.find((c) => c.index === 0)?.text || "";
     const u = chunk.unmask;
     if (u.event === "start") pane.start(u);
     else if (u.event === "step") {
       pane.step(u);
       if (delay) await sleep(delay);
-    } else if (u.event === "done") pane.done(chunk);
+    } else if (u.event === "done") pane.done(chunk, text);
   }
 }
 
