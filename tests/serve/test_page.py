@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from tests.serve.conftest import CHROMIUM_FLAGS, start_server
@@ -42,7 +44,7 @@ def test_the_page_shows_masks_turning_into_text_over_several_steps(page, artifac
     page.wait_for_function("document.querySelector('.pane').dataset.state === 'done'", timeout=30_000)
     trace = page.evaluate("window.unmaskTrace['tiny-mdm']")
     assert trace[0] == 16 and trace[-1] == 0 and len(trace) == 9  # all masks, then 8 steps of 2
-    assert all(a > b for a, b in zip(trace, trace[1:])), trace
+    assert all(a > b for a, b in pairwise(trace)), trace
     steps = {int(s) for s in pane.locator(".tok[data-step]").evaluate_all("els => els.map(e => e.dataset.step)")}
     assert steps == set(range(1, 9))  # every token coloured by the step that committed it
     assert pane.locator(".tok.mask").count() == 0 and pane.locator(".answer").inner_text() != ""
@@ -65,7 +67,7 @@ def test_side_by_side_runs_ar_and_mdm_on_the_same_prompt(page, artifacts):
     traces = page.evaluate("window.unmaskTrace")
     assert traces["tiny-mdm"] == [12, 10, 8, 6, 4, 2, 0]
     ar = traces["tiny-ar"]  # left to right, one token per step (it may stop early at end of document)
-    assert ar[0] == 12 and all(a - b == 1 for a, b in zip(ar, ar[1:]))
+    assert ar[0] == 12 and all(a - b == 1 for a, b in pairwise(ar))
     for run in ("tiny-ar", "tiny-mdm"):
         assert page.locator(f".pane[data-run='{run}'] .tok[data-step]").count() > 0
     page.screenshot(path=str(artifacts / "serve_page_side_by_side.png"), full_page=True)
