@@ -2,8 +2,8 @@
 
 config.py (ServeConfig: address, auth, limits) imports nothing heavy; engine.py (the queue, the
 worker that batches requests, per-step events from the samplers' hook), schemas.py (pydantic
-bodies) and app.py (FastAPI routes, server-sent events, the page in static/) need the `serve`
-extra: pip install -e '.[serve]'.
+bodies), api.py (checks, jobs, responses, server-sent events) and app.py (FastAPI routes, errors,
+the page in static/) need the `serve` extra: pip install -e '.[serve]'. load.py: a load test.
 """
 
 from unmask._lazy import lazy_exports

@@ -272,6 +272,7 @@ class Engine:
                     continue
                 break
             jobs, rows = [first], first.rows
+            self.running = jobs  # counted as decoding while the window collects the others
             until = time.monotonic() + self.cfg.batch_window_ms / 1000
             while rows < self.cfg.max_batch:
                 for job in list(self.waiting):
@@ -285,7 +286,6 @@ class Engine:
                 self.cond.wait(left)
                 if self.closed:
                     break
-            self.running = jobs
             return jobs
 
     def _run(self, jobs: list[Job]) -> None:
