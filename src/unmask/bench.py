@@ -94,7 +94,7 @@ def time_side(
     for i in range(warmup + steps):
         if i == warmup:
             sync()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
         with runtime.autocast():
             value = loss()
         value.backward()
@@ -103,6 +103,7 @@ def time_side(
         optimizer.zero_grad(set_to_none=True)
     sync()
     seconds = (time.perf_counter() - start) / steps
+    cpu_seconds = (time.process_time() - cpu_start) / steps  # this process's CPU time: robust to other load
     if runtime.device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(runtime.device) / 2**20
     else:
@@ -112,6 +113,7 @@ def time_side(
     fpt = flops_per_token(cfg, head_fraction=0.5 if side == "mdm" else 1.0)
     return {
         "ms_per_step": 1000 * seconds, "tokens_per_s": x.numel() / seconds, "flops_per_token": fpt,
+        "tokens_per_cpu_s": x.numel() / cpu_seconds,
         "peak_memory_mb": peak_mb, "device_name": _device_name(runtime.device),
     }  # fmt: skip
 
@@ -174,9 +176,11 @@ def bench_train(
         for side in ("ar", "mdm"):
             ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(times[side], ref, strict=True)]
             per_flop = [q * times[side][0]["flops_per_token"] / ref[0]["flops_per_token"] for q in ratios]
+            cpu = [a["tokens_per_cpu_s"] / b["tokens_per_cpu_s"] for a, b in zip(times[side], ref, strict=True)]
             result["sides"][side]["vs_reference"] = {
                 "median": statistics.median(ratios), "range": [min(ratios), max(ratios)],
                 "per_flop_median": statistics.median(per_flop), "per_flop_range": [min(per_flop), max(per_flop)],
+                "cpu_time_median": statistics.median(cpu), "cpu_time_range": [min(cpu), max(cpu)],
             }  # fmt: skip
     if not quiet:
         print_train_table(result)
@@ -194,7 +198,8 @@ def print_train_table(result: dict) -> None:
         f"{s['seq_len']}, {result['device_name']}, {s['threads'] or 'default'} thread(s), compile {s['compile']}, "
         f"median of {result['repeats']} interleaved repeats, torch {result['torch']}"
     )
-    columns = ["side", "tokens/s (range)", "ms/step", "peak MB", "MFU", "vs reference (range)", "per FLOP (range)"]
+    columns = ["side", "tokens/s (range)", "ms/step", "peak MB", "MFU", "vs reference (range)", "per FLOP (range)",
+               "by CPU time (range)"]  # fmt: skip
     for col in columns:
         table.add_column(col, justify="left" if col == "side" else "right")
     for side, r in result["sides"].items():
@@ -204,6 +209,7 @@ def print_train_table(result: dict) -> None:
             side, f"{r['tokens_per_s']:,.0f} ({lo:,.0f}-{hi:,.0f})", f"{r['ms_per_step']:.2f}",
             f"{r['peak_memory_mb']:,.0f}", "—" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
             _ratio(vs, "median", "range"), _ratio(vs, "per_flop_median", "per_flop_range"),
+            _ratio(vs, "cpu_time_median", "cpu_time_range"),
         )  # fmt: skip
     Console(width=max(Console().width, 132)).print(table)
 

@@ -53,50 +53,29 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and torch.is_grad_enabled() and _HAS_FUSED_RMS_NORM and FAST_CPU:
-            return _CPURMSNorm.apply(x, self.weight, self.eps)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-FAST_CPU = True  # A/B switch for benchmarks
-_HAS_FUSED_RMS_NORM = hasattr(torch.ops.aten, "_fused_rms_norm")
-
-
-class _CPURMSNorm(torch.autograd.Function):
-    """RMSNorm with a hand-written backward for the CPU, where torch differentiates rms_norm op by op
-    (pow, mean, rsqrt, div: ~5% of a demo-size step). y = x·r·w with r = 1/sqrt(mean(x²) + eps);
-    dx = r·(g - x̂·mean(g·x̂)) with g = dy·w and x̂ = x·r; dw = Σ dy·x̂."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        y, rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], weight, eps)
-        ctx.save_for_backward(x, weight, rstd)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        x, weight, rstd = ctx.saved_tensors
-        x_hat = x * rstd
-        g = dy * weight
-        dx = (g - x_hat * (g * x_hat).mean(-1, keepdim=True)) * rstd
-        dw = (dy * x_hat).flatten(0, -2).sum(0)
-        return dx, dw, None
-
-
 def rope_table(seq_len: int, head_dim: int, base: float) -> torch.Tensor:
-    """Rotations e^{i·pos·θ_k} as a complex (T, Dh/2) table (computed in float64, stored complex64)."""
+    """Rotations e^{i·pos·θ_k} as (T, Dh/2, 2) float32 (cos, sin) pairs: a complex table read as real
+    numbers (computed in float64), so torch.compile, which cannot generate complex kernels, can fuse it."""
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)  # (T, Dh/2)
-    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
+    return torch.stack([angles.cos(), angles.sin()], -1).float()
 
 
 def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs of x (..., T, Dh) as complex numbers; rotation is (T, Dh/2) or (B, 1, T, Dh/2).
+    """Rotate consecutive pairs of x (..., T, Dh) by rotation (T, Dh/2, 2) or (B, 1, T, Dh/2, 2) (cos, sin).
 
-    One complex multiply is about twice as fast on CPU as the rotate-half form (cat + 4 muls).
+    Eager: one complex multiply, about twice as fast on the CPU as the real form (4 muls + stack);
+    compiled: the real form, which inductor fuses into one kernel.
     """
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (..., T, Dh/2)
-    return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)
+    pairs = x.float().unflatten(-1, (-1, 2))  # (..., T, Dh/2, 2)
+    if torch.compiler.is_compiling():
+        a, b, cos, sin = pairs[..., 0], pairs[..., 1], rotation[..., 0], rotation[..., 1]
+        return torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2).type_as(x)
+    rotated = torch.view_as_complex(pairs) * torch.view_as_complex(rotation)
+    return torch.view_as_real(rotated).flatten(-2).type_as(x)
 
 
 class Attention(nn.Module):
@@ -115,9 +94,6 @@ class Attention(nn.Module):
         """Queries and keys (normed if qk_norm, then rotated) and values of x (B, T, D), each (B, H, T, Dh)."""
         B, T, D = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, Dh)
-        if self.q_norm is None and rope_q is rope_k and FAST_CPU:  # one rotation for queries and keys together
-            q, k = apply_rope(qkv[:2], rope_k)
-            return q, k, qkv[2]
         q, k, v = qkv
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -193,8 +169,8 @@ class Transformer(nn.Module):
 
     def _rope(self, pos: torch.Tensor | None, T: int, offset: int = 0) -> torch.Tensor:
         if pos is None:
-            return self.rope[offset : offset + T]  # (T, Dh/2), broadcast over B, H
-        return self.rope[pos].unsqueeze(1)  # (B, 1, T, Dh/2)
+            return self.rope[offset : offset + T]  # (T, Dh/2, 2), broadcast over B, H
+        return self.rope[pos].unsqueeze(1)  # (B, 1, T, Dh/2, 2)
 
     def _attn_mask(self, T: int, Tp: int, key_padding_mask: torch.Tensor | None, device) -> torch.Tensor | None:
         """Boolean mask, broadcastable to (B, H, T, Tp + T), of the keys each query sees (True); None = all.
