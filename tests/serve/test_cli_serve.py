@@ -63,3 +63,14 @@ def test_serve_runs_a_server_until_stopped(serve_runs):
     finally:
         proc.terminate()  # uvicorn shuts down gracefully, then re-raises the signal: exit status -SIGTERM
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+@pytest.mark.parametrize("damage", ["config.json", "last.safetensors", "tokenizer.json"])
+def test_serve_refuses_a_damaged_run_in_one_line(capsys, serve_runs, tmp_path, damage):
+    import shutil
+
+    run = shutil.copytree(serve_runs["mdm"], tmp_path / "damaged")
+    (run / damage).write_bytes(b"\x00garbage")
+    code = cli.main(["serve", str(run), serve_runs["ar"]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("unmask: error: ") and "damaged" in err[0], err
