@@ -78,29 +78,22 @@ class Piece(NamedTuple):
 
 
 class TokenWriter:
-    """Appends tokens to a flat binary file until it holds exactly `limit` tokens (written per `flush`)."""
+    """Appends tokens to a flat binary file until it holds exactly `limit` tokens."""
 
     def __init__(self, path: Path, limit: int, dtype: np.dtype):
         self.file, self.limit, self.dtype, self.n = open(path, "wb"), limit, dtype, 0
-        self.pending: list[int] = []
 
     @property
     def full(self) -> bool:
         return self.n >= self.limit
 
     def write(self, ids: list[int]) -> int:
-        take = ids if len(ids) <= self.limit - self.n else ids[: self.limit - self.n]
-        self.pending += take
+        take = ids[: self.limit - self.n]
+        np.asarray(take, dtype=self.dtype).tofile(self.file)
         self.n += len(take)
         return len(take)
 
-    def flush(self) -> None:
-        """One array per encoded batch, not one per document."""
-        np.asarray(self.pending, dtype=self.dtype).tofile(self.file)
-        self.pending = []
-
     def close(self) -> None:
-        self.flush()
         self.file.close()
 
 
@@ -316,8 +309,7 @@ def _write_shards(cfg: DataConfig, sources: list[Path], tmp: Path, quiet: bool) 
                 if piece.first:
                     counts["val" if piece.is_val else "train"] += 1
                 bar.advance(n)
-            train.flush()
-            val.flush()
+            del encodings, enc  # before the next batch is encoded: one batch's encodings in memory, not two
             if train.full and val.full:
                 break  # stop reading: nothing more can be used
     seconds = time.perf_counter() - start
