@@ -25,7 +25,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (2, 64, 4),  # CPU tests
     "demo": (3, 96, 4),  # 0.43M at vocab 1024: the CPU demo
     "7M": (3, 128, 4),
-    "10M": (6, 384, 6),  # the second size of `unmask bench train --against reference`
+    "30M": (6, 384, 6),  # 11M at vocab 1024: the second size of `unmask bench train --against reference`
     "14M": (8, 192, 4),
     "35M": (6, 448, 7),
     "85M": (10, 640, 10),
