@@ -3,6 +3,8 @@ fp32 master weights, torch.compile, fused AdamW), which runs only where CUDA is 
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -74,3 +76,31 @@ def test_compiled_gpu_training_matches_eager(tiny_data, tmp_path):
                     tensorboard=False)  # fmt: skip
         runs[compiled] = [r["loss"] for r in read_metrics(out) if "loss" in r]
     assert runs[True] == pytest.approx(runs[False], rel=2e-2)  # bf16 kernels differ in rounding, not in result
+
+
+requires_compiler = pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None,
+    reason="torch.compile on the CPU needs a C++ compiler (inductor's CPU back-end); none is installed",
+)
+
+
+@requires_compiler
+@pytest.mark.slow
+def test_compiled_cpu_training_matches_eager(tiny_data, tmp_path):
+    """torch.compile (inductor, CPU) trains the same run: RoPE takes its real form there (inductor cannot
+    generate complex kernels), the same rotation as eager's complex multiply."""
+    runs = {}
+    for compiled in (False, True):
+        out = train(tiny_data.path, tmp_path / f"c{compiled}", tiny_model_config(tiny_data),
+                    tiny_train_config(objective="ar", epochs=1, compile=compiled), quiet=True,
+                    tensorboard=False)  # fmt: skip
+        runs[compiled] = [r["loss"] for r in read_metrics(out) if "loss" in r]
+    assert runs[True] == pytest.approx(runs[False], rel=1e-4, abs=1e-5)
+
+
+@requires_compiler
+def test_rope_under_compile_is_the_eager_rotation():
+    from unmask.model import apply_rope, rope_table
+
+    x, rotation = torch.randn(2, 3, 8, 16), rope_table(8, 16, 10_000.0)
+    torch.testing.assert_close(torch.compile(apply_rope)(x, rotation), apply_rope(x, rotation))
