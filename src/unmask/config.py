@@ -29,6 +29,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "14M": (8, 192, 4),
     "35M": (6, 448, 7),
     "85M": (10, 640, 10),
+    "125M": (12, 768, 12),  # GPT-2 small: the MFU target of `unmask bench train --device cuda`
     "170M": (12, 896, 14),
     "350M": (24, 1024, 16),
     "700M": (22, 1536, 16),
