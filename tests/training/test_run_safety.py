@@ -186,3 +186,11 @@ def test_a_full_disk_mid_checkpoint_is_one_line_naming_the_last_good_state(tiny_
     assert not list(out.rglob("*.tmp"))  # nothing half-written left behind
     del model
     assert isinstance(TrainingError("x"), Exception) and torch.__version__
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_as_the_same_run(tiny_data, reference, tmp_path):
+    out = run_in_process(tiny_data, tmp_path / "run", stop_at_step=4)  # the first checkpoint is due at step 5
+    shutil.rmtree(out / "checkpoints")  # as if killed while the first checkpoint was being written
+    train(None, out, resume=True, quiet=True, tensorboard=False)
+    assert losses(out) == losses(reference)  # from step 0 again, one record per step
+    assert_same_weights(out, reference)

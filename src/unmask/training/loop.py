@@ -122,7 +122,8 @@ def train(
         state = TrainState(net, make_optimizer(net, cfg), runtime, budget.steps_per_epoch, cfg.seed)
         checkpoints = Checkpoints(out, cfg.keep_checkpoints)
         if resume:
-            _restore(state, checkpoints, out)
+            first_checkpoint = cfg.checkpoint_every or cfg.eval_every or max(1, budget.total_steps // 20)
+            _restore(state, checkpoints, out, first_checkpoint)
         elif runtime.is_main:
             create_run_dir(out, data_set, model_cfg, cfg, budget)
         runtime.barrier()
@@ -154,12 +155,16 @@ def _has_content(out: Path) -> bool:
     return out.is_dir() and any(p.name != ".lock" for p in out.iterdir())
 
 
-def _restore(state: TrainState, checkpoints: Checkpoints, out: Path) -> None:
-    """Load the newest verified checkpoint; refuse to restart a run that made progress but lost them all."""
+def _restore(state: TrainState, checkpoints: Checkpoints, out: Path, first_checkpoint: int) -> None:
+    """Load the newest verified checkpoint; refuse to restart a run that made progress but lost them all.
+
+    A run killed before (or while) writing its first checkpoint has none and logged at most
+    `first_checkpoint` steps: it starts again from step 0, which, everything being seeded, is the same run.
+    """
     loaded = checkpoints.load_latest()
     if loaded is None:
         logged = [r["step"] for r in Run(out).metrics()]
-        if logged:
+        if logged and max(logged) > first_checkpoint:
             raise ConfigError(
                 f"run {out} logged {max(logged)} steps but has no checkpoint to resume from "
                 f"(checkpoints/ was deleted?); it cannot continue, start it again with a new --out"
