@@ -152,7 +152,7 @@ def bench_train(
 
     from unmask.runtime import resolve_device
 
-    sides = ["ar", "mdm"] + (["reference"] if against == "reference" else [])
+    sides = [side for side in SIDES if side != "reference" or against == "reference"]
     setting = dict(size=size, seq_len=seq_len, batch_size=batch_size, vocab_size=vocab_size, steps=steps,
                    warmup=warmup, threads=threads, device=device, compile=compile)  # fmt: skip
     times: dict[str, list[dict]] = {side: [] for side in sides}

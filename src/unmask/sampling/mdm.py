@@ -95,6 +95,11 @@ def _threshold_commit(score: torch.Tensor, cand: torch.Tensor, threshold: float)
     return commit
 
 
+def _commit(score: torch.Tensor, cand: torch.Tensor, threshold: float, k: torch.Tensor | None, kmax: int):
+    """The threshold rule when k is None, else each sequence's k best."""
+    return _threshold_commit(score, cand, threshold) if k is None else _top_k_commit(score, cand, k, kmax)
+
+
 def _prob_scores(logits, cand, scale, cfg: SamplerConfig, k, kmax, generator):
     """Prob confidence: x0 and scores (B, T) at every masked position, and the commit, as float64 would make it.
 
@@ -108,7 +113,7 @@ def _prob_scores(logits, cand, scale, cfg: SamplerConfig, k, kmax, generator):
     if scale is not None:  # conv scales are >= 0
         conf = conf * scale[cand]
     score = torch.full((B, T), float("-inf"), dtype=torch.float64, device=cand.device).masked_scatter(cand, conf)
-    commit = _threshold_commit(score, cand, cfg.commit.threshold) if k is None else _top_k_commit(score, cand, k, kmax)
+    commit = _commit(score, cand, cfg.commit.threshold, k, kmax)
     if err is None:  # float64 confidences already
         return x0, commit
     if scale is not None:
@@ -127,9 +132,7 @@ def _prob_scores(logits, cand, scale, cfg: SamplerConfig, k, kmax, generator):
     if bool(redo.any()):  # host sync; float64 confidences of the unsure sequences
         exact = confidence(logits[redo[cand]], x0[redo])
         score[redo] = exact if scale is None else exact * scale[redo]
-        commit = (
-            _threshold_commit(score, cand, cfg.commit.threshold) if k is None else _top_k_commit(score, cand, k, kmax)
-        )
+        commit = _commit(score, cand, cfg.commit.threshold, k, kmax)
     return x0, commit
 
 
@@ -338,11 +341,7 @@ def _decode_block(x, region, steps, denoise, cfg, mask_id, generator, energy_mod
                 )
                 score = torch.full((B, T), float("-inf"), dtype=torch.float64, device=x.device)
                 score[cand] = conf if scale is None else conf * scale[cand]
-                commit = (
-                    _threshold_commit(score, cand, cfg.commit.threshold)
-                    if k is None
-                    else _top_k_commit(score, cand, k, kmax)
-                )
+                commit = _commit(score, cand, cfg.commit.threshold, k, kmax)
         if x0 is None:
             x0 = torch.zeros_like(x).masked_scatter(
                 commit, sample_categorical(logits[commit[cand]], cfg.temperature, generator)

@@ -333,9 +333,9 @@ def _stage2(base: dict[str, float], N, D, U, log_obs, fit_rn: bool, delta: float
     statistic, lower = {}, {}
     for i, name in enumerate(names):
         statistic[name] = profile(i, bounds[i][1])  # "no decay": R* at its upper bound
-        # The 95% lower bound: the smallest R* the data do not reject (the profile falls as R* grows to ∞).
-        grid = np.linspace(math.log(0.1), bounds[i][1], 64)
-        lower[name] = next((math.exp(g) for g in grid if profile(i, g) < CHI2_1_95), math.exp(bounds[i][1]))
+        if statistic[name] < CHI2_1_95:  # unidentified: its 95% lower bound, the smallest R* the data do not
+            grid = np.linspace(math.log(0.1), bounds[i][1], 64)  # reject (the profile falls as R* grows to ∞)
+            lower[name] = next((math.exp(g) for g in grid if profile(i, g) < CHI2_1_95), math.exp(bounds[i][1]))
     largest = {"rd_star": float(RD.max()), "rn_star": float(RN.max()) if has_N else 0.0}
     return dict(zip(names, np.exp(theta).tolist(), strict=True)), statistic, largest, lower
 

@@ -108,7 +108,7 @@ def train(
     if budget.total_steps == 0:
         raise ConfigError(f"data {data_set.path} has no training sequences; prepare it with data.unique_tokens > 0")
     runtime = Runtime.create(cfg.device, cfg.threads, cfg.compile, cfg.parallel)
-    if budget.total_steps and runtime.world_size > cfg.batch_size:
+    if runtime.world_size > cfg.batch_size:
         raise ConfigError(
             f"{runtime.world_size} processes but train.batch_size={cfg.batch_size}: each needs a sequence"
         )
@@ -122,14 +122,19 @@ def train(
         state = TrainState(net, make_optimizer(net, cfg), runtime, budget.steps_per_epoch, cfg.seed)
         checkpoints = Checkpoints(out, cfg.keep_checkpoints)
         if resume:
-            first_checkpoint = cfg.checkpoint_every or cfg.eval_every or max(1, budget.total_steps // 20)
-            _restore(state, checkpoints, out, first_checkpoint)
+            _restore(state, checkpoints, out, intervals(cfg, budget)[1])
         elif runtime.is_main:
             create_run_dir(out, data_set, model_cfg, cfg, budget)
         runtime.barrier()
         trainer = Trainer(out, data_set, cfg, budget, runtime, state, checkpoints, quiet, tensorboard, hooks)
         trainer.run()
     return out
+
+
+def intervals(cfg: TrainConfig, budget: Budget) -> tuple[int, int]:
+    """(validate every, checkpoint every) steps: about 20 validations per run unless set, a checkpoint at each."""
+    eval_every = cfg.eval_every or max(1, budget.total_steps // 20)
+    return eval_every, cfg.checkpoint_every or eval_every
 
 
 def _writer_lock(out: Path, resume: bool) -> RunLock:
@@ -203,8 +208,7 @@ class Trainer:
             autocast=runtime.autocast_enabled,
             byte_lengths=token_byte_lengths(data.tokenizer()),
         )
-        self.eval_every = cfg.eval_every or max(1, budget.total_steps // 20)
-        self.checkpoint_every = cfg.checkpoint_every or self.eval_every
+        self.eval_every, self.checkpoint_every = intervals(cfg, budget)
         self.stop_at = min(cfg.stop_at_step or budget.total_steps, budget.total_steps)
         self.resume_hint = f"unmask train --out {out} --resume true"
         self.bad_in_a_row, self.order, self.order_epoch = 0, None, -1
@@ -214,7 +218,7 @@ class Trainer:
         s, total = self.state, self.budget.total_steps
         if s.step >= total:
             return self.finish()
-        self.metrics = MetricsWriter(self.out, self.tensorboard) if self.runtime.is_main else NullMetrics()
+        self.metrics = self.metrics_writer()
         desc = f"{self.cfg.objective} E={self.cfg.epochs}"
         quiet = self.quiet or not self.runtime.is_main
         try:
@@ -249,6 +253,9 @@ class Trainer:
                         )
         finally:
             self.metrics.close()
+
+    def metrics_writer(self) -> MetricsWriter | NullMetrics:
+        return MetricsWriter(self.out, self.tensorboard) if self.runtime.is_main else NullMetrics()
 
     def load_batch(self, step: int) -> StepBatch:
         """This process's micro-batches of the global batch of `step`, on the device (pinned, asynchronous copy).
@@ -406,7 +413,7 @@ class Trainer:
         if not self.runtime.from_main(self.runtime.is_main and _holds_weights(last, weights)):
             self._save_weights("last")  # the final step's weights, from its checkpoint
         if not any("final_val_loss" in r for r in Run(self.out).metrics()):
-            self.metrics = MetricsWriter(self.out, self.tensorboard) if self.runtime.is_main else NullMetrics()
+            self.metrics = self.metrics_writer()
             try:
                 self.validate_and_log()
             finally:
