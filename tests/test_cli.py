@@ -20,19 +20,29 @@ def unmask(capsys, *args: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def leaves(commands: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
+    """Every command line's words and its function, through groups (finetune sft)."""
+    out = {}
+    for name, fn in commands.items():
+        out |= leaves(fn, (*prefix, name)) if isinstance(fn, dict) else {(*prefix, name): fn}
+    return out
+
+
 def test_command_table_matches_the_python_functions():
-    parser_commands = set(cli.build_parser()._subcommands_action.choices)
-    commands = {"prepare", "train", "eval", "sample", "demo", "bench", "study", "serve"}
-    assert parser_commands == set(cli.COMMANDS) == commands
-    for name, fn in cli.COMMANDS.items():
-        assert fn.__doc__, f"{name} needs a docstring: it is the --help text"
+    parser = cli.build_parser()
+    commands = {"prepare", "train", "eval", "sample", "demo", "bench", "study", "serve", "finetune"}
+    assert set(parser._subcommands_action.choices) == set(cli.COMMANDS) == commands
+    finetune = parser._subcommands_action.choices["finetune"]._subcommands_action.choices
+    assert set(finetune) == set(cli.COMMANDS["finetune"]) == {"prepare", "sft", "eval", "tasks"}
+    for words, fn in leaves(cli.COMMANDS).items():
+        assert fn.__doc__, f"{' '.join(words)} needs a docstring: it is the --help text"
         assert all(p.annotation is not inspect.Parameter.empty for p in inspect.signature(fn).parameters.values())
 
 
-@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
-def test_every_command_has_help(capsys, command):
+@pytest.mark.parametrize("words", sorted(leaves(cli.COMMANDS)), ids=" ".join)
+def test_every_command_has_help(capsys, words):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main([command, "--help"])
+        cli.main([*words, "--help"])
     assert exit_info.value.code == 0
     assert "usage:" in capsys.readouterr().out
 

@@ -17,6 +17,7 @@ from typing import Literal
 from unmask.config import ConfigError, DataConfig, ModelConfig, TrainConfig, UnmaskError, check
 from unmask.demo import DemoConfig
 from unmask.evaluation.config import LikelihoodConfig
+from unmask.finetune_cli import COMMANDS as FINETUNE_COMMANDS
 from unmask.sampling.config import SamplerConfig
 
 
@@ -180,6 +181,7 @@ def sample(
     judge_run: str | None = None,
     device: str = "auto",
     json: bool = False,
+    chat: bool = False,
 ) -> dict:
     """Generate or infill text from a run: AR decoding, or any MDM sampler (see --sampler.commit.method).
 
@@ -200,11 +202,15 @@ def sample(
         judge_run: AR run scoring generative perplexity for --metrics (default: --energy_run, if any).
         device: 'auto', 'cpu' or 'cuda'.
         json: Print one JSON object instead of text.
+        chat: Answer --prompt as the user's turn of the chat template (a run from unmask finetune sft), stopping
+            at end-of-text; for a fine-tuned MDM, semi-AR blocks (--sampler.commit.block_length 8) work best.
     """
     from unmask.sampling.text import decode
 
     check_output_file("--trace", trace)
-    gen = decode(run, prompt, n, length, sampler, seed, which, device, energy_run, blank_length, mask_spans, trace)
+    gen = decode(
+        run, prompt, n, length, sampler, seed, which, device, energy_run, blank_length, mask_spans, trace, chat
+    )
     out = gen.output
     result = {
         "run": run,
@@ -448,11 +454,13 @@ COMMANDS = {
     "bench": bench,
     "study": study,
     "serve": serve,
+    "finetune": FINETUNE_COMMANDS,
 }
+GROUP_HELP = {"finetune": "Fine-tuning: instruction folders, SFT, task metrics, the shipped instruction set."}
 FLAT_CONFIGS = {"demo": DemoConfig}
 VARIADIC_HELP = {"inputs": "Files or folders; none = the embedded corpus.", "runs": "Run directories."}
 # `unmask prepare a.txt b.jsonl`, `unmask eval A B`, `unmask serve A B`
-VARIADIC_POSITIONALS = {"prepare": "inputs", "eval": "runs", "serve": "runs"}
+VARIADIC_POSITIONALS = {"prepare": "inputs", "eval": "runs", "serve": "runs"}  # and `unmask finetune eval A B`
 
 
 def build_parser():
@@ -460,19 +468,42 @@ def build_parser():
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = ArgumentParser(prog="unmask", description="Masked diffusion vs autoregressive LMs.", exit_on_error=False)
+    _add_commands(parser, COMMANDS)
+    return parser
+
+
+def _add_commands(parser, commands: dict) -> None:
+    """A subcommand per entry: a function's parameters are its options; a dict is a group (unmask finetune sft)."""
+    import inspect
+
+    from jsonargparse import ArgumentParser
+
     subcommands = parser.add_subcommands(required=True, dest="command")
-    for name, fn in COMMANDS.items():
+    for name, fn in commands.items():
         sub = ArgumentParser(exit_on_error=False)
+        if isinstance(fn, dict):  # jsonargparse wants the group added before its own subcommands
+            subcommands.add_subcommand(name, sub, help=GROUP_HELP[name])
+            _add_commands(sub, fn)
+            continue
         sub.add_argument("--config", action="config", help="YAML file with any of the options below.")
         if name in FLAT_CONFIGS:  # the command's one dataclass parameter: its fields are the options
             sub.add_class_arguments(FLAT_CONFIGS[name], nested_key=None, as_group=False)
         else:
             variadic = VARIADIC_POSITIONALS.get(name)
+            variadic = variadic if variadic in inspect.signature(fn).parameters else None
             if variadic:
                 sub.add_argument(variadic, nargs="*", type=str, default=[], help=VARIADIC_HELP[variadic])
             sub.add_function_arguments(fn, as_group=False, as_positional=True, skip={variadic} if variadic else None)
         subcommands.add_subcommand(name, sub, help=(fn.__doc__ or "").splitlines()[0])
-    return parser
+
+
+def _chosen(init, commands: dict):
+    """(command function, its keyword arguments) of a parsed command line, through any groups."""
+    name = init.command
+    fn, node = commands[name], init[name]
+    if isinstance(fn, dict):
+        return _chosen(node, fn)
+    return fn, name, {k: v for k, v in vars(node).items() if k != "config"}
 
 
 LIST_OPTIONS = ("--tasks", "--text", "--mask_spans", "--methods", "--ar_epochs", "--mdm_epochs")
@@ -529,13 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = migrate_flags(gather_lists(list(sys.argv[1:] if argv is None else argv)))
     try:
         cfg = parser.parse_args(argv)
-        init = parser.instantiate(cfg)
-        name = init.command
-        kwargs = {k: v for k, v in vars(init[name]).items() if k != "config"}
-        if name in FLAT_CONFIGS:
-            COMMANDS[name](FLAT_CONFIGS[name](**kwargs))
-        else:
-            COMMANDS[name](**kwargs)
+        fn, name, kwargs = _chosen(parser.instantiate(cfg), COMMANDS)
+        fn(FLAT_CONFIGS[name](**kwargs)) if name in FLAT_CONFIGS else fn(**kwargs)
     except ArgumentError as e:
         _error(_explain(" ".join(str(e).split()), parser, argv))
         return 2
@@ -573,10 +599,17 @@ def _explain(message: str, parser, argv: list[str] | None) -> str:
     import re
 
     typo = re.search(r"does not accept option '([\w.]+)'|unrecognized arguments: --([\w.]+)", message)
-    command = next((a for a in (argv or sys.argv[1:]) if a in COMMANDS), None)
-    if typo and command:
+    command, sub, commands = [], parser, COMMANDS
+    for arg in argv or sys.argv[1:]:  # down the groups: unmask finetune sft → the sft parser
+        if isinstance(commands, dict) and arg in commands:
+            command.append(arg)
+            sub, commands = sub._subcommands_action.choices[arg], commands[arg]
+    command = " ".join(command)
+    if typo and command and not isinstance(commands, dict):
         key = typo.group(1) or typo.group(2)
-        sub = parser._subcommands_action.choices[command]
+        positional = [a.dest for a in sub._actions if not a.option_strings]
+        if key in positional:
+            return f"{key} is positional: unmask {command} {' '.join(p.upper() for p in positional)} [options]"
         dests = {a.dest for a in sub._actions} - {"help", "config", "print_config", "==SUPPRESS=="}
         allowed = sorted(d for d in dests if not any(o.startswith(d + ".") for o in dests))  # leaves, not groups
         group = key.rsplit(".", 1)[0] + "." if "." in key else ""

@@ -204,6 +204,9 @@ class TrainConfig:
     parallel: str = "ddp"
     """Under torchrun (WORLD_SIZE > 1): 'ddp' (a replica per process) or 'fsdp' (FSDP2: parameters, gradients
     and AdamW state sharded). Each process trains on its own micro-batches of every global batch."""
+    init_from: str | None = None
+    """Fine-tuning: the run whose last weights (and model config) start this one; its tokenizer must be a prefix
+    of the data's (the chat tokens appended), and the new embedding rows start at the mean of the old ones."""
     stop_at_step: int | None = None
     """Stop after this step with a resumable checkpoint; the schedule still spans the whole run."""
     checkpoint_every: int = 0

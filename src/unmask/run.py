@@ -141,7 +141,7 @@ class Run:
     @property
     def specials(self) -> Specials:
         ids = self.special_ids
-        return Specials(mask_id=ids.mask_id, pad_id=ids.pad_id)
+        return Specials(ids.mask_id, ids.pad_id, ids.eod_id)
 
     def weights(self, which: str = "last") -> Path:
         if which not in WEIGHTS:
@@ -169,7 +169,7 @@ class Run:
 
     def data(self, verify: bool = True):
         """The data folder the run was trained on, checked to be the same data (same manifest and tokens)."""
-        from unmask.data.dataset import TokenData
+        from unmask.data.dataset import open_data
 
         path = self.data_path
         if path is None or not path.is_dir():
@@ -177,7 +177,7 @@ class Run:
                 f"run {self.path}: its data folder {path} is gone; pass --text FILE or --tasks FILE to evaluate "
                 f"on other text, or --validation false"
             )
-        data = TokenData(path)
+        data = open_data(path)
         if verify:
             check_data_identity(self, data)
         return data

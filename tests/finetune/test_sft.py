@@ -1,5 +1,6 @@
-"""SFT losses: the prompt is never masked and never scored (checked on the tensors the model receives),
-answers are padded with learned end-of-text for MDM, and each MDM sequence is normalised by its answer."""
+"""SFT objectives on instruction batches (B, 2, T): the prompt is never masked and never scored (checked on the
+tensors the model receives), MDM answers are padded with learned end-of-text, and each MDM conversation is
+normalised by its answer length."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import math
 import pytest
 import torch
 
-from unmask.finetune.chat import InstructionDataError
-from unmask.finetune.sft import ar_sft_loss, mdm_sft_loss, sft_batch
+from unmask.config import TrainConfig
+from unmask.objectives import Specials, get_objective
 
 V, MASK, EOS, PAD = 32, 1, 2, 3
+SP = Specials(mask_id=MASK, pad_id=PAD, eod_id=EOS)
 
 
 class Spy(torch.nn.Module):
@@ -28,52 +30,55 @@ class Spy(torch.nn.Module):
         return logits if output_mask is None else logits[output_mask]
 
 
-def batch(pad_with_eos: bool):
-    prompt, answer = [10, 11, 12, 13], [20, 21]
-    short = (prompt + answer + [EOS], [False] * 4 + [True] * 3)
-    long = (prompt[:2] + answer * 3 + [EOS], [False] * 2 + [True] * 7)
-    return sft_batch([short, long], 12, EOS, PAD, pad_with_eos)
+def batch() -> torch.Tensor:
+    """Two conversations as an instruction folder stores them: right-padded with PAD, learned flags beside."""
+    rows = [([10, 11, 12, 13, 20, 21, EOS], [0] * 4 + [1] * 3), ([10, 11, 20, 21, 20, 21, 20, 21, EOS], [0] * 2 + [1] * 7)]
+    x = torch.tensor([[PAD] * 12, [0] * 12]).repeat(2, 1, 1)  # (B, 2, T)
+    for b, (ids, learned) in enumerate(rows):
+        x[b, 0, : len(ids)], x[b, 1, : len(ids)] = torch.tensor(ids), torch.tensor(learned)
+    return x
 
 
-def test_mdm_batches_pad_answers_with_learned_end_of_text_and_ar_with_unlearned_padding():
-    tokens, learned = batch(pad_with_eos=True)
-    assert tokens[0].tolist() == [10, 11, 12, 13, 20, 21, EOS, EOS, EOS, EOS, EOS, EOS]
-    assert learned[0].tolist() == [False] * 4 + [True] * 8
-    tokens, learned = batch(pad_with_eos=False)
-    assert tokens[0].tolist() == [10, 11, 12, 13, 20, 21, EOS, PAD, PAD, PAD, PAD, PAD]
-    assert learned[0].tolist() == [False] * 4 + [True] * 3 + [False] * 5
+def loss_of(name: str, model, x, seed: int = 0, **cfg):
+    loss = get_objective(name).make_loss(TrainConfig(objective=name, **cfg), x.shape[-1])
+    return loss(model, x, SP, torch.Generator().manual_seed(seed))
 
 
-def test_a_conversation_longer_than_the_sequence_is_one_clear_error():
-    with pytest.raises(InstructionDataError, match="conversation 1 is 13 tokens, longer than the sequence"):
-        sft_batch([([5] * 13, [True] * 13)], 12, EOS, PAD, True)
-
-
-def test_mdm_never_masks_or_scores_the_prompt():
-    tokens, learned = batch(pad_with_eos=True)
+def test_mdm_sees_padding_as_learned_end_of_text_and_never_masks_or_scores_the_prompt():
+    x = batch()
+    prompt = x[:, 1] == 0
+    prompt[x[:, 0] == PAD] = False  # padding is not prompt: it becomes learned end-of-text
     model = Spy()
     for seed in range(50):
-        mdm_sft_loss(model, tokens, learned, MASK, torch.Generator().manual_seed(seed))
+        loss_of("sft_mdm", model, x, seed)
     for x_t, output_mask in model.calls:
-        assert torch.equal(x_t[~learned], tokens[~learned])  # the prompt reaches the model as it is
-        assert not (output_mask & ~learned).any()  # and no prompt position is scored
+        assert torch.equal(x_t[prompt], x[:, 0][prompt])  # the prompt reaches the model as it is
+        assert not (output_mask & prompt).any()  # and no prompt position is scored
         assert torch.equal(x_t == MASK, output_mask)  # every masked position is scored
+        assert not (x_t == PAD).any()  # padding arrives as end-of-text (or masked)
+        assert (x_t[0, 7:] == EOS).logical_or(x_t[0, 7:] == MASK).all()
     ever_masked = torch.stack([output_mask for _, output_mask in model.calls]).any(0)
-    assert ever_masked[learned].all()  # every answer position (padding included) gets masked and scored
+    assert ever_masked[~prompt].all()  # every answer position, padding included, gets masked and scored
 
 
-def test_mdm_normalises_each_sequence_by_its_answer_length():
-    tokens, learned = batch(pad_with_eos=True)
+def test_mdm_normalises_each_conversation_by_its_answer_length():
     # p close to 1: every answer token masked; uniform logits over the V - 1 non-mask tokens give CE log(V - 1)
-    # at each, so each sequence contributes log(V - 1) / p whatever its answer length.
-    loss = mdm_sft_loss(Spy(), tokens, learned, MASK, torch.Generator().manual_seed(0), eps=1 - 1e-9)
-    assert loss.item() == pytest.approx(2 * math.log(V - 1), rel=1e-5)
+    # at each, so each conversation contributes log(V - 1) / p whatever its answer length.
+    out = loss_of("sft_mdm", Spy(), batch(), mdm_eps=1 - 1e-9)
+    assert out.loss_sum.item() == pytest.approx(2 * math.log(V - 1), rel=1e-5)
+    assert out.n_tokens == 2 == get_objective("sft_mdm").n_targets(batch(), PAD)  # the mean over conversations
 
 
 def test_ar_scores_only_the_answer_and_its_end_of_text():
-    tokens, learned = batch(pad_with_eos=False)
+    x = batch()
     model = Spy()
-    total, n = ar_sft_loss(model, tokens, learned)
-    x, output_mask = model.calls[0]
-    assert torch.equal(x, tokens[:, :-1]) and torch.equal(output_mask, learned[:, 1:])
-    assert n == 3 + 7 and total.item() == pytest.approx(n * math.log(V))
+    out = loss_of("sft_ar", model, x)
+    inputs, output_mask = model.calls[0]
+    assert torch.equal(inputs, x[:, 0, :-1]) and torch.equal(output_mask, x[:, 1, 1:].bool())
+    assert out.n_tokens == 3 + 7 == get_objective("sft_ar").n_targets(x, PAD)
+    assert out.loss_sum.item() == pytest.approx(10 * math.log(V))
+
+
+def test_conversation_tokens_are_counted_as_seen_not_the_flags():
+    assert get_objective("sft_ar").count_real(batch(), PAD) == 7 + 9
+    assert get_objective("mdm").count_real(batch()[:, 0], PAD) == 7 + 9

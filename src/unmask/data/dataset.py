@@ -14,8 +14,14 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from unmask.config import ConfigError
+from unmask.data.instructions import InstructionData, is_instruction_folder
 from unmask.data.manifest import CHECKED_FILES, REDO, check_size, file_identity, open_tokens, read_manifest
 from unmask.data.tokenizer import load_tokenizer
+
+
+def open_data(path: str | Path) -> TokenData | InstructionData:
+    """A prepared folder: token shards (unmask prepare) or conversations (unmask finetune prepare)."""
+    return InstructionData(path) if is_instruction_folder(Path(path)) else TokenData(path)
 
 
 class TokenData:

@@ -1,39 +1,29 @@
-"""Instruction data and the chat template.
-
-A JSONL file holds one conversation per line, either {"prompt": ..., "response": ...} or
+"""Instruction files: one conversation per JSONL line, either {"prompt": ..., "response": ...} or
 {"messages": [{"role": "system" | "user" | "assistant", "content": ...}, ...]} ending with an
-assistant turn. The template puts a role token before each turn and the run's end-of-text token
-after each assistant turn:
-
-    <|user|>Reverse the words: a b c<|assistant|>c b a<eos>
-
-Only assistant turns (and their end-of-text) are learned; the rest is the prompt.
+assistant turn. Every bad line is one InstructionDataError naming file:line. The template that turns
+a conversation into tokens is unmask.data.chat.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from unmask.config import ConfigError
-
-ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
-"""The chat template's special tokens, added to a run's tokenizer for fine-tuning."""
+from unmask.data.chat import ROLE_TOKENS, Message, encode_conversation, prompt_ids
 
 
 class InstructionDataError(ConfigError):
     """A bad line of an instruction file, named with its number and what to fix."""
 
 
-@dataclass(frozen=True)
-class Message:
-    role: str
-    content: str
-
-
 def read_conversations(path: str | Path) -> list[list[Message]]:
     """Every conversation of a JSONL instruction file; the first bad line is one InstructionDataError."""
+    return [conversation for _, conversation in read_numbered(path)]
+
+
+def read_numbered(path: str | Path) -> list[tuple[str, list[Message]]]:
+    """("file:line", conversation) of every non-blank line of a JSONL instruction file."""
     path = Path(path)
     if not path.is_file():
         raise InstructionDataError(f"instruction file {path} does not exist (JSONL: prompt/response or messages)")
@@ -41,10 +31,10 @@ def read_conversations(path: str | Path) -> list[list[Message]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
         raise InstructionDataError(f"instruction file {path} is not UTF-8 text; save it as UTF-8 JSONL") from None
-    conversations = [_conversation(line, f"{path}:{n}") for n, line in enumerate(lines, 1) if line.strip()]
-    if not conversations:
+    numbered = [(f"{path}:{n}", line) for n, line in enumerate(lines, 1) if line.strip()]
+    if not numbered:
         raise InstructionDataError(f"instruction file {path} holds no conversation (one JSON object per line)")
-    return conversations
+    return [(where, _conversation(line, where)) for where, line in numbered]
 
 
 def _conversation(line: str, where: str) -> list[Message]:
@@ -83,24 +73,5 @@ def _message(m: object, where: str) -> Message:
     return Message(role, m["content"])
 
 
-def encode_conversation(
-    messages: list[Message], encode, role_ids: dict[str, int], eos_id: int
-) -> tuple[list[int], list[bool]]:
-    """Token ids of the templated conversation and, per token, whether it is learned (assistant text + EOS).
-
-    encode: text -> token ids (the run's tokenizer, no special tokens added)."""
-    ids: list[int] = []
-    learned: list[bool] = []
-    for m in messages:
-        body = list(encode(m.content))
-        is_answer = m.role == "assistant"
-        ids += [role_ids[m.role], *body] + ([eos_id] if is_answer else [])
-        learned += [False] + [is_answer] * len(body) + ([True] if is_answer else [])
-    return ids, learned
-
-
-def prompt_ids(messages: list[Message], encode, role_ids: dict[str, int], eos_id: int) -> list[int]:
-    """The template of a conversation so far, ending with the assistant's role token: what a chat generation
-    continues (until the end-of-text token)."""
-    ids, _ = encode_conversation(messages, encode, role_ids, eos_id) if messages else ([], [])
-    return ids + [role_ids["assistant"]]
+__all__ = ["ROLE_TOKENS", "InstructionDataError", "Message", "encode_conversation", "prompt_ids", "read_conversations",
+           "read_numbered"]  # fmt: skip

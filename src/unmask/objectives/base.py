@@ -36,6 +36,8 @@ class LossOutput:
 class Specials:
     mask_id: int
     pad_id: int
+    eod_id: int | None = None
+    """End-of-text: fine-tuning objectives pad answers with it; pre-training never needs it."""
 
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor, Specials, "torch.Generator | None"], LossOutput]
@@ -63,10 +65,19 @@ class Objective:
     mc_pass_sums: Callable | None = None
     """Bound objectives: a batched estimator of K Monte Carlo passes (default: K loops of the loss);
     see unmask.objectives.validation."""
+    real_tokens: Callable[[torch.Tensor, int], int] | None = None
+    """real_tokens(x, pad_id): the tokens a batch holds, counted as seen (default: those != pad_id); an
+    objective whose batches are not (B, T) token ids (fine-tuning's (B, 2, T)) says how to count them."""
+    validate: Callable | None = None
+    """The validation of an objective whose batches are not plain sequences: called with
+    validation_loss's arguments in place of it (fine-tuning validates on held-out conversations)."""
 
     @property
     def bound_name(self) -> str:
         return "NLL" if self.exact else "ELBO (upper bound on NLL)"
+
+    def count_real(self, x: torch.Tensor, pad_id: int) -> int:
+        return self.real_tokens(x, pad_id) if self.real_tokens else int((x != pad_id).sum())
 
     def context_limit(self, seq_len: int) -> int:
         """Tokens one scoring forward can cover: an AR model reads seq_len inputs and predicts one more,

@@ -84,6 +84,11 @@ def validation_loss(
     batch_size: sequences per batch; MDM noise levels are stratified across them.
     byte_lengths: token_byte_lengths of the tokenizer; None = no bits per byte.
     """
+    if objective.validate is not None:
+        return objective.validate(
+            model, sequences, objective, specials, train_cfg, mc_passes=mc_passes, seed=seed, batch_size=batch_size,
+            autocast=autocast,
+        )  # fmt: skip
     cfg = train_cfg or TrainConfig(objective=objective.name)
     was_training = model.training
     model.eval()
@@ -93,8 +98,10 @@ def validation_loss(
     real = [x != specials.pad_id for x in batches]
     # The protocol: every real token but the first of each sequence (a training loss without a batched
     # estimator may cover all real tokens instead; its n_targets says which).
-    all_real = not objective.exact and objective.mc_pass_sums is None and all(
-        objective.n_targets(x, specials.pad_id) == int(r.sum()) for x, r in zip(batches, real, strict=True)
+    all_real = (
+        not objective.exact
+        and objective.mc_pass_sums is None
+        and all(objective.n_targets(x, specials.pad_id) == int(r.sum()) for x, r in zip(batches, real, strict=True))
     )
     scored = real if all_real else [r[:, 1:] for r in real]
     targets = batches if all_real else [x[:, 1:] for x in batches]

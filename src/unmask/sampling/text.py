@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from unmask.config import ConfigError, check
+from unmask.data.chat import chat_prompt
 from unmask.sampling.config import SamplerConfig
 from unmask.sampling.mdm import SampleOutput
 
@@ -84,9 +85,13 @@ def decode(
     blank_length: int = 8,
     mask_spans: list[str] | None = None,
     trace: str | Path | None = None,
+    chat: bool = False,
 ) -> Generation:
     """n samples from a run with the decoder of its objective: left to right (stopping at end-of-document),
-    or any MDM sampler of `sampler`. Needs only the run directory (its own tokenizer and special ids)."""
+    or any MDM sampler of `sampler`. Needs only the run directory (its own tokenizer and special ids).
+
+    chat: the prompt is the user's turn of the chat template (a fine-tuned run), and each text is the
+    assistant's answer up to its end-of-text."""
     from unmask.run import Run
     from unmask.runtime import resolve_device
     from unmask.sampling.ar import sample_ar
@@ -100,7 +105,14 @@ def decode(
     objective, ids, seq_len = opened.objective, opened.special_ids, opened.model_config.seq_len
     check(1 <= blank_length <= seq_len, f"blank_length={blank_length}: must be in [1, seq_len {seq_len}]")
     tok = opened.tokenizer()
-    prompt_ids = encode_prompt(tok, prompt, ids.mask_id, ids.eod_id, blank_length, mask_spans or [])
+    if chat:
+        check(
+            not BLANK.search(prompt) and not mask_spans,
+            "--chat answers a prompt: blanks and mask_spans need plain text",
+        )
+        prompt_ids = chat_prompt(tok, prompt, ids.eod_id)
+    else:
+        prompt_ids = encode_prompt(tok, prompt, ids.mask_id, ids.eod_id, blank_length, mask_spans or [])
     if objective.decoder == "mdm":  # MDM denoises prompt + answer in one window; check before allocating
         check(
             len(prompt_ids) + length <= seq_len,
@@ -141,8 +153,12 @@ def decode(
     if dev.type == "cuda":
         torch.cuda.synchronize()  # host-device sync: the timing covers the GPU work
     seconds = time.perf_counter() - start
-    skip = 0 if prompt else 1  # the empty prompt's end-of-document
-    texts = [tok.decode(row[skip:].tolist()) for row in out.tokens.cpu()]
+    if chat:  # the answer alone, up to its end-of-text
+        answers = [row[len(prompt_ids) :].tolist() for row in out.tokens.cpu()]
+        texts = [tok.decode(a[: a.index(ids.eod_id)] if ids.eod_id in a else a).strip() for a in answers]
+    else:
+        skip = 0 if prompt else 1  # the empty prompt's end-of-document
+        texts = [tok.decode(row[skip:].tolist()) for row in out.tokens.cpu()]
     if trace:  # the starting canvas: the prompt, then `length` masks (AR fills them left to right)
         write_trace(trace, out, torch.cat([x, x.new_full((n, length), ids.mask_id)], 1), tok)
     return Generation(texts, out, len(prompt_ids), seconds, objective.name, ids.eod_id)

@@ -21,13 +21,14 @@ import torch
 
 from unmask.checkpoint import Checkpoints, RunLock, check_output_dir
 from unmask.config import ConfigError, ModelConfig, TrainConfig, UnmaskError
-from unmask.data.dataset import TokenData
+from unmask.data.dataset import open_data
 from unmask.model import Transformer, count_params, read_weights, save_model
 from unmask.objectives import Specials, get_objective
 from unmask.objectives.validation import ValidationLoss, token_byte_lengths, validation_loss
 from unmask.progress import progress_bar
 from unmask.run import Run
 from unmask.runtime import Runtime, launched_world
+from unmask.training.init import start_from
 from unmask.training.metrics import MetricsWriter, truncate_metrics
 from unmask.training.optim import Budget, learning_rate, make_optimizer
 from unmask.training.rundir import check_resumable, create_run_dir, resume_config
@@ -90,9 +91,14 @@ def train(
         model_cfg, cfg = saved.model_config, resume_config(saved, model, train)
         data_set = saved.data()  # the same data, verified (manifest, token files, tokenizer)
     else:
-        cfg, data_set = train or TrainConfig(), TokenData(data if data is not None else "data/austen")
+        cfg, data_set = train or TrainConfig(), open_data(data if data is not None else "data/austen")
         model_cfg = dataclasses.replace(model or ModelConfig())
     objective = get_objective(cfg.objective)
+    initial_weights = None
+    if cfg.init_from and not resume:  # resumed: the checkpoint holds the weights
+        if model is not None:
+            raise ConfigError("train.init_from gives the model (its base run's); drop the model options")
+        model_cfg, initial_weights = start_from(cfg.init_from, data_set, objective)
     model_cfg = dataclasses.replace(
         model_cfg, size=None, vocab_size=data_set.vocab_size, seq_len=data_set.seq_len, causal=objective.causal
     )
@@ -116,7 +122,10 @@ def train(
         check_output_dir(out, checkpoint_bytes(model_cfg))
     with _writer_lock(out, resume) if runtime.is_main else contextlib.nullcontext():
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
-        net = Transformer(model_cfg).to(runtime.device)
+        net = Transformer(model_cfg)
+        if initial_weights is not None:
+            net.load_state_dict(initial_weights)
+        net = net.to(runtime.device)
         net.activation_checkpointing = cfg.activation_checkpointing
         net = runtime.shard(net)
         state = TrainState(net, make_optimizer(net, cfg), runtime, budget.steps_per_epoch, cfg.seed)
@@ -192,7 +201,7 @@ class Trainer:
             hooks,
         )
         objective = get_objective(cfg.objective)
-        self.objective, self.specials = objective, Specials(mask_id=data.mask_id, pad_id=data.pad_id)
+        self.objective, self.specials = objective, Specials(data.mask_id, data.pad_id, data.eod_id)
         self.model = runtime.prepare_model(state.model)  # DDP-wrapped, compiled or not; state.model keeps the weights
         self.generator = torch.Generator(runtime.device)  # reseeded per micro-batch: see noise_seed
         self.loss_fn = objective.make_loss(cfg, data.seq_len)
@@ -269,7 +278,8 @@ class Trainer:
             self.order, self.order_epoch = self.data.epoch_order(epoch, cfg.seed), epoch
         x = self.data.batch("train", self.order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
         # Counted on the CPU copy of the global batch, before the move: no device sync.
-        n_real, n_step = int((x != self.specials.pad_id).sum()), self.objective.n_targets(x, self.specials.pad_id)
+        pad_id = self.specials.pad_id
+        n_real, n_step = self.objective.count_real(x, pad_id), self.objective.n_targets(x, pad_id)
         world, rank = self.runtime.world_size, self.runtime.rank
         chunks = x.split(cfg.micro_batch_size or -(-cfg.batch_size // world))
         mine = []

@@ -27,6 +27,8 @@ def create_run_dir(out: Path, data, model_cfg: ModelConfig, cfg: TrainConfig, bu
         "specials": {"eod_id": data.eod_id, "mask_id": data.mask_id, "pad_id": data.pad_id},
         "tokenizer_sha256": sha256_of(out / "tokenizer.json"),
     }
+    if cfg.init_from:  # which weights it started from, should the base run be retrained in place
+        config["init_from_sha256"] = sha256_of(Path(cfg.init_from) / "last.safetensors")
     if hasattr(data, "identity"):
         config["data_identity"] = data.identity()
     atomic_write_text(

@@ -1,0 +1,130 @@
+"""Metrics after fine-tuning (`unmask finetune eval`): one comparable table row per run.
+
+Every run answers the same prompts of the shipped test split with the same decoding settings; the
+response is what the model generates up to its first end-of-text. A fine-tuned run is prompted with
+the chat template; a run without chat tokens (a base run) gets the bare prompt text and must stop on
+its own, which is the honest baseline.
+
+    accuracy       mean task score (exact match; per-word for `continue`), overall and per task
+    rep-2, rep-4   share of the responses' token n-grams that repeat an earlier one (pooled)
+    eos_rate       share of the generated positions holding end-of-text (an EOS flood raises it)
+    stopped        share of responses that end with end-of-text inside the window
+    length         response tokens: mean, median and 90th percentile
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import torch
+
+from unmask.config import ConfigError, check
+from unmask.data.chat import chat_prompt
+from unmask.evaluation.metrics import eos_rate, repetition_rate, truncate_at_eos
+from unmask.finetune.tasks import TASKS, instruction_set, score
+from unmask.run import Run
+from unmask.sampling.ar import left_pad, sample_ar
+from unmask.sampling.config import SamplerConfig
+from unmask.sampling.mdm import sample_mdm
+
+DEFAULT_SAMPLER = SamplerConfig.from_flat(method="low_confidence", block_length=8)
+"""Semi-autoregressive blocks of 8 with low-confidence remasking, one token per step (LLaDA's SFT advice)."""
+
+
+@dataclass
+class Answer:
+    task: str
+    prompt: str
+    reference: str
+    response: str
+    score: float
+    tokens: list[int]
+    """The response's tokens up to (not including) its end-of-text."""
+    stopped: bool
+
+
+def prompt_tokens(tok, text: str, eod_id: int) -> list[int]:
+    """The chat template's prompt when the run has chat tokens, else the bare text."""
+    try:
+        return chat_prompt(tok, text, eod_id)
+    except ConfigError:  # a base run: no template to follow
+        return tok.encode(text, add_special_tokens=False).ids
+
+
+@torch.no_grad()
+def respond(
+    run: Run,
+    prompts: list[str],
+    length: int = 32,
+    sampler: SamplerConfig | None = None,
+    seed: int = 0,
+    which: str = "last",
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+) -> tuple[list[list[int]], torch.Tensor]:
+    """(response tokens up to end-of-text, generated windows (N, length)) for each prompt, decoded in batches
+    of left-padded prompts (each row decodes as it would alone)."""
+    sampler = sampler or DEFAULT_SAMPLER
+    tok, ids = run.tokenizer(), run.special_ids
+    model = run.load_model(which, device)
+    limit = run.model_config.seq_len - length
+    encoded = [prompt_tokens(tok, p, ids.eod_id)[-limit:] if limit > 0 else [] for p in prompts]
+    check(limit > 0, f"length {length} leaves no room for a prompt in the model's seq_len {run.model_config.seq_len}")
+    g = torch.Generator(device).manual_seed(seed)
+    windows = []
+    for start in range(0, len(encoded), batch_size):
+        x, real = left_pad(encoded[start : start + batch_size], ids.pad_id)
+        x, real = x.to(device), real.to(device)
+        banned = (ids.pad_id, ids.mask_id)
+        if run.objective.decoder == "mdm":
+            out = sample_mdm(model, x, length, ids.mask_id, sampler, banned, g, prompt_mask=real)
+        else:
+            out = sample_ar(model, x, length, sampler.temperature, sampler.top_k, sampler.top_p, ids.eod_id, banned,
+                            g, run.objective.query_is_target, prompt_mask=real)  # fmt: skip
+        windows.append(out.tokens[:, x.shape[1] :].cpu())
+    generated = torch.cat(windows)
+    return truncate_at_eos(generated, ids.eod_id), generated
+
+
+def evaluate_instructions(
+    run: str,
+    per_task: int = 40,
+    length: int = 32,
+    sampler: SamplerConfig | None = None,
+    seed: int = 0,
+    which: str = "last",
+    device: str | torch.device = "cpu",
+) -> tuple[dict, list[Answer]]:
+    """The metrics row of `run` on the first `per_task` test examples of every shipped task, and its answers."""
+    opened = Run(run)
+    examples = instruction_set("test", per_task)
+    responses, generated = respond(opened, [e.prompt for e in examples], length, sampler, seed, which, device)
+    tok, eod = opened.tokenizer(), opened.special_ids.eod_id
+    answers = []
+    for e, tokens, window in zip(examples, responses, generated.tolist(), strict=True):
+        text = tok.decode(tokens).strip()
+        answers.append(
+            Answer(e.task, e.prompt, e.response, text, score(e.task, text, e.response), tokens, eod in window)
+        )
+    lengths = [len(a.tokens) for a in answers]
+    row = {
+        "run": str(run),
+        "objective": opened.objective.name,
+        "accuracy": statistics.fmean(a.score for a in answers),
+        **{
+            f"acc_{t}": statistics.fmean(a.score for a in answers if a.task == t)
+            for t in TASKS
+            if any(a.task == t for a in answers)
+        },  # fmt: skip
+        "rep_2": repetition_rate([a.tokens for a in answers], 2),
+        "rep_4": repetition_rate([a.tokens for a in answers], 4),
+        "eos_rate": eos_rate(generated, eod),
+        "stopped": statistics.fmean(a.stopped for a in answers),
+        "length_mean": statistics.fmean(lengths),
+        "length_p50": statistics.median(lengths),
+        "length_p90": sorted(lengths)[int(0.9 * (len(lengths) - 1))],
+        "n": len(answers),
+        "window": length,
+    }
+    return row, answers

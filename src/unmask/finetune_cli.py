@@ -1,0 +1,171 @@
+"""`unmask finetune …`: the fine-tuning commands (instruction data, SFT, metrics, the shipped set).
+
+Plain typed functions like the rest of the CLI (see unmask.cli); heavy imports stay inside them so
+`unmask --help` never loads torch.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import math
+from pathlib import Path
+
+from unmask.config import TrainConfig
+from unmask.sampling.config import SamplerConfig
+
+POOL = 2000  # unmask.finetune.tasks.POOL, repeated here to keep this module light (a test keeps them equal)
+SFT_DEFAULTS = TrainConfig(epochs=3, batch_size=32, lr=1e-3, warmup_frac=0.05)
+"""Fine-tuning defaults: a few epochs over the conversations at half pre-training's peak rate."""
+CHAT_SAMPLER = SamplerConfig.from_flat(method="low_confidence", block_length=8)
+
+
+def prepare(
+    run: str,
+    out: str = "data/sft",
+    data: str | None = None,
+    val: str | None = None,
+    val_share: float = 0.05,
+    per_task: int = POOL,
+    drop_long: bool = True,
+    overwrite: bool = False,
+    seed: int = 0,
+) -> str:
+    """Instruction data → an instruction folder for one base run (its tokenizer + the chat tokens, its sequence).
+
+    Args:
+        run: The base run to fine-tune (its tokenizer and sequence length are used).
+        out: Output folder (manifest.json, tokenizer.json, train/val tokens and learned flags).
+        data: JSONL of {"prompt", "response"} or {"messages": [{"role", "content"}, ...]}; none = the shipped
+            instruction set's training split (five tasks cut from the embedded corpus).
+        val: JSONL of held-out conversations for validation; none = a seeded --val_share of --data.
+        val_share: Share of --data held out for validation when --val is not given.
+        per_task: Shipped set only: examples per task (at most 2000).
+        drop_long: Leave out conversations longer than the sequence, with a report (false: refuse them).
+        overwrite: Replace an instruction folder already at --out (any other folder is refused).
+        seed: Seed of the validation hold-out.
+    """
+    from unmask.finetune.prepare import prepare_instructions
+
+    folder, dropped = prepare_instructions(run, out, data, val, val_share, per_task, drop_long, overwrite, seed)
+    m = folder.manifest
+    print(
+        f"{folder.path}: {m['n_train']:,} training and {m['n_val']:,} validation conversations "
+        f"({m['train_tokens']:,} training tokens, sequence {m['seq_len']}) for base run {m['base_run']}"
+    )
+    for split, d in dropped.items():
+        if d.count:
+            print(f"  dropped {d.count} {split} conversation(s) longer than {m['seq_len']} tokens (longest "
+                  f"{d.longest}; e.g. {', '.join(d.where[:3])})")  # fmt: skip
+    return str(folder.path)
+
+
+def sft(
+    base: str,
+    data: str = "data/sft",
+    out: str = "runs/sft",
+    train: TrainConfig = SFT_DEFAULTS,
+    resume: bool = False,
+    tensorboard: bool = True,
+) -> str:
+    """Supervised fine-tuning of a base run: LLaDA's recipe for MDM, answer-only cross-entropy for AR.
+
+    Args:
+        base: The run to start from ('mdm' → objective sft_mdm, 'ar' → sft_ar; its last weights).
+        data: Instruction folder prepared for this base (unmask finetune prepare --run BASE).
+        out: Run directory to create (or to continue with --resume true).
+        train: Epochs over the conversations, optimiser and schedule (the objective follows the base).
+        resume: Continue the run in --out from its newest checkpoint.
+        tensorboard: Also write TensorBoard scalars to OUT/tb.
+    """
+    from unmask.cli import _print_result
+    from unmask.finetune.sft import sft as run_sft
+    from unmask.runtime import launched_world
+
+    path = run_sft(base, data, out, train, resume=resume, tensorboard=tensorboard)
+    if launched_world()[0] == 0:
+        _print_result(path)
+    return str(path)
+
+
+def evaluate(
+    runs: list[str],
+    per_task: int = 40,
+    length: int = 32,
+    sampler: SamplerConfig = CHAT_SAMPLER,
+    seed: int = 0,
+    which: str = "last",
+    device: str = "auto",
+    out: str | None = None,
+    json: bool = False,
+) -> list[dict]:
+    """Task accuracy, repetition, EOS rate and response lengths of runs on the shipped test split, one row each.
+
+    Args:
+        runs: Run directories (fine-tuned runs answer through the chat template; base runs get the bare prompt).
+        per_task: Test examples per task (the same ones for every run).
+        length: Tokens each answer may take (the decoding window).
+        sampler: MDM decoding (default: low-confidence, semi-AR blocks of 8, one token per step); AR: greedy.
+        seed: Sampling seed.
+        which: Weights: last (final) or best (early-stopped).
+        device: 'auto', 'cpu' or 'cuda'.
+        out: Also write the rows and every answer to this JSON file.
+        json: Print the rows as JSON instead of a table.
+    """
+    from dataclasses import asdict
+
+    from unmask.cli import check_output_file
+    from unmask.finetune.evaluate import evaluate_instructions
+    from unmask.runtime import resolve_device
+
+    check_output_file("--out", out)
+    rows, answers = [], {}
+    for run in runs:
+        row, run_answers = evaluate_instructions(run, per_task, length, sampler, seed, which, resolve_device(device))
+        rows.append(row)
+        answers[run] = [asdict(a) for a in run_answers]
+    if out:
+        tmp = Path(out).with_suffix(".tmp")
+        tmp.write_text(jsonlib.dumps({"rows": rows, "answers": answers}, indent=1))
+        tmp.replace(out)
+    if json:
+        print(jsonlib.dumps(rows))
+    else:
+        print_rows(rows)
+    return rows
+
+
+COLUMNS = ("accuracy", "rep_2", "rep_4", "eos_rate", "stopped", "length_mean", "length_p90")
+
+
+def print_rows(rows: list[dict]) -> None:
+    """One line per run: the headline metrics, then the per-task accuracies."""
+    tasks = [k for k in rows[0] if k.startswith("acc_")]
+    header = ["run", *COLUMNS, *tasks]
+    table = [[str(r["run"]), *(_fmt(r.get(c)) for c in (*COLUMNS, *tasks))] for r in rows]
+    widths = [max(len(h), *(len(line[i]) for line in table)) for i, h in enumerate(header)]
+    for line in (header, *table):
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
+    print(f"({rows[0]['n']} test prompts per run, answers of at most {rows[0]['window']} tokens)")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def tasks(out: str = "data/instructions", per_task: int = POOL) -> list[str]:
+    """Write the shipped instruction set as JSONL (train.jsonl, test.jsonl of {task, prompt, response}).
+
+    Args:
+        out: Output folder.
+        per_task: Training examples per task (at most 2000); the test split gets a tenth.
+    """
+    from unmask.finetune.tasks import write_instruction_set
+
+    paths = [str(p) for p in write_instruction_set(out, per_task)]
+    print(" ".join(paths))
+    return paths
+
+
+COMMANDS = {"prepare": prepare, "sft": sft, "eval": evaluate, "tasks": tasks}

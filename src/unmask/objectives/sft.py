@@ -1,0 +1,137 @@
+"""Supervised fine-tuning on instruction data: LLaDA's recipe for MDM, prompt-free next-token CE for AR.
+
+A batch x is (B, 2, T): plane 0 the templated conversations (right-padded with pad_id), plane 1 the
+learned flags (assistant text and its end-of-text; see unmask.finetune.chat and
+unmask.data.instructions). The prompt is never masked and never scored.
+
+    sft_mdm   the answer is padded with end-of-text tokens that are learned too (the model learns where an
+              answer stops), only answer positions are masked, each with probability p_b, and each
+              conversation's masked cross-entropy (weighted 1/p_b) is divided by its answer length:
+              L = (1/B) Σ_b Σ_i m_bi · CE_bi / (p_b · |answer_b|)
+    sft_ar    next-token cross-entropy over the learned targets only, averaged over them
+
+Validation uses the same loss on the held-out conversations: the exact mean NLL of the answer
+tokens (AR), or the mean over conversations of the per-answer-token ELBO over K fixed-seed passes
+(MDM, an upper bound), with its standard error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from unmask.config import TrainConfig
+from unmask.objectives.ar import ar_token_nll
+from unmask.objectives.base import LossOutput, Objective, Specials
+from unmask.objectives.mdm import mask_probability, masked_token_ce
+from unmask.objectives.validation import ValidationLoss
+
+
+def planes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens (B, T), learned (B, T) bool) of an instruction batch (B, 2, T)."""
+    return x[:, 0], x[:, 1].bool()
+
+
+def with_eos_padding(tokens: torch.Tensor, learned: torch.Tensor, sp: Specials) -> tuple[torch.Tensor, torch.Tensor]:
+    """LLaDA: padding becomes end-of-text, learned like the answer it ends."""
+    pad = tokens == sp.pad_id
+    return tokens.masked_fill(pad, sp.eod_id), learned | pad
+
+
+def mdm_sft_loss(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    learned: torch.Tensor,
+    mask_id: int,
+    generator: torch.Generator | None = None,
+    eps: float = 1e-3,
+) -> torch.Tensor:
+    """Σ_b (Σ_i m_bi · CE_bi / p_b) / |answer_b| over (B, T) tokens whose `learned` positions alone are masked.
+
+    Noise levels are stratified over the batch as in pre-training; divide by B for the mean."""
+    B, T = tokens.shape
+    p = mask_probability(B, eps, generator, tokens.device)  # (B,)
+    masked = (torch.rand(B, T, generator=generator, device=tokens.device) < p[:, None]) & learned
+    ce, row = masked_token_ce(model, tokens, masked, 1.0 / p, mask_id)
+    answer_length = learned.sum(1).clamp_min(1)  # (B,)
+    return (ce / answer_length[row]).sum()
+
+
+def _mdm_loss(cfg: TrainConfig, seq_len: int):
+    def loss(model, x, sp: Specials, generator=None) -> LossOutput:
+        tokens, learned = with_eos_padding(*planes(x), sp)
+        return LossOutput(mdm_sft_loss(model, tokens, learned, sp.mask_id, generator, cfg.mdm_eps), len(x))
+
+    return loss
+
+
+def _ar_loss(cfg: TrainConfig, seq_len: int):
+    def loss(model, x, sp: Specials, generator=None) -> LossOutput:
+        tokens, learned = planes(x)
+        scored = learned[:, 1:]  # input position j predicts token j + 1
+        nll, _ = ar_token_nll(model, tokens, scored=scored)  # right padding: no scored position sees it
+        return LossOutput(nll.sum(), scored)
+
+    return loss
+
+
+@torch.no_grad()
+def sft_validation_loss(
+    model: torch.nn.Module,
+    sequences,
+    objective: Objective,
+    specials: Specials,
+    train_cfg: TrainConfig | None = None,
+    mc_passes: int = 32,
+    seed: int = 0,
+    batch_size: int = 64,
+    autocast: bool = False,
+) -> ValidationLoss:
+    """The SFT loss on held-out conversations (`sequences`: unmask.data.instructions.Conversations)."""
+    cfg = train_cfg or TrainConfig(objective=objective.name)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    n = sequences.n_sequences()
+    batches = [sequences.batch(np.arange(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+    loss_fn = objective.make_loss(cfg, sequences.seq_len)
+    denominator = sum(objective.n_targets(x, specials.pad_id) for x in batches)
+    n_tokens = sum(int(x[:, 1].sum()) for x in batches)  # answer tokens (EOS included)
+    passes = 1 if objective.exact else mc_passes
+    generator = torch.Generator(device).manual_seed(seed)
+    with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
+        sums = torch.stack(
+            [sum(loss_fn(model, x.to(device), specials, generator).loss_sum for x in batches) for _ in range(passes)]
+        )
+    model.train(was_training)
+    means = sums.double().cpu().numpy() / max(denominator, 1)  # host-device sync: once per evaluation
+    stderr = float(means.std(ddof=1) / math.sqrt(passes)) if passes > 1 else None
+    return ValidationLoss(float(means.mean()), stderr, n_tokens, passes, objective.bound_name)
+
+
+def _conversation_tokens(x: torch.Tensor, pad_id: int) -> int:
+    return int((x[:, 0] != pad_id).sum())
+
+
+SFT_MDM = Objective(
+    name="sft_mdm",
+    causal=False,
+    exact=False,
+    decoder="mdm",
+    make_loss=_mdm_loss,
+    n_targets=lambda x, pad_id: len(x),  # each conversation weighs the same: the mean over the batch
+    real_tokens=_conversation_tokens,
+    validate=sft_validation_loss,
+)
+SFT_AR = Objective(
+    name="sft_ar",
+    causal=True,
+    exact=True,
+    decoder="ar",
+    make_loss=_ar_loss,
+    n_targets=lambda x, pad_id: int(x[:, 1, 1:].sum()),
+    real_tokens=_conversation_tokens,
+    validate=sft_validation_loss,
+)
