@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from unmask.config import ConfigError, DataConfig, ModelConfig, TrainConfig, UnmaskError, check
+from unmask.config import ConfigError, DataConfig, ModelConfig, TrainConfig, UnmaskError, check, check_output_file
 from unmask.demo import DemoConfig
 from unmask.evaluation.config import LikelihoodConfig
 from unmask.finetune_cli import COMMANDS as FINETUNE_COMMANDS
@@ -68,37 +68,14 @@ def train(
             stopped by SIGTERM/Ctrl-C (checkpoint at the step boundary, exit 0) or killed resumes bitwise.
         tensorboard: Also write TensorBoard scalars to OUT/tb.
     """
+    from unmask.run import result_lines
     from unmask.runtime import launched_world
     from unmask.training import train as run_train
 
     path = run_train(data, out, model, train, resume=resume, tensorboard=tensorboard)
     if launched_world()[0] == 0:  # under torchrun, rank 0 speaks for the run
-        _print_result(path)
+        print("\n".join(result_lines(path)))
     return str(path)
-
-
-def _print_result(path) -> None:
-    """The run's result: the final weights with the precise estimator; the lowest curve point is labelled."""
-    from unmask.run import Run, is_finite_number
-
-    run = Run(path)
-    result = run.final_result()
-    evals = [r for r in run.metrics() if is_finite_number(r.get("val_loss"))]  # a non-finite one is logged as null
-    total = run.budget().get("total_steps")
-    if result is None or result["step"] != total:
-        print(f"{path}: stopped before its last step (no result yet); continue with --resume true")
-        return
-    kind = run.objective.bound_name
-    passes = run.train_config.final_mc_passes
-    loss = f"{result['loss']:.4f}" if is_finite_number(result["loss"]) else "not finite (the run diverged)"
-    spread = f" ± {result['stderr']:.4f} ({passes} MC passes)" if is_finite_number(result["stderr"]) else ""
-    print(f"{path}: final validation {kind} {loss}{spread}, final weights (last.safetensors)")
-    lowest = min(evals, key=lambda r: r["val_loss"], default=result)
-    if lowest["step"] != result["step"]:
-        print(
-            f"  lowest on the validation curve: {lowest['val_loss']:.4f} at step {lowest['step']} "
-            f"(early-stopped, best.safetensors; {run.train_config.eval_mc_passes}-pass estimate if MDM)"
-        )
 
 
 def evaluate(
@@ -338,23 +315,6 @@ def bench(
     if json:
         Path(json).write_text(jsonlib.dumps(result, indent=2))
     return result
-
-
-def check_output_file(option: str, path: str | None, make_parents: bool = False) -> None:
-    """Fail before any work when the file `option` names could not be written at the end: a folder is
-    there, a file stands where a folder should, or (unless the command creates it) its folder is missing."""
-    if path is None:
-        return
-    target = Path(path).absolute()
-    if target.is_dir():
-        raise ConfigError(f"{option} {path} is a folder; pass a file name")
-    existing = next(p for p in target.parents if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(f"{option} {path}: {existing} is a file, not a folder; choose another path")
-    if existing != target.parent and not make_parents:
-        raise ConfigError(f"{option} {path}: folder {target.parent} does not exist; create it or choose another path")
-    if not os.access(existing, os.W_OK):
-        raise ConfigError(f"{option} {path}: {existing} is not writable; choose another path")
 
 
 def study(

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 MAX_SEQ_LEN = 2**20
@@ -307,3 +309,20 @@ def _type_name(hint: Any) -> str:
     if origin is dict:
         return f"a mapping of {_type_name(args[0])} to {_type_name(args[1])}"
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def check_output_file(option: str, path: str | None, make_parents: bool = False) -> None:
+    """Fail before any work when the file `option` names could not be written at the end: a folder is
+    there, a file stands where a folder should, or (unless the command creates it) its folder is missing."""
+    if path is None:
+        return
+    target = Path(path).absolute()
+    if target.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; pass a file name")
+    existing = next(p for p in target.parents if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {path}: {existing} is a file, not a folder; choose another path")
+    if existing != target.parent and not make_parents:
+        raise ConfigError(f"{option} {path}: folder {target.parent} does not exist; create it or choose another path")
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(f"{option} {path}: {existing} is not writable; choose another path")

@@ -10,7 +10,7 @@ import json as jsonlib
 import math
 from pathlib import Path
 
-from unmask.config import TrainConfig
+from unmask.config import TrainConfig, check_output_file
 from unmask.sampling.config import SamplerConfig
 
 POOL = 2000  # unmask.finetune.tasks.POOL, repeated here to keep this module light (a test keeps them equal)
@@ -77,13 +77,13 @@ def sft(
         resume: Continue the run in --out from its newest checkpoint.
         tensorboard: Also write TensorBoard scalars to OUT/tb.
     """
-    from unmask.cli import _print_result
     from unmask.finetune.sft import sft as run_sft
+    from unmask.run import result_lines
     from unmask.runtime import launched_world
 
     path = run_sft(base, data, out, train, resume=resume, tensorboard=tensorboard)
     if launched_world()[0] == 0:
-        _print_result(path)
+        print("\n".join(result_lines(path)))
     return str(path)
 
 
@@ -113,7 +113,6 @@ def evaluate(
     """
     from dataclasses import asdict
 
-    from unmask.cli import check_output_file
     from unmask.finetune.evaluate import evaluate_instructions
     from unmask.runtime import resolve_device
 

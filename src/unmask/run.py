@@ -192,6 +192,28 @@ class Run:
         return {"step": last["step"], "loss": loss, "stderr": last.get("final_val_stderr", last.get("val_stderr"))}
 
 
+def result_lines(path) -> list[str]:
+    """The run's result: the final weights with the precise estimator; the lowest curve point is labelled."""
+    run = Run(path)
+    result = run.final_result()
+    evals = [r for r in run.metrics() if is_finite_number(r.get("val_loss"))]  # a non-finite one is logged as null
+    total = run.budget().get("total_steps")
+    if result is None or result["step"] != total:
+        return [f"{path}: stopped before its last step (no result yet); continue with --resume true"]
+    kind = run.objective.bound_name
+    passes = run.train_config.final_mc_passes
+    loss = f"{result['loss']:.4f}" if is_finite_number(result["loss"]) else "not finite (the run diverged)"
+    spread = f" ± {result['stderr']:.4f} ({passes} MC passes)" if is_finite_number(result["stderr"]) else ""
+    lines = [f"{path}: final validation {kind} {loss}{spread}, final weights (last.safetensors)"]
+    lowest = min(evals, key=lambda r: r["val_loss"], default=result)
+    if lowest["step"] != result["step"]:
+        lines.append(
+            f"  lowest on the validation curve: {lowest['val_loss']:.4f} at step {lowest['step']} "
+            f"(early-stopped, best.safetensors; {run.train_config.eval_mc_passes}-pass estimate if MDM)"
+        )
+    return lines
+
+
 def check_data_identity(run: Run, data) -> None:
     """Refuse data that is not what the run was trained on: another tokenizer, other or truncated tokens."""
     recorded = run.config.get("data_identity")
