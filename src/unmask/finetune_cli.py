@@ -29,6 +29,7 @@ def prepare(
     drop_long: bool = True,
     overwrite: bool = False,
     seed: int = 0,
+    tasks: list[str] | None = None,
 ) -> str:
     """Instruction data → an instruction folder for one base run (its tokenizer + the chat tokens, its sequence).
 
@@ -43,10 +44,11 @@ def prepare(
         drop_long: Leave out conversations longer than the sequence, with a report (false: refuse them).
         overwrite: Replace an instruction folder already at --out (any other folder is refused).
         seed: Seed of the validation hold-out.
+        tasks: Shipped set only: these tasks (reverse, repeat_last, next_word, first_word, continue); none = all.
     """
     from unmask.finetune.prepare import prepare_instructions
 
-    folder, dropped = prepare_instructions(run, out, data, val, val_share, per_task, drop_long, overwrite, seed)
+    folder, dropped = prepare_instructions(run, out, data, val, val_share, per_task, drop_long, overwrite, seed, tasks)
     m = folder.manifest
     print(
         f"{folder.path}: {m['n_train']:,} training and {m['n_val']:,} validation conversations "
@@ -97,6 +99,7 @@ def evaluate(
     device: str = "auto",
     out: str | None = None,
     json: bool = False,
+    tasks: list[str] | None = None,
 ) -> list[dict]:
     """Task accuracy, repetition, EOS rate and response lengths of runs on the shipped test split, one row each.
 
@@ -110,6 +113,7 @@ def evaluate(
         device: 'auto', 'cpu' or 'cuda'.
         out: Also write the rows and every answer to this JSON file.
         json: Print the rows as JSON instead of a table.
+        tasks: Only these shipped tasks; none = all five.
     """
     from dataclasses import asdict
 
@@ -119,7 +123,9 @@ def evaluate(
     check_output_file("--out", out)
     rows, answers = [], {}
     for run in runs:
-        row, run_answers = evaluate_instructions(run, per_task, length, sampler, seed, which, resolve_device(device))
+        row, run_answers = evaluate_instructions(
+            run, per_task, length, sampler, seed, which, resolve_device(device), tasks
+        )
         rows.append(row)
         answers[run] = [asdict(a) for a in run_answers]
     if out:

@@ -32,7 +32,10 @@ class Spy(torch.nn.Module):
 
 def batch() -> torch.Tensor:
     """Two conversations as an instruction folder stores them: right-padded with PAD, learned flags beside."""
-    rows = [([10, 11, 12, 13, 20, 21, EOS], [0] * 4 + [1] * 3), ([10, 11, 20, 21, 20, 21, 20, 21, EOS], [0] * 2 + [1] * 7)]
+    rows = [
+        ([10, 11, 12, 13, 20, 21, EOS], [0] * 4 + [1] * 3),
+        ([10, 11, 20, 21, 20, 21, 20, 21, EOS], [0] * 2 + [1] * 7),
+    ]
     x = torch.tensor([[PAD] * 12, [0] * 12]).repeat(2, 1, 1)  # (B, 2, T)
     for b, (ids, learned) in enumerate(rows):
         x[b, 0, : len(ids)], x[b, 1, : len(ids)] = torch.tensor(ids), torch.tensor(learned)

@@ -95,10 +95,12 @@ def evaluate_instructions(
     seed: int = 0,
     which: str = "last",
     device: str | torch.device = "cpu",
+    tasks: list[str] | None = None,
 ) -> tuple[dict, list[Answer]]:
-    """The metrics row of `run` on the first `per_task` test examples of every shipped task, and its answers."""
+    """The metrics row of `run` on the first `per_task` test examples of every shipped task (or of `tasks`),
+    and its answers."""
     opened = Run(run)
-    examples = instruction_set("test", per_task)
+    examples = instruction_set("test", per_task, tasks=tasks)
     responses, generated = respond(opened, [e.prompt for e in examples], length, sampler, seed, which, device)
     tok, eod = opened.tokenizer(), opened.special_ids.eod_id
     answers = []

@@ -20,7 +20,7 @@ from unmask.data.chat import ROLE_TOKENS, Message, encode_conversation
 from unmask.data.instructions import InstructionData, is_instruction_folder, write_instruction_folder
 from unmask.data.tokenizer import model_vocab_size
 from unmask.finetune.chat import InstructionDataError, read_numbered
-from unmask.finetune.tasks import POOL, instruction_set
+from unmask.finetune.tasks import POOL, TASKS, instruction_set
 from unmask.run import Run
 
 Encoded = tuple[list[int], list[bool]]
@@ -49,10 +49,10 @@ def chat_tokenizer(run: Run):
     return tok, {role: tok.token_to_id(t) for role, t in ROLE_TOKENS.items()}
 
 
-def shipped(split: str, per_task: int) -> list[tuple[str, list[Message]]]:
+def shipped(split: str, per_task: int, tasks: list[str] | None = None) -> list[tuple[str, list[Message]]]:
     return [
         (f"{e.task}#{i}", [Message("user", e.prompt), Message("assistant", e.response)])
-        for i, e in enumerate(instruction_set(split, per_task))
+        for i, e in enumerate(instruction_set(split, per_task, tasks=tasks))
     ]
 
 
@@ -66,8 +66,10 @@ def prepare_instructions(
     drop_long: bool = True,
     overwrite: bool = False,
     seed: int = 0,
+    tasks: list[str] | None = None,
 ) -> tuple[InstructionData, dict[str, Dropped]]:
-    """Template, filter and write `data` (JSONL; None = the shipped set's train split) for base run `run`.
+    """Template, filter and write `data` (JSONL; None = the shipped set's train split, all tasks or `tasks`)
+    for base run `run`.
 
     val: held-out conversations (default: a seeded val_share of the training file's, at least one).
     Returns the opened folder and what was dropped per split."""
@@ -96,7 +98,9 @@ def prepare_instructions(
                 )
         return kept, dropped
 
-    train_rows = read_numbered(data) if data is not None else shipped("train", per_task)
+    if data is not None and tasks is not None:
+        raise ConfigError("--tasks selects from the shipped instruction set; leave it out with --data")
+    train_rows = read_numbered(data) if data is not None else shipped("train", per_task, tasks)
     train, dropped_train = templated(train_rows)
     if val is not None:
         held_out, dropped_val = templated(read_numbered(val))
@@ -125,7 +129,9 @@ def prepare_instructions(
         max(base.model_config.vocab_size, model_vocab_size(tok)),
         {
             "base_run": str(base.path.resolve()),
-            "source": str(Path(data).resolve()) if data is not None else f"shipped instruction set ({per_task}/task)",
+            "source": str(Path(data).resolve())
+            if data is not None
+            else f"shipped instruction set ({per_task}/task: {', '.join(tasks or TASKS)})",
             "role_ids": role_ids,
             "tokenizer_vocab_size": tok.get_vocab_size(with_added_tokens=True),
             "dropped": {"train": vars(dropped_train), "val": vars(dropped_val)},

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from unmask.config import ConfigError
 from unmask.data.corpus import default_corpus_path
 
 TEST_SHARE = 10
@@ -133,16 +134,20 @@ POOL = 2000
 """Examples generated per task and split; `per_task` takes the first ones."""
 
 
-def instruction_set(split: str, per_task: int = POOL, seed: int = 0) -> list[Example]:
-    """The first `per_task` (at most POOL) examples of every task from the chapters of `split` ('train' or
-    'test'), shuffled. A test prompt that also occurs in the training pool (a stock phrase) is left out."""
+def instruction_set(split: str, per_task: int = POOL, seed: int = 0, tasks: list[str] | None = None) -> list[Example]:
+    """The first `per_task` (at most POOL) examples of every task (or of `tasks`) from the chapters of `split`
+    ('train' or 'test'), shuffled. A test prompt that also occurs in the training pool (a stock phrase) is
+    left out."""
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}: must be 'train' or 'test'")
+    unknown = sorted(set(tasks or ()) - set(TASKS))
+    if unknown or tasks == []:
+        raise ConfigError(f"tasks={unknown or tasks}: choose from {', '.join(TASKS)}")
     pool = _pool(split, seed)
     if split == "test":
         seen = {e.prompt for examples in _pool("train", seed).values() for e in examples}
         pool = {task: [e for e in examples if e.prompt not in seen] for task, examples in pool.items()}
-    examples = [e for task_examples in pool.values() for e in task_examples[:per_task]]
+    examples = [e for task, task_examples in pool.items() if task in (tasks or TASKS) for e in task_examples[:per_task]]
     random.Random(f"{seed}/{split}/order").shuffle(examples)
     return examples
 
