@@ -416,7 +416,7 @@ COMMANDS = {
     "serve": serve,
     "finetune": FINETUNE_COMMANDS,
 }
-GROUP_HELP = {"finetune": "Fine-tuning: instruction folders, SFT, task metrics, the shipped instruction set."}
+GROUP_HELP = {"finetune": "Fine-tuning: instruction folders, SFT, R2FT, task metrics, the shipped instruction set."}
 FLAT_CONFIGS = {"demo": DemoConfig}
 VARIADIC_HELP = {"inputs": "Files or folders; none = the embedded corpus.", "runs": "Run directories."}
 # `unmask prepare a.txt b.jsonl`, `unmask eval A B`, `unmask serve A B`

@@ -185,6 +185,22 @@ class TrainConfig:
     """MDM: mask probability p = (1 - eps) t + eps keeps 1/p bounded."""
     n_orderings: int = 4
     """ar_orderings: identity + (n - 1) fixed random permutations."""
+    r2ft_beta_w: float = 1.0
+    """r2ft: β_w, the weight of the winner's mean log-probability inside the preference term."""
+    r2ft_beta_l: float = 1.0
+    """r2ft: β_l, the weight of the rejected continuation's mean log-probability inside the preference term."""
+    r2ft_beta_a: float = 0.1
+    """r2ft: β_a, the weight of the SFT term (−mean log-probability of the winner)."""
+    r2ft_gamma: float = 0.0
+    """r2ft: γ, the margin the preference term asks for."""
+    r2ft_max_phrase: int = 14
+    """r2ft: the repeated phrase is the last 1..this many answer tokens before the cut."""
+    r2ft_filler_rate: float = 0.0
+    """r2ft: the high-prior filler (a second rejected continuation) swaps in frequent tokens at this rate; 0 = off."""
+    r2ft_filler_tokens: list[int] = field(default_factory=list)
+    """r2ft: the frequent tokens the filler draws from (unmask finetune r2ft counts them in the training answers)."""
+    r2ft_filler_counts: list[int] = field(default_factory=list)
+    """r2ft: their counts, one per token: the filler draws in proportion to them."""
     eval_every: int = 0
     """Validate every this many steps (0 = about 20 times per run); always at the end."""
     eval_mc_passes: int = 4
@@ -235,6 +251,21 @@ class TrainConfig:
         check(0.0 <= self.warmup_frac < 1.0, f"train.warmup_frac={self.warmup_frac}: must be in [0, 1)")
         check(0.0 < self.mdm_eps < 1.0, f"train.mdm_eps={self.mdm_eps}: must be in (0, 1)")
         check(self.n_orderings >= 1, f"train.n_orderings={self.n_orderings}: must be >= 1")
+        for name in ("r2ft_beta_w", "r2ft_beta_l", "r2ft_beta_a"):
+            beta = getattr(self, name)
+            check(0 <= beta < math.inf, f"train.{name}={beta}: must be a finite number >= 0")
+        check(math.isfinite(self.r2ft_gamma), f"train.r2ft_gamma={self.r2ft_gamma}: must be a finite number")
+        check(self.r2ft_max_phrase >= 1, f"train.r2ft_max_phrase={self.r2ft_max_phrase}: must be >= 1")
+        check(0 <= self.r2ft_filler_rate <= 1, f"train.r2ft_filler_rate={self.r2ft_filler_rate}: must be in [0, 1]")
+        check(
+            len(self.r2ft_filler_tokens) == len(self.r2ft_filler_counts),
+            f"train.r2ft_filler_counts: must hold one count per r2ft_filler_tokens entry "
+            f"({len(self.r2ft_filler_counts)} for {len(self.r2ft_filler_tokens)})",
+        )
+        check(
+            all(t >= 0 for t in self.r2ft_filler_tokens) and all(n > 0 for n in self.r2ft_filler_counts),
+            "train.r2ft_filler_tokens, r2ft_filler_counts: token ids must be >= 0 and counts > 0",
+        )
         for name in ("eval_mc_passes", "final_mc_passes"):
             passes = getattr(self, name)
             check(1 <= passes <= MAX_MC_PASSES, f"train.{name}={passes}: must be in [1, {MAX_MC_PASSES}]")

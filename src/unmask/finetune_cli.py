@@ -1,4 +1,4 @@
-"""`unmask finetune …`: the fine-tuning commands (instruction data, SFT, metrics, the shipped set).
+"""`unmask finetune …`: the fine-tuning commands (instruction data, SFT, R2FT, metrics, the shipped set).
 
 Plain typed functions like the rest of the CLI (see unmask.cli); heavy imports stay inside them so
 `unmask --help` never loads torch.
@@ -16,6 +16,8 @@ from unmask.sampling.config import SamplerConfig
 POOL = 2000  # unmask.finetune.tasks.POOL, repeated here to keep this module light (a test keeps them equal)
 SFT_DEFAULTS = TrainConfig(epochs=3, batch_size=32, lr=1e-3, warmup_frac=0.05)
 """Fine-tuning defaults: a few epochs over the conversations at half pre-training's peak rate."""
+R2FT_DEFAULTS = TrainConfig(epochs=1, batch_size=32, lr=2e-4, warmup_frac=0.05)
+"""R2FT defaults: one epoch at a fifth of SFT's rate (a preference fine-tune of a model that already answers)."""
 CHAT_SAMPLER = SamplerConfig.from_flat(method="low_confidence", block_length=8)
 
 
@@ -84,6 +86,40 @@ def sft(
     from unmask.runtime import launched_world
 
     path = run_sft(base, data, out, train, resume=resume, tensorboard=tensorboard)
+    if launched_world()[0] == 0:
+        print("\n".join(result_lines(path)))
+    return str(path)
+
+
+def r2ft(
+    sft_run: str,
+    data: str = "data/sft",
+    out: str = "runs/r2ft",
+    train: TrainConfig = R2FT_DEFAULTS,
+    resume: bool = False,
+    tensorboard: bool = True,
+) -> str:
+    """Rejective fine-tuning (R2FT, arXiv 2509.15188) of an MDM SFT run against repeated phrases and EOS floods.
+
+    Each conversation is cut inside its answer; the model sees the text up to the cut, then masks only, and
+    learns to prefer the true continuation over the last 1-14 answer tokens tiled over the rest with one
+    end-of-text inside (and, with --train.r2ft_filler_rate > 0, over the answer with frequent tokens swapped in).
+    Loss: -log sigmoid(b_w lp(winner) - b_l lp(rejected) - gamma) - b_a lp(winner), lp the mean log-probability
+    over the masked positions (--train.r2ft_beta_w, r2ft_beta_l, r2ft_beta_a, r2ft_gamma; 1, 1, 0.1, 0).
+
+    Args:
+        sft_run: The sft_mdm run to start from (unmask finetune sft on an 'mdm' base; its last weights).
+        data: The instruction folder the SFT run was trained on (or another prepared for the same base).
+        out: Run directory to create (or to continue with --resume true).
+        train: Epochs over the conversations, optimiser, schedule and the r2ft_* loss options.
+        resume: Continue the run in --out from its newest checkpoint.
+        tensorboard: Also write TensorBoard scalars to OUT/tb.
+    """
+    from unmask.finetune.r2ft import r2ft as run_r2ft
+    from unmask.run import result_lines
+    from unmask.runtime import launched_world
+
+    path = run_r2ft(sft_run, data, out, train, resume=resume, tensorboard=tensorboard)
     if launched_world()[0] == 0:
         print("\n".join(result_lines(path)))
     return str(path)
@@ -173,4 +209,4 @@ def tasks(out: str = "data/instructions", per_task: int = POOL) -> list[str]:
     return paths
 
 
-COMMANDS = {"prepare": prepare, "sft": sft, "eval": evaluate, "tasks": tasks}
+COMMANDS = {"prepare": prepare, "sft": sft, "r2ft": r2ft, "eval": evaluate, "tasks": tasks}

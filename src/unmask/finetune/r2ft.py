@@ -1,68 +1,70 @@
-"""Rejective fine-tuning (R2FT, arXiv 2509.15188): the rejected continuations and the preference loss.
+"""Rejective fine-tuning (R2FT) of an MDM SFT run on its instruction folder (`unmask finetune r2ft`).
 
-An example starts from an SFT conversation: cut inside the answer at c; the model input is the
-sequence up to c followed by masks only (the far positions of a long decoding window, not random
-masking). The winner is the true continuation; the rejected one repeats a short phrase — the
-1-14 tokens just before c — tiled over a 30-49-token span, with an end-of-text token at a random
-place inside it (the authors' rule), or, optionally, the true continuation with frequent
-"high-prior" tokens substituted at some rate. The loss is reference-free (SimPO-like):
-
-    −log σ(β_w · mean log p(winner) − β_l · mean log p(rejected) − γ) − β_a · mean log p(winner)
-
-with the means over each continuation's tokens, β_w = β_l = 1, β_a = 0.1, γ = 0 by default.
+The objective (the cut, the rejected continuations, the preference loss) is unmask.objectives.r2ft;
+this module checks the base, counts the high-prior filler's frequent tokens when the filler is on,
+and runs pre-training's loop: budget, schedule, checkpoints, resume and signals.
 """
 
 from __future__ import annotations
 
-import random
+import dataclasses
+from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 
+from unmask.config import ConfigError, TrainConfig
+from unmask.data.instructions import InstructionData
+from unmask.run import Run
 
-def repeated_phrase(prefix: list[int], span: int, eos_id: int, rng: random.Random, max_phrase: int = 14) -> list[int]:
-    """The authors' rejected continuation: the last k ∈ [1, min(max_phrase, len(prefix))] tokens of the prefix
-    tiled over `span` tokens, one of them (at a random place) replaced by end-of-text."""
-    if not prefix:
-        raise ValueError("a repeated phrase needs a non-empty prefix to repeat")
-    k = rng.randint(1, min(max_phrase, len(prefix)))
-    phrase = prefix[-k:]
-    tiled = (phrase * (span // k + 1))[:span]
-    tiled[rng.randrange(span)] = eos_id
-    return tiled
+FILLER_TOP = 32
+"""The filler draws from this many of the most frequent answer tokens."""
 
 
-def high_prior_filler(
-    continuation: list[int], frequent: list[int], weights: list[float], rate: float, rng: random.Random
-) -> list[int]:
-    """The optional rule: each token of the true continuation replaced, with probability `rate`, by a frequent
-    token drawn in proportion to its corpus count (`weights`)."""
-    return [rng.choices(frequent, weights)[0] if rng.random() < rate else t for t in continuation]
+def frequent_tokens(data: str | Path, top: int = FILLER_TOP) -> tuple[list[int], list[int]]:
+    """(token ids, counts), most frequent first, of the answer text in an instruction folder's training split
+    (learned tokens that are not special: the end-of-text, mask and padding ids are left out)."""
+    folder = InstructionData(data)
+    tokens, learned = folder.rows["train"]
+    answers = np.asarray(tokens)[np.asarray(learned).astype(bool)]
+    counts = np.bincount(answers.astype(np.int64), minlength=folder.vocab_size)
+    counts[[folder.eod_id, folder.mask_id, folder.pad_id]] = 0
+    special = [i for i in folder.tokenizer().get_added_tokens_decoder() if i < len(counts)]
+    counts[special] = 0  # the chat template's role tokens
+    order = [int(i) for i in np.argsort(-counts, kind="stable")[:top] if counts[i] > 0]
+    return order, [int(counts[i]) for i in order]
 
 
-def continuation_logp(
-    model: torch.nn.Module, inputs: torch.Tensor, region: torch.Tensor, targets: torch.Tensor, mask_id: int
-) -> torch.Tensor:
-    """Mean log p(targets) (B,) over each row's region under the denoiser, from one forward of `inputs`
-    (the prefix, then masks over the region): the factorised MDM likelihood of a continuation.
+def r2ft_config(base: str | Path, data: str | Path, train: TrainConfig) -> TrainConfig:
+    """`train` with objective r2ft, the SFT run `base` as its starting point, and the filler's tokens when it is on."""
+    run = Run(base)
+    name = run.objective.name
+    if name != "sft_mdm":
+        fix = (
+            "R2FT fine-tunes a masked diffusion model: SFT an 'mdm' base with unmask finetune sft, then start from that"
+            if run.objective.causal
+            else f"fine-tune it first with unmask finetune sft {run.path} --data DIR, then start R2FT from that run"
+        )
+        raise ConfigError(f"run {run.path} was trained with {name}; R2FT starts from an sft_mdm run: {fix}")
+    cfg = dataclasses.replace(train, objective="r2ft", init_from=str(run.path.resolve()))
+    if cfg.r2ft_filler_rate > 0 and not cfg.r2ft_filler_tokens:
+        tokens, counts = frequent_tokens(data)
+        cfg = dataclasses.replace(cfg, r2ft_filler_tokens=tokens, r2ft_filler_counts=counts)
+    return cfg
 
-    inputs, targets: (B, T) token ids; region: (B, T) bool, the continuation's positions (masked in inputs).
-    """
-    logits = model(inputs, output_mask=region).float()  # (M, V) at the region's positions, row-major
-    logits[:, mask_id] = float("-inf")  # the data never holds the mask token
-    logp = logits.log_softmax(-1).gather(-1, targets[region][:, None]).squeeze(-1)  # (M,)
-    rows = region.nonzero()[:, 0]
-    sums = torch.zeros(len(inputs), device=inputs.device).index_add_(0, rows, logp)
-    return sums / region.sum(1).clamp_min(1)
 
+def r2ft(
+    base: str | Path,
+    data: str | Path,
+    out: str | Path,
+    train: TrainConfig | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    tensorboard: bool = True,
+) -> Path:
+    """R2FT of the SFT run `base` on the instruction folder `data` into the run directory `out`; returns `out`."""
+    from unmask.training import train as run_train
 
-def r2ft_loss(
-    logp_winner: torch.Tensor,
-    logp_rejected: torch.Tensor,
-    beta_w: float = 1.0,
-    beta_l: float = 1.0,
-    beta_a: float = 0.1,
-    gamma: float = 0.0,
-) -> torch.Tensor:
-    """The per-example preference loss (B,) from the mean log-probabilities of winner and rejected (B,)."""
-    return -F.logsigmoid(beta_w * logp_winner - beta_l * logp_rejected - gamma) - beta_a * logp_winner
+    if resume:  # the saved run holds its objective, base and filler tokens
+        return run_train(None, out, None, train, resume=True, quiet=quiet, tensorboard=tensorboard)
+    cfg = r2ft_config(base, data, train or TrainConfig())
+    return run_train(data, out, None, cfg, resume=False, quiet=quiet, tensorboard=tensorboard)

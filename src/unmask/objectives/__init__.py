@@ -5,6 +5,7 @@
     mdm           masked diffusion, MDLM / LLaDA ELBO (objectives/mdm.py)
     sft_mdm       supervised fine-tuning of an MDM on instruction data, LLaDA's recipe (objectives/sft.py)
     sft_ar        supervised fine-tuning of an AR model: answer tokens only (objectives/sft.py)
+    r2ft          rejective fine-tuning of an SFT'd MDM against repeated phrases (objectives/r2ft.py)
 
 `get_objective(name)` is the one place a name becomes behaviour; `register` adds one
 (a fine-tuning objective, or a toy in a test) without touching any other file.
@@ -16,9 +17,10 @@ from unmask.config import ConfigError
 from unmask.objectives.ar import AR, AR_ORDERINGS, make_orderings, run_orderings
 from unmask.objectives.base import LossOutput, Objective, Specials
 from unmask.objectives.mdm import MDM, mask_probability
+from unmask.objectives.r2ft import R2FT
 from unmask.objectives.sft import SFT_AR, SFT_MDM
 
-OBJECTIVES: dict[str, Objective] = {o.name: o for o in (AR, MDM, AR_ORDERINGS, SFT_MDM, SFT_AR)}
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (AR, MDM, AR_ORDERINGS, SFT_MDM, SFT_AR, R2FT)}
 
 
 def register(objective: Objective) -> Objective:

@@ -71,9 +71,13 @@ class Objective:
     validate: Callable | None = None
     """The validation of an objective whose batches are not plain sequences: called with
     validation_loss's arguments in place of it (fine-tuning validates on held-out conversations)."""
+    loss_name: str | None = None
+    """What validation reports when it is not a likelihood (R2FT's preference loss); None = NLL or ELBO."""
 
     @property
     def bound_name(self) -> str:
+        if self.loss_name:
+            return self.loss_name
         return "NLL" if self.exact else "ELBO (upper bound on NLL)"
 
     def count_real(self, x: torch.Tensor, pad_id: int) -> int:

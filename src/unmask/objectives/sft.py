@@ -111,7 +111,7 @@ def sft_validation_loss(
     return ValidationLoss(float(means.mean()), stderr, n_tokens, passes, objective.bound_name)
 
 
-def _conversation_tokens(x: torch.Tensor, pad_id: int) -> int:
+def conversation_tokens(x: torch.Tensor, pad_id: int) -> int:
     return int((x[:, 0] != pad_id).sum())
 
 
@@ -122,7 +122,7 @@ SFT_MDM = Objective(
     decoder="mdm",
     make_loss=_mdm_loss,
     n_targets=lambda x, pad_id: len(x),  # each conversation weighs the same: the mean over the batch
-    real_tokens=_conversation_tokens,
+    real_tokens=conversation_tokens,
     validate=sft_validation_loss,
 )
 SFT_AR = Objective(
@@ -132,6 +132,6 @@ SFT_AR = Objective(
     decoder="ar",
     make_loss=_ar_loss,
     n_targets=lambda x, pad_id: int(x[:, 1, 1:].sum()),
-    real_tokens=_conversation_tokens,
+    real_tokens=conversation_tokens,
     validate=sft_validation_loss,
 )
