@@ -78,7 +78,8 @@ def test_a_run_stopped_and_resumed_ends_with_the_same_weights_and_prints_its_res
     assert total >= 3
     parted = runs["root"] / "parted"
     args = ["finetune", "r2ft", runs["sft"], "--data", runs["data"], "--out", parted, "--tensorboard", "false",
-            "--train.epochs", 3, "--train.lr", 1e-3, "--train.warmup_frac", 0.01, "--train.batch_size", 4, "--train.micro_batch_size", 2, "--train.eval_every", 4,
+            "--train.epochs", 3, "--train.lr", 1e-3, "--train.warmup_frac", 0.01, "--train.batch_size", 4,
+            "--train.micro_batch_size", 2, "--train.eval_every", 4,
             "--train.eval_mc_passes", 1, "--train.final_mc_passes", 1, "--train.eval_batch_size", 32,
             "--train.r2ft_filler_rate", 0.2]  # fmt: skip
     code, out, _ = unmask(capsys, *args, "--train.stop_at_step", total // 2)
