@@ -263,8 +263,9 @@ class TrainConfig:
             f"({len(self.r2ft_filler_counts)} for {len(self.r2ft_filler_tokens)})",
         )
         check(
-            all(t >= 0 for t in self.r2ft_filler_tokens) and all(n > 0 for n in self.r2ft_filler_counts),
-            "train.r2ft_filler_tokens, r2ft_filler_counts: token ids must be >= 0 and counts > 0",
+            all(0 <= t < 2**32 for t in self.r2ft_filler_tokens)
+            and all(0 < n < 2**53 for n in self.r2ft_filler_counts),
+            "train.r2ft_filler_tokens, r2ft_filler_counts: token ids must be in [0, 2**32), counts in [1, 2**53)",
         )
         for name in ("eval_mc_passes", "final_mc_passes"):
             passes = getattr(self, name)
