@@ -50,21 +50,21 @@ def held_out_margin(run_dir, data) -> float:
     return sum(margins) / len(margins)
 
 
-@pytest.mark.slow
-def test_r2ft_does_not_raise_repetition_nor_lose_accuracy_and_raises_the_margin(tmp_path):
+def pipeline(root, seed: int = 0) -> tuple[dict, dict]:
+    """Tiny base → SFT → R2FT under `root`: the metrics rows and held-out margins of SFT and R2FT."""
     torch.set_num_threads(1)
     data = prepare(
         DataConfig(unique_tokens=20_000, val_tokens=2_000, vocab_size=512, seq_len=64, tokenizer_train_bytes=400_000),
-        tmp_path / "data",
+        root / "data",
         quiet=True,
     )
-    fast = dict(eval_every=0, eval_mc_passes=1, final_mc_passes=1, seed=0)
+    fast = dict(eval_every=0, eval_mc_passes=1, final_mc_passes=1, seed=seed)
     base_cfg = TrainConfig(objective="mdm", epochs=4, batch_size=16, lr=3e-3, **fast)
-    base = train(data, tmp_path / "base", ModelConfig(size="tiny"), base_cfg, quiet=True, tensorboard=False)
-    folder, _ = prepare_instructions(base, tmp_path / "sft-data", per_task=100)
-    sft_run = sft(base, folder.path, tmp_path / "sft", TrainConfig(epochs=6, batch_size=16, lr=3e-3, **fast),
+    base = train(data, root / "base", ModelConfig(size="tiny"), base_cfg, quiet=True, tensorboard=False)
+    folder, _ = prepare_instructions(base, root / "sft-data", per_task=100)
+    sft_run = sft(base, folder.path, root / "sft", TrainConfig(epochs=6, batch_size=16, lr=3e-3, **fast),
                   quiet=True, tensorboard=False)  # fmt: skip
-    r2ft_run = r2ft(sft_run, folder.path, tmp_path / "r2ft", TrainConfig(epochs=1, batch_size=16, lr=1e-3, **fast),
+    r2ft_run = r2ft(sft_run, folder.path, root / "r2ft", TrainConfig(epochs=1, batch_size=16, lr=1e-3, **fast),
                     quiet=True, tensorboard=False)  # fmt: skip
     rows = {name: evaluate_instructions(str(run), 12, LENGTH, SAMPLER, 0, "last", "cpu")[0]
             for name, run in (("sft", sft_run), ("r2ft", r2ft_run))}  # fmt: skip
@@ -72,6 +72,12 @@ def test_r2ft_does_not_raise_repetition_nor_lose_accuracy_and_raises_the_margin(
     for name, row in rows.items():
         print(f"{name}: accuracy {row['accuracy']:.3f} rep-2 {row['rep_2']:.3f} rep-4 {row['rep_4']:.3f} "
               f"eos_rate {row['eos_rate']:.3f} length {row['length_mean']:.1f} margin {margins[name]:.3f}")  # fmt: skip
+    return rows, margins
+
+
+@pytest.mark.slow
+def test_r2ft_does_not_raise_repetition_nor_lose_accuracy_and_raises_the_margin(tmp_path):
+    rows, margins = pipeline(tmp_path)
 
     def rep(row) -> float:
         return 0.0 if math.isnan(row["rep_2"]) else row["rep_2"]  # nan: no generated token, nothing repeated
