@@ -285,6 +285,12 @@ class TrainConfig:
         check(self.max_bad_steps >= 1, f"train.max_bad_steps={self.max_bad_steps}: must be >= 1")
 
 
+SFT_DEFAULTS = TrainConfig(epochs=3, batch_size=32, lr=1e-3, warmup_frac=0.05)
+"""`unmask finetune sft`: a few epochs over the conversations at half pre-training's peak rate."""
+R2FT_DEFAULTS = TrainConfig(epochs=1, batch_size=32, lr=2e-4, warmup_frac=0.05)
+"""`unmask finetune r2ft`: one gentle epoch from the SFT run."""
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 

@@ -10,14 +10,10 @@ import json as jsonlib
 import math
 from pathlib import Path
 
-from unmask.config import TrainConfig, check_output_file
+from unmask.config import R2FT_DEFAULTS, SFT_DEFAULTS, TrainConfig, check_output_file
 from unmask.sampling.config import SamplerConfig
 
 POOL = 2000  # unmask.finetune.tasks.POOL, repeated here to keep this module light (a test keeps them equal)
-SFT_DEFAULTS = TrainConfig(epochs=3, batch_size=32, lr=1e-3, warmup_frac=0.05)
-"""Fine-tuning defaults: a few epochs over the conversations at half pre-training's peak rate."""
-R2FT_DEFAULTS = TrainConfig(epochs=1, batch_size=32, lr=2e-4, warmup_frac=0.05)
-"""R2FT defaults: one epoch at a fifth of SFT's rate (a preference fine-tune of a model that already answers)."""
 CHAT_SAMPLER = SamplerConfig.from_flat(method="low_confidence", block_length=8)
 
 

@@ -102,7 +102,8 @@ def test_prepare_never_replaces_a_folder_it_did_not_write(bases, folder, tmp_pat
 
 def test_sft_starts_from_the_base_and_resumes_like_pretraining(bases, folder, tmp_path, capsys):
     whole, halves = tmp_path / "whole", tmp_path / "halves"
-    code, out, _ = unmask(capsys, "finetune", "sft", bases["mdm"], "--data", folder, "--out", whole, *SFT)
+    lr = ["--train.lr", "5e-4"]  # given when the run starts, not when it resumes: the run's own value holds
+    code, out, _ = unmask(capsys, "finetune", "sft", bases["mdm"], "--data", folder, "--out", whole, *SFT, *lr)
     assert code == 0 and "final validation ELBO" in out
     run = Run(whole)
     assert run.objective.name == "sft_mdm" and run.train_config.init_from == str(Path(bases["mdm"]).resolve())
@@ -116,7 +117,7 @@ def test_sft_starts_from_the_base_and_resumes_like_pretraining(bases, folder, tm
     new_rows = start["embed.weight"][len(base) :]
     assert len(new_rows) > 0 and torch.allclose(new_rows, base.mean(0).expand_as(new_rows))
     steps = run.budget()["total_steps"]
-    unmask(capsys, "finetune", "sft", bases["mdm"], "--data", folder, "--out", halves, *SFT,
+    unmask(capsys, "finetune", "sft", bases["mdm"], "--data", folder, "--out", halves, *SFT, *lr,
            "--train.stop_at_step", str(steps // 2))  # fmt: skip
     code, _, _ = unmask(capsys, "finetune", "sft", bases["mdm"], "--data", folder, "--out", halves, *SFT,
                         "--resume", "true")  # fmt: skip

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unmask.config import ConfigError, TrainConfig
+from unmask.config import R2FT_DEFAULTS, ConfigError, TrainConfig
 from unmask.data.instructions import InstructionData
 from unmask.run import Run
 
@@ -65,6 +65,7 @@ def r2ft(
     from unmask.training import train as run_train
 
     if resume:  # the saved run holds its objective, base and filler tokens
-        return run_train(None, out, None, train, resume=True, quiet=quiet, tensorboard=tensorboard)
-    cfg = r2ft_config(base, data, train or TrainConfig())
+        return run_train(None, out, None, train, resume=True, quiet=quiet, tensorboard=tensorboard,
+                         defaults=R2FT_DEFAULTS)  # fmt: skip
+    cfg = r2ft_config(base, data, train or R2FT_DEFAULTS)
     return run_train(data, out, None, cfg, resume=False, quiet=quiet, tensorboard=tensorboard)

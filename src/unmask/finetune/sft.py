@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from unmask.config import ConfigError, TrainConfig
+from unmask.config import SFT_DEFAULTS, ConfigError, TrainConfig
 from unmask.run import Run
 
 SFT_OBJECTIVES = {"mdm": "sft_mdm", "ar": "sft_ar"}
@@ -38,5 +38,6 @@ def sft(
     """Fine-tune `base` on the instruction folder `data` into the run directory `out`; returns `out`."""
     from unmask.training import train as run_train
 
-    cfg = sft_config(base, train or TrainConfig())
-    return run_train(data, out, None, cfg, resume=resume, quiet=quiet, tensorboard=tensorboard)
+    cfg = sft_config(base, train or SFT_DEFAULTS)
+    defaults = sft_config(base, SFT_DEFAULTS)  # on resume, a value left at its default is not a change
+    return run_train(data, out, None, cfg, resume=resume, quiet=quiet, tensorboard=tensorboard, defaults=defaults)

@@ -77,18 +77,20 @@ def train(
     quiet: bool = False,
     tensorboard: bool = True,
     hooks: Sequence[Hook] = (),
+    defaults: TrainConfig | None = None,
 ) -> Path:
     """Train one run into `out`; with `resume`, continue the run saved there. Returns `out`.
 
     On resume the run's saved config wins; only runtime controls (stop_at_step, device, threads,
-    compile) are taken from `train`, and any other value that differs from the saved one is refused.
+    compile) are taken from `train`, and any other value that differs from the saved one is refused (a value
+    equal to its default in `defaults`, the command's own, else TrainConfig's, counts as not given).
     """
     out = Path(out)
     if launched_world()[0] == 0:  # under torchrun, rank 0 holds the lock; the others never write
         _refuse_if_held(out)  # a live writer is named by its PID before anything else is said of the folder
     if resume:
         saved = Run(out)
-        model_cfg, cfg = saved.model_config, resume_config(saved, model, train)
+        model_cfg, cfg = saved.model_config, resume_config(saved, model, train, defaults)
         data_set = saved.data()  # the same data, verified (manifest, token files, tokenizer)
     else:
         cfg, data_set = train or TrainConfig(), open_data(data if data is not None else "data/austen")

@@ -39,15 +39,18 @@ def create_run_dir(out: Path, data, model_cfg: ModelConfig, cfg: TrainConfig, bu
     atomic_write_text(out / "config.json", json.dumps(config, indent=2))  # last: a run directory is complete with it
 
 
-def resume_config(run: Run, model: ModelConfig | None, train: TrainConfig | None) -> TrainConfig:
+def resume_config(
+    run: Run, model: ModelConfig | None, train: TrainConfig | None, defaults: TrainConfig | None = None
+) -> TrainConfig:
     """The saved train config with the runtime controls of `train`; other values that differ are refused.
 
-    A value equal to the field's default is taken as not given (the CLI passes every field).
+    A value equal to the field's default (in `defaults`, the command's own: fine-tuning has others) is taken
+    as not given (the CLI passes every field).
     """
     saved = run.train_config
     if train is None:
         return saved
-    default = TrainConfig()
+    default = defaults or TrainConfig()
     changed = [
         f"train.{f.name}={getattr(train, f.name)!r} (the run has {getattr(saved, f.name)!r})"
         for f in dataclasses.fields(TrainConfig)
