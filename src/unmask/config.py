@@ -136,6 +136,8 @@ class ModelConfig:
     """RMSNorm on each head's queries and keys before RoPE (logits O(1) at any init); false = the original model."""
     causal: bool = True
     """Causal attention (AR) or bidirectional (MDM); set from the objective."""
+    energy_head: bool = False
+    """A scalar head on the pooled final hidden state (EDLM's energy E(x0, x_t)); set from the objective."""
 
     def __post_init__(self) -> None:
         if self.size is not None:
@@ -183,6 +185,11 @@ class TrainConfig:
     """Clip the global gradient norm to this value (0 = off)."""
     mdm_eps: float = 1e-3
     """MDM: mask probability p = (1 - eps) t + eps keeps 1/p bounded."""
+    nce_t_min: float = 0.8
+    """Energy (EDLM-NCE): noise levels t ~ U[nce_t_min, nce_t_max] of the x_t the frozen MDM samples from; the
+    default is the sampler's importance-sampling window (sampling.EnergyConfig: t_end 0.8 .. t_start 1.0)."""
+    nce_t_max: float = 1.0
+    """Energy (EDLM-NCE): the window's upper end (1 = everything masked)."""
     n_orderings: int = 4
     """ar_orderings: identity + (n - 1) fixed random permutations."""
     eval_every: int = 0
@@ -234,6 +241,10 @@ class TrainConfig:
         check(0.0 <= self.min_lr_ratio <= 1.0, f"train.min_lr_ratio={self.min_lr_ratio}: must be in [0, 1]")
         check(0.0 <= self.warmup_frac < 1.0, f"train.warmup_frac={self.warmup_frac}: must be in [0, 1)")
         check(0.0 < self.mdm_eps < 1.0, f"train.mdm_eps={self.mdm_eps}: must be in (0, 1)")
+        check(
+            0.0 < self.nce_t_min <= self.nce_t_max <= 1.0,
+            f"train.nce_t_min={self.nce_t_min}, nce_t_max={self.nce_t_max}: must satisfy 0 < min <= max <= 1",
+        )
         check(self.n_orderings >= 1, f"train.n_orderings={self.n_orderings}: must be >= 1")
         for name in ("eval_mc_passes", "final_mc_passes"):
             passes = getattr(self, name)

@@ -16,6 +16,9 @@ from unmask.sampling.config import SamplerConfig
 POOL = 2000  # unmask.finetune.tasks.POOL, repeated here to keep this module light (a test keeps them equal)
 SFT_DEFAULTS = TrainConfig(epochs=3, batch_size=32, lr=1e-3, warmup_frac=0.05)
 """Fine-tuning defaults: a few epochs over the conversations at half pre-training's peak rate."""
+ENERGY_DEFAULTS = TrainConfig(epochs=8, batch_size=16, lr=3e-4, warmup_frac=0.05, final_mc_passes=8)
+"""Energy defaults: a few epochs over the base's data at a low rate (the trunk starts as the MDM's); each
+validation pass samples from the frozen MDM, so the final estimate takes 8 passes, not 32."""
 CHAT_SAMPLER = SamplerConfig.from_flat(method="low_confidence", block_length=8)
 
 
@@ -82,6 +85,35 @@ def sft(
     from unmask.runtime import launched_world
 
     path = run_sft(base, data, out, train, resume=resume, tensorboard=tensorboard)
+    if launched_world()[0] == 0:
+        print("\n".join(result_lines(path)))
+    return str(path)
+
+
+def energy(
+    base: str,
+    out: str = "runs/energy",
+    data: str | None = None,
+    train: TrainConfig = ENERGY_DEFAULTS,
+    resume: bool = False,
+    tensorboard: bool = True,
+) -> str:
+    """EDLM's energy model for an MDM run, trained by NCE against the frozen MDM's own samples (--energy_run).
+
+    Args:
+        base: The MDM run: it starts the energy model (its last weights + a zero energy head) and, frozen, draws
+            the samples NCE tells from data (train.nce_t_min..nce_t_max: noise levels, the sampler's window).
+        out: Run directory to create (or to continue with --resume true).
+        data: A data folder of the base's tokenizer; none = the base run's own pre-training data.
+        train: Epochs, optimiser, schedule and the noise window (the objective is 'energy').
+        resume: Continue the run in --out from its newest checkpoint.
+        tensorboard: Also write TensorBoard scalars to OUT/tb.
+    """
+    from unmask.finetune.energy import train_energy
+    from unmask.run import result_lines
+    from unmask.runtime import launched_world
+
+    path = train_energy(base, out, data, train, resume=resume, tensorboard=tensorboard)
     if launched_world()[0] == 0:
         print("\n".join(result_lines(path)))
     return str(path)
@@ -167,4 +199,4 @@ def tasks(out: str = "data/instructions", per_task: int = POOL) -> list[str]:
     return paths
 
 
-COMMANDS = {"prepare": prepare, "sft": sft, "eval": evaluate, "tasks": tasks}
+COMMANDS = {"prepare": prepare, "sft": sft, "energy": energy, "eval": evaluate, "tasks": tasks}

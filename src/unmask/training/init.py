@@ -41,9 +41,14 @@ def start_from(base_path: str, data, objective: Objective) -> tuple[ModelConfig,
     base_cfg = base.model_config
     if data.vocab_size < base_cfg.vocab_size:
         raise ConfigError(f"data {data.path}: vocabulary {data.vocab_size} < base's {base_cfg.vocab_size}")
+    if objective.energy and (base.objective.decoder != "mdm" or base.objective.energy):
+        raise ConfigError(f"train.objective={objective.name} starts from an MDM run; {base.path} is a "
+                          f"{base.objective.name} run")  # fmt: skip
     weights = read_weights(base.weights("last"))
     weights["embed.weight"] = grow_rows(weights["embed.weight"], data.vocab_size)
-    return dataclasses.replace(base_cfg, vocab_size=data.vocab_size), weights
+    if objective.energy:  # a zero head: E = 0 at the start, every candidate weighs the same (plain sampling)
+        weights |= {"energy_head.weight": torch.zeros(1, base_cfg.d_model), "energy_head.bias": torch.zeros(1)}
+    return dataclasses.replace(base_cfg, vocab_size=data.vocab_size, energy_head=objective.energy), weights
 
 
 def grow_rows(embedding: torch.Tensor, rows: int) -> torch.Tensor:
