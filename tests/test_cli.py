@@ -33,7 +33,7 @@ def test_command_table_matches_the_python_functions():
     commands = {"prepare", "train", "eval", "sample", "demo", "bench", "study", "serve", "finetune"}
     assert set(parser._subcommands_action.choices) == set(cli.COMMANDS) == commands
     finetune = parser._subcommands_action.choices["finetune"]._subcommands_action.choices
-    assert set(finetune) == set(cli.COMMANDS["finetune"]) == {"prepare", "sft", "r2ft", "eval", "tasks"}
+    assert set(finetune) == set(cli.COMMANDS["finetune"]) == {"prepare", "sft", "r2ft", "energy", "eval", "tasks"}
     for words, fn in leaves(cli.COMMANDS).items():
         assert fn.__doc__, f"{' '.join(words)} needs a docstring: it is the --help text"
         assert all(p.annotation is not inspect.Parameter.empty for p in inspect.signature(fn).parameters.values())

@@ -171,12 +171,13 @@ def sample(
         which: Weights to use: last (final, the default) or best (early-stopped).
         sampler: Token distribution (AR and MDM: temperature, top_k, top_p) and the MDM families: commit (method,
             steps, block_length, threshold), cache, conv, energy. Flat flags such as --sampler.method still work.
-        energy_run: AR run whose likelihood is EDLM's energy (MDM, --sampler.commit.method ancestral).
+        energy_run: EDLM's energy (MDM, --sampler.commit.method ancestral): an energy run (unmask finetune energy)
+            or an AR run whose likelihood is the energy.
         blank_length: Mask tokens per ____ blank in the prompt.
         mask_spans: Spans START-END (END excluded) of prompt token positions to mask and infill, e.g. [3-7,10-12].
         trace: Write the denoising trace here (JSONL: per step, the positions committed and their tokens).
         metrics: Also print text quality (rep-n, distinct-n, unigram entropy, EOS rate; gen. PPL with a judge run).
-        judge_run: AR run scoring generative perplexity for --metrics (default: --energy_run, if any).
+        judge_run: AR run scoring generative perplexity for --metrics (default: --energy_run, if an AR run).
         device: 'auto', 'cpu' or 'cuda'.
         json: Print one JSON object instead of text.
         chat: Answer --prompt as the user's turn of the chat template (a run from unmask finetune sft), stopping
@@ -195,12 +196,15 @@ def sample(
         "texts": gen.texts,
         "steps": len(out.history),
         "forward_passes": out.forward_passes,
+        "energy_passes": out.energy_passes,
         "seconds": gen.seconds,
     }
     if metrics:
         from unmask.bench import quality_of
+        from unmask.run import Run
 
-        result["metrics"] = quality_of(gen, judge_run or energy_run, device)
+        judge = judge_run or (energy_run if energy_run and not Run(energy_run).objective.energy else None)
+        result["metrics"] = quality_of(gen, judge, device)
     if json:
         print(jsonlib.dumps(result))
         return result

@@ -136,6 +136,8 @@ class ModelConfig:
     """RMSNorm on each head's queries and keys before RoPE (logits O(1) at any init); false = the original model."""
     causal: bool = True
     """Causal attention (AR) or bidirectional (MDM); set from the objective."""
+    energy_head: bool = False
+    """A scalar head on the pooled final hidden state (EDLM's energy E(x0, x_t)); set from the objective."""
 
     def __post_init__(self) -> None:
         if self.size is not None:
@@ -183,6 +185,11 @@ class TrainConfig:
     """Clip the global gradient norm to this value (0 = off)."""
     mdm_eps: float = 1e-3
     """MDM: mask probability p = (1 - eps) t + eps keeps 1/p bounded."""
+    nce_t_min: float = 0.8
+    """Energy (EDLM-NCE): noise levels t ~ U[nce_t_min, nce_t_max] of the x_t the frozen MDM samples from; the
+    default is the sampler's importance-sampling window (sampling.EnergyConfig: t_end 0.8 .. t_start 1.0)."""
+    nce_t_max: float = 1.0
+    """Energy (EDLM-NCE): the window's upper end (1 = everything masked)."""
     n_orderings: int = 4
     """ar_orderings: identity + (n - 1) fixed random permutations."""
     r2ft_beta_w: float = 1.0
@@ -250,6 +257,10 @@ class TrainConfig:
         check(0.0 <= self.min_lr_ratio <= 1.0, f"train.min_lr_ratio={self.min_lr_ratio}: must be in [0, 1]")
         check(0.0 <= self.warmup_frac < 1.0, f"train.warmup_frac={self.warmup_frac}: must be in [0, 1)")
         check(0.0 < self.mdm_eps < 1.0, f"train.mdm_eps={self.mdm_eps}: must be in (0, 1)")
+        check(
+            0.0 < self.nce_t_min <= self.nce_t_max <= 1.0,
+            f"train.nce_t_min={self.nce_t_min}, nce_t_max={self.nce_t_max}: must satisfy 0 < min <= max <= 1",
+        )
         check(self.n_orderings >= 1, f"train.n_orderings={self.n_orderings}: must be >= 1")
         for name in ("r2ft_beta_w", "r2ft_beta_l", "r2ft_beta_a"):
             beta = getattr(self, name)
@@ -289,6 +300,9 @@ SFT_DEFAULTS = TrainConfig(epochs=3, batch_size=32, lr=1e-3, warmup_frac=0.05)
 """`unmask finetune sft`: a few epochs over the conversations at half pre-training's peak rate."""
 R2FT_DEFAULTS = TrainConfig(epochs=1, batch_size=32, lr=2e-4, warmup_frac=0.05)
 """`unmask finetune r2ft`: one gentle epoch from the SFT run."""
+ENERGY_DEFAULTS = TrainConfig(epochs=8, batch_size=16, lr=3e-4, warmup_frac=0.05, final_mc_passes=8)
+"""`unmask finetune energy`: a few epochs over the base's data at a low rate (the trunk starts as the MDM's);
+each validation pass samples from the frozen MDM, so the final estimate takes 8 passes, not 32."""
 
 
 def to_dict(cfg: Any) -> dict:

@@ -10,7 +10,7 @@ import json as jsonlib
 import math
 from pathlib import Path
 
-from unmask.config import R2FT_DEFAULTS, SFT_DEFAULTS, TrainConfig, check_output_file
+from unmask.config import ENERGY_DEFAULTS, R2FT_DEFAULTS, SFT_DEFAULTS, TrainConfig, check_output_file
 from unmask.sampling.config import SamplerConfig
 
 POOL = 2000  # unmask.finetune.tasks.POOL, repeated here to keep this module light (a test keeps them equal)
@@ -121,6 +121,35 @@ def r2ft(
     return str(path)
 
 
+def energy(
+    base: str,
+    out: str = "runs/energy",
+    data: str | None = None,
+    train: TrainConfig = ENERGY_DEFAULTS,
+    resume: bool = False,
+    tensorboard: bool = True,
+) -> str:
+    """EDLM's energy model for an MDM run, trained by NCE against the frozen MDM's own samples (--energy_run).
+
+    Args:
+        base: The MDM run: it starts the energy model (its last weights + a zero energy head) and, frozen, draws
+            the samples NCE tells from data (train.nce_t_min..nce_t_max: noise levels, the sampler's window).
+        out: Run directory to create (or to continue with --resume true).
+        data: A data folder of the base's tokenizer; none = the base run's own pre-training data.
+        train: Epochs, optimiser, schedule and the noise window (the objective is 'energy').
+        resume: Continue the run in --out from its newest checkpoint.
+        tensorboard: Also write TensorBoard scalars to OUT/tb.
+    """
+    from unmask.finetune.energy import train_energy
+    from unmask.run import result_lines
+    from unmask.runtime import launched_world
+
+    path = train_energy(base, out, data, train, resume=resume, tensorboard=tensorboard)
+    if launched_world()[0] == 0:
+        print("\n".join(result_lines(path)))
+    return str(path)
+
+
 def evaluate(
     runs: list[str],
     per_task: int = 40,
@@ -205,4 +234,4 @@ def tasks(out: str = "data/instructions", per_task: int = POOL) -> list[str]:
     return paths
 
 
-COMMANDS = {"prepare": prepare, "sft": sft, "r2ft": r2ft, "eval": evaluate, "tasks": tasks}
+COMMANDS = {"prepare": prepare, "sft": sft, "r2ft": r2ft, "energy": energy, "eval": evaluate, "tasks": tasks}

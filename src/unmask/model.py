@@ -32,7 +32,8 @@ def count_params(cfg: ModelConfig) -> int:
     d, h = cfg.d_model, mlp_hidden(cfg.d_model)
     per_block = 4 * d * d + 3 * d * h + 2 * d  # attention, SwiGLU, two RMSNorms
     per_block += 2 * (d // cfg.n_head) if cfg.qk_norm else 0  # the q and k RMSNorms (one head_dim gain each)
-    return cfg.vocab_size * d + cfg.n_layer * per_block + d  # + final norm
+    head = d + 1 if cfg.energy_head else 0  # the energy head's weight and bias
+    return cfg.vocab_size * d + cfg.n_layer * per_block + d + head  # + final norm
 
 
 def flops_per_token(cfg: ModelConfig, head_fraction: float = 1.0) -> float:
@@ -152,6 +153,8 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model)
+        if cfg.energy_head:  # EDLM's energy model: see `energy`
+            self.energy_head = nn.Linear(cfg.d_model, 1)
         self.register_buffer(
             "rope", rope_table(cfg.seq_len, cfg.d_model // cfg.n_head, cfg.rope_base), persistent=False
         )
@@ -212,6 +215,7 @@ class Transformer(nn.Module):
         past_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         return_kv: bool = False,
         key_pos: torch.Tensor | None = None,
+        energy_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Logits (B, T, V) for tokens idx (B, T); (M, V) at the M positions of `output_mask` if given.
 
@@ -229,7 +233,19 @@ class Transformer(nn.Module):
         return_kv: also return the per-layer (k, v) of the idx tokens only, (B, H, T, Dh) each.
         key_pos: (B, Tp + T) positions of all keys, for `local_prior` only; default `pos` without a cache,
             else 0..Tp+T-1 (pass it when cached keys are reordered or padded).
+        energy_mask: (B, T) bool, an energy model (cfg.energy_head) only: return the energies E(idx, x_t) (B,)
+            instead of logits, x_t being idx with these positions masked (see `energy`).
         """
+        h, kv = self._hidden(idx, pos, query_pos, key_padding_mask, past_kv, key_pos)
+        if energy_mask is not None:
+            return self.energy(h, energy_mask)
+        if output_mask is not None:
+            h = h[output_mask]  # (M, D)
+        logits = F.linear(h, self.embed.weight)  # tied output embedding
+        return (logits, kv) if return_kv else logits
+
+    def _hidden(self, idx, pos=None, query_pos=None, key_padding_mask=None, past_kv=None, key_pos=None):
+        """The normed final hidden state (B, T, D) and the per-layer (k, v) of `forward`'s arguments."""
         B, T = idx.shape
         Tp = 0 if past_kv is None else past_kv[0][0].shape[2]
         rope_k = self._rope(pos, T, Tp)
@@ -248,11 +264,26 @@ class Transformer(nn.Module):
             # Activation checkpointing: keep only each block's input; its activations are recomputed in backward.
             x, layer_kv = checkpoint(block, *args, use_reentrant=False) if recompute else block(*args)
             kv.append(layer_kv)
-        h = self.norm(x)
-        if output_mask is not None:
-            h = h[output_mask]  # (M, D)
-        logits = F.linear(h, self.embed.weight)  # tied output embedding
-        return (logits, kv) if return_kv else logits
+        return self.norm(x), kv
+
+    def energy(self, h: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """EDLM's energy E(x0, x_t) (B,), float32, lower = more likely, from the final hidden state h (B, T, D) of
+        clean sequences x0 and the positions `masked` (B, T) bool that are masks in x_t (x_t = x0 with them masked).
+        Call it as model(x0, energy_mask=masked), so wrappers (DDP, compile) see a forward.
+
+        E = w · mean_{i masked in x_t} h_i(x0) + b, h from the bidirectional trunk reading x0 whole. The pair
+        (x0, masked set) determines x_t, so E is a function of both without a new input embedding: the trunk
+        starts as the MDM's (its features of a clean sequence) and only the positions the denoiser filled are
+        pooled. The unmasked ones are the same in every candidate of a sampler step and in data and sample of
+        an NCE pair, so they carry no contrast of their own; they still reach the pooled positions through
+        attention. A mean (not a sum) keeps E's scale independent of how many positions are masked; the head's
+        weight sets the scale. A row with nothing masked pools nothing: E = b.
+        """
+        if self.cfg.causal or not self.cfg.energy_head:
+            raise ConfigError("an energy needs a bidirectional model with energy_head (an 'energy' run)")
+        w = masked.to(h.dtype)  # (B, T)
+        pooled = (h * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1)  # (B, D)
+        return self.energy_head(pooled).squeeze(-1).float()  # (B,)
 
 
 def save_model(model: Transformer, path: Path, state: dict[str, torch.Tensor] | None = None) -> None:

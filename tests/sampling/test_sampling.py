@@ -248,7 +248,7 @@ def test_cli_mdm_errors_are_one_line(tiny_runs, capsys):
     code, _, err = unmask_cli(capsys, "sample", tiny_runs["mdm"], "--mask_spans", "[9-3]")
     assert code == 2 and "mask_spans: '9-3'" in err
     code, _, err = unmask_cli(capsys, "sample", tiny_runs["mdm"], "--length", "8", "--energy_run", tiny_runs["mdm"])
-    assert code == 2 and "is not plain left-to-right AR; an 'ar' run is needed" in err
+    assert code == 2 and "is neither an energy run (unmask finetune energy) nor plain left-to-right AR" in err
     code, _, err = unmask_cli(capsys, "sample", tiny_runs["mdm"], "--length", "100000")
     assert code == 2 and "exceeds the model's seq_len 32" in err  # checked before anything is allocated
 

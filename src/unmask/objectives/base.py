@@ -71,8 +71,11 @@ class Objective:
     validate: Callable | None = None
     """The validation of an objective whose batches are not plain sequences: called with
     validation_loss's arguments in place of it (fine-tuning validates on held-out conversations)."""
+    energy: bool = False
+    """The model ends in a scalar energy head (EDLM's E(x0, x_t), ModelConfig.energy_head): its runs weight an
+    MDM's samples (`unmask sample --energy_run`) and are never decoded themselves."""
     loss_name: str | None = None
-    """What validation reports when it is not a likelihood (R2FT's preference loss); None = NLL or ELBO."""
+    """What the validation loss is, when it is not a likelihood (default: NLL or ELBO, from `exact`)."""
 
     @property
     def bound_name(self) -> str:

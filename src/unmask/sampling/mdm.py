@@ -13,8 +13,8 @@ model predicts the masked positions of the current block, a token x0 is drawn fo
 
 Committed tokens never change. Options that combine with the methods: conv (2509.15188) scales
 the scores by g(c·u_i), u_i = committed tokens near i; EDLM replaces the ancestral x0 by one of k
-candidates resampled with weights softmax(-E/τ) from an AR energy; unsupervised CFG; the
-Fast-dLLM prefix / dual KV cache; MDLM's no-change cache.
+candidates resampled with weights softmax(-E/τ) from an energy (an AR run, or an NCE-trained energy
+run); unsupervised CFG; the Fast-dLLM prefix / dual KV cache; MDLM's no-change cache.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class SampleOutput:
     forward_passes: int = 0
     """Denoiser calls over the batch (a cached call over a block counts 1; CFG's two halves count 2)."""
     energy_passes: int = 0
-    """EDLM: AR energy calls over the batch's candidates."""
+    """EDLM: energy model calls (AR or NCE energy) over the batch's candidates."""
 
 
 def commit_schedule(n_masked: int, steps: int) -> list[int]:
@@ -159,17 +159,40 @@ def edlm_resample(
     temperature: float,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One candidate per sequence, drawn with importance weights (EDLM, Xu et al. 2024).
+    """One candidate per sequence, drawn with importance weights (EDLM, Xu et al. 2024), for an AR energy.
 
     candidates (B, k, T) drawn from the proposal q = p_θ(x0 | x_t); log_q, log_p_ar (B, k) their
     log-probabilities under q and under the AR model. Energy E = -log p_AR(x0) + log q(x0): the
-    target is p_AR, so the weight p_AR / q = exp(-E); weights softmax(-E / τ) over the k candidates
-    of each sequence (dim 1, never across the batch). Returns (chosen (B, T), weights (B, k)).
+    target is p_AR, so the weight p_AR / q = exp(-E). Returns (chosen (B, T), weights (B, k)).
     """
-    energy = -log_p_ar + log_q  # (B, k)
-    weights = torch.softmax(-energy / temperature, dim=1)
-    pick = torch.multinomial(weights.float(), 1, generator=generator).squeeze(1)  # (B,)
+    return resample_by_energy(candidates, -log_p_ar + log_q, temperature, generator)
+
+
+def resample_by_energy(
+    candidates: torch.Tensor, energy: torch.Tensor, temperature: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One of each sequence's k candidates (B, k, T), drawn with weights softmax(-E / τ) over its own energies
+    E (B, k) (dim 1, never across the batch); lower energy = more likely. Returns (chosen (B, T), weights (B, k))."""
+    weights = torch.softmax(-energy.double() / temperature, dim=1)
+    pick = torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (B,)
     return candidates[torch.arange(len(candidates), device=candidates.device), pick], weights
+
+
+def candidate_energies(
+    energy_model: torch.nn.Module, candidates: torch.Tensor, masked: torch.Tensor, log_q: torch.Tensor
+) -> torch.Tensor:
+    """E (B, k) float64 of candidates (B, k, T) drawn at the positions `masked` (B, T) of x_t, log_q (B, k) their
+    log-probability under the proposal.
+
+    An energy run (cfg.energy_head, trained by NCE against the denoiser's own samples): its E(x0, x_t) is the
+    residual energy already, target ∝ q · exp(-E), so the weight is exp(-E). An AR run: E = -log p_AR + log q
+    (target p_AR, weight p_AR / q). Candidate j of sequence b is row b*k + j of the flattened batch."""
+    B, k, T = candidates.shape
+    flat = candidates.reshape(B * k, T)
+    if getattr(energy_model.cfg, "energy_head", False):
+        rows_masked = masked.repeat_interleave(k, dim=0)  # (B*k, T): row b*k + j has sequence b's x_t
+        return energy_model(flat, energy_mask=rows_masked).double().view(B, k)
+    return -ar_log_likelihood(energy_model, flat).view(B, k) + log_q
 
 
 class _Denoiser:
@@ -248,7 +271,8 @@ def sample_mdm(
 ) -> SampleOutput:
     """Generate gen_len tokens after prompts (B, P) (mask tokens inside them are infilled) with `config`.
 
-    energy_model: an AR model over the same tokenizer; turns the ancestral sampler into EDLM.
+    energy_model: an AR model or an energy model (cfg.energy_head) over the same tokenizer; turns the
+        ancestral sampler into EDLM.
     prompt_mask: (B, P) True for real prompt tokens, for prompts of different lengths left-padded
         with any non-mask id (`unmask.sampling.left_pad`); each row decodes as it would alone.
     on_step: called after every step with, per sequence, the positions committed at that step and
@@ -368,7 +392,7 @@ def _edlm_x0(x, cand, logits, cfg: SamplerConfig, generator, energy_model, out) 
     seqs = x.expand(k, B, T).clone()
     seqs[:, cand] = draws
     candidates = seqs.transpose(0, 1)  # (B, k, T): sequence b's candidates are rows b*k .. b*k+k-1 below
-    log_p_ar = ar_log_likelihood(energy_model, candidates.reshape(B * k, T)).view(B, k)
+    energy = candidate_energies(energy_model, candidates, cand, log_q)  # (B, k)
     out.energy_passes += 1
-    chosen, _ = edlm_resample(candidates, log_q, log_p_ar, cfg.energy.temperature, generator)
+    chosen, _ = resample_by_energy(candidates, energy, cfg.energy.temperature, generator)
     return chosen

@@ -59,16 +59,19 @@ def encode_prompt(tok, prompt: str, mask_id: int, eod_id: int, blank_length: int
 
 
 def load_energy(run: str | Path, vocab_size: int, device) -> torch.nn.Module:
-    """The model of an energy / judge run: read left to right (AR decoder, plain queries), same vocabulary."""
+    """The model of an energy run (EDLM): an NCE-trained energy run (unmask finetune energy) or a plain
+    left-to-right AR run (its likelihood is the energy), over the same vocabulary."""
     from unmask.run import Run
 
     energy = Run(run)
+    objective = energy.objective
     check(
-        energy.objective.decoder == "ar" and not energy.objective.query_is_target,
-        f"energy run {run}: objective {energy.objective.name} is not plain left-to-right AR; an 'ar' run is needed",
+        objective.energy or (objective.decoder == "ar" and not objective.query_is_target),
+        f"energy run {run}: objective {objective.name} is neither an energy run (unmask finetune energy) nor plain "
+        f"left-to-right AR",
     )
     vocab = energy.model_config.vocab_size
-    check(vocab == vocab_size, f"energy run {run}: vocabulary {vocab} != {vocab_size}")
+    check(vocab == vocab_size, f"energy run {run}: vocabulary {vocab} != the sampled run's {vocab_size}")
     return energy.load_model("last", device)
 
 
@@ -102,6 +105,7 @@ def decode(
     check(length >= 0, f"length={length}: must be >= 0")
     check(0 <= seed < 2**63, f"seed={seed}: must be in [0, 2**63)")
     opened = Run(run)
+    check(not opened.objective.energy, f"run {run} is an energy run: pass it as --energy_run when sampling an MDM run")
     objective, ids, seq_len = opened.objective, opened.special_ids, opened.model_config.seq_len
     check(1 <= blank_length <= seq_len, f"blank_length={blank_length}: must be in [1, seq_len {seq_len}]")
     tok = opened.tokenizer()

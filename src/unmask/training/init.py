@@ -10,9 +10,11 @@ than a random vector whose logit could dominate the tied output layer.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 
+from unmask.checkpoint import sha256_of
 from unmask.config import ConfigError, ModelConfig
 from unmask.model import read_weights
 from unmask.objectives import Objective
@@ -41,12 +43,28 @@ def start_from(base_path: str, data, objective: Objective) -> tuple[ModelConfig,
     base_cfg = base.model_config
     if data.vocab_size < base_cfg.vocab_size:
         raise ConfigError(f"data {data.path}: vocabulary {data.vocab_size} < base's {base_cfg.vocab_size}")
+    if objective.energy and (base.objective.decoder != "mdm" or base.objective.energy):
+        raise ConfigError(f"train.objective={objective.name} starts from an MDM run; {base.path} is a "
+                          f"{base.objective.name} run")  # fmt: skip
     weights = read_weights(base.weights("last"))
     weights["embed.weight"] = grow_rows(weights["embed.weight"], data.vocab_size)
-    return dataclasses.replace(base_cfg, vocab_size=data.vocab_size), weights
+    if objective.energy:  # a zero head: E = 0 at the start, every candidate weighs the same (plain sampling)
+        weights |= {"energy_head.weight": torch.zeros(1, base_cfg.d_model), "energy_head.bias": torch.zeros(1)}
+    return dataclasses.replace(base_cfg, vocab_size=data.vocab_size, energy_head=objective.energy), weights
 
 
 def grow_rows(embedding: torch.Tensor, rows: int) -> torch.Tensor:
     """The embedding with rows appended up to `rows`, each the mean of the existing ones."""
     extra = rows - len(embedding)
     return torch.cat([embedding, embedding.mean(0, keepdim=True).expand(extra, -1)]) if extra else embedding
+
+
+def check_base_unchanged(run: Run) -> None:
+    """Refuse to resume a run whose base run's weights changed since it started (retrained in place)."""
+    recorded = run.config.get("init_from_sha256")
+    base = run.train_config.init_from
+    if recorded and base and sha256_of(Path(base) / "last.safetensors") != recorded:
+        raise ConfigError(
+            f"run {run.path} started from {base}, whose last.safetensors has changed since (SHA-256 differs); "
+            f"restore that base or start a new run"
+        )

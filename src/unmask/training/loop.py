@@ -28,7 +28,7 @@ from unmask.objectives.validation import ValidationLoss, token_byte_lengths, val
 from unmask.progress import progress_bar
 from unmask.run import Run
 from unmask.runtime import Runtime, launched_world
-from unmask.training.init import start_from
+from unmask.training.init import check_base_unchanged, start_from
 from unmask.training.metrics import MetricsWriter, truncate_metrics
 from unmask.training.optim import Budget, learning_rate, make_optimizer
 from unmask.training.rundir import check_resumable, create_run_dir, resume_config
@@ -92,17 +92,26 @@ def train(
         saved = Run(out)
         model_cfg, cfg = saved.model_config, resume_config(saved, model, train, defaults)
         data_set = saved.data()  # the same data, verified (manifest, token files, tokenizer)
+        if get_objective(cfg.objective).energy:  # it samples from its base all along: the same base, unchanged
+            check_base_unchanged(saved)
     else:
         cfg, data_set = train or TrainConfig(), open_data(data if data is not None else "data/austen")
         model_cfg = dataclasses.replace(model or ModelConfig())
     objective = get_objective(cfg.objective)
+    if objective.energy and not cfg.init_from:
+        raise ConfigError(f"train.objective={objective.name} needs train.init_from: the MDM run it contrasts with")
     initial_weights = None
     if cfg.init_from and not resume:  # resumed: the checkpoint holds the weights
         if model is not None:
             raise ConfigError("train.init_from gives the model (its base run's); drop the model options")
         model_cfg, initial_weights = start_from(cfg.init_from, data_set, objective)
     model_cfg = dataclasses.replace(
-        model_cfg, size=None, vocab_size=data_set.vocab_size, seq_len=data_set.seq_len, causal=objective.causal
+        model_cfg,
+        size=None,
+        vocab_size=data_set.vocab_size,
+        seq_len=data_set.seq_len,
+        causal=objective.causal,
+        energy_head=objective.energy,
     )
     if data_set.n_tokens("val") < data_set.seq_len:  # a loss "measured" on nothing would become the best
         raise ConfigError(
