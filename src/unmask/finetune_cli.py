@@ -200,7 +200,7 @@ def evaluate(
     return rows
 
 
-COLUMNS = ("accuracy", "rep_2", "rep_4", "eos_rate", "stopped", "length_mean", "length_p90")
+COLUMNS = ("accuracy", "rep_2", "rep_4", "eos_rate", "stopped", "length_mean", "length_p90", "window_mean")
 
 
 def print_rows(rows: list[dict]) -> None:
@@ -211,7 +211,8 @@ def print_rows(rows: list[dict]) -> None:
     widths = [max(len(h), *(len(line[i]) for line in table)) for i, h in enumerate(header)]
     for line in (header, *table):
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
-    print(f"({rows[0]['n']} test prompts per run, answers of at most {rows[0]['window']} tokens)")
+    print(f"({rows[0]['n']} test prompts per run, answers of at most {rows[0]['window']} tokens; an MDM's window "
+          "shrinks where a long prompt leaves less of its sequence: window_mean)")  # fmt: skip
 
 
 def _fmt(value) -> str:

@@ -193,3 +193,16 @@ def test_sft_raises_test_accuracy_over_the_base(bases, tmp_path, objective, epoc
     print(f"{objective}: base accuracy {base_row['accuracy']:.3f}, after SFT {sft_row['accuracy']:.3f}")
     assert sft_row["accuracy"] >= base_row["accuracy"] + 0.08
     assert sft_row["stopped"] > 0.9 > base_row["stopped"]  # it learned where an answer ends
+
+
+def test_a_long_prompt_keeps_its_instruction_and_an_mdm_answer_window_shrinks_instead(bases):
+    from unmask.finetune.evaluate import MIN_WINDOW, respond
+
+    short, long = "Reverse the words: a b c", "Repeat the last sentence: " + "She was very happy indeed. " * 6
+    for objective in ("mdm", "ar"):
+        run = Run(bases[objective])
+        n_long = len(run.tokenizer().encode(long).ids)
+        _, windows = respond(run, [short, long], length=40)
+        expected = max(MIN_WINDOW, 64 - n_long) if objective == "mdm" else 40
+        assert [len(w) for w in windows] == [40, expected], objective
+    assert 64 - n_long < 40  # the long prompt did leave an MDM less room than asked

@@ -8,6 +8,7 @@ its own, which is the honest baseline.
     accuracy       mean task score (exact match; per-word for `continue`), overall and per task
     rep-2, rep-4   share of the responses' token n-grams that repeat an earlier one (pooled)
     eos_rate       share of the generated positions holding end-of-text (an EOS flood raises it)
+    window_mean    the mean answer window: an MDM's shrinks where a long prompt leaves less of seq_len
     stopped        share of responses that end with end-of-text inside the window
     length         response tokens: mean, median and 90th percentile
 """
@@ -21,7 +22,7 @@ import torch
 
 from unmask.config import ConfigError, check
 from unmask.data.chat import chat_prompt
-from unmask.evaluation.metrics import eos_rate, repetition_rate, truncate_at_eos
+from unmask.evaluation.metrics import repetition_rate
 from unmask.finetune.tasks import TASKS, instruction_set, score
 from unmask.run import Run
 from unmask.sampling.ar import left_pad, sample_ar
@@ -52,6 +53,10 @@ def prompt_tokens(tok, text: str, eod_id: int) -> list[int]:
         return tok.encode(text, add_special_tokens=False).ids
 
 
+MIN_WINDOW = 8
+"""An MDM answer window never shrinks below this many tokens to make room for a long prompt."""
+
+
 @torch.no_grad()
 def respond(
     run: Run,
@@ -62,29 +67,46 @@ def respond(
     which: str = "last",
     device: str | torch.device = "cpu",
     batch_size: int = 64,
-) -> tuple[list[list[int]], torch.Tensor]:
-    """(response tokens up to end-of-text, generated windows (N, length)) for each prompt, decoded in batches
-    of left-padded prompts (each row decodes as it would alone)."""
+) -> tuple[list[list[int]], list[list[int]]]:
+    """(response tokens up to end-of-text, the whole generated window) for each prompt, decoded in batches of
+    left-padded prompts (each row decodes as it would alone).
+
+    AR decodes `length` tokens after any prompt (its window slides). An MDM denoises prompt and answer in one
+    window of seq_len: a prompt that leaves less than `length` tokens gets the window that remains (at least
+    MIN_WINDOW; only a prompt longer than that is cut, from the left), so no prompt loses its instruction to a
+    long answer window."""
     sampler = sampler or DEFAULT_SAMPLER
     tok, ids = run.tokenizer(), run.special_ids
     model = run.load_model(which, device)
-    limit = run.model_config.seq_len - length
-    encoded = [prompt_tokens(tok, p, ids.eod_id)[-limit:] if limit > 0 else [] for p in prompts]
-    check(limit > 0, f"length {length} leaves no room for a prompt in the model's seq_len {run.model_config.seq_len}")
+    seq_len, is_mdm = run.model_config.seq_len, run.objective.decoder == "mdm"
+    check(length >= 1, f"length={length}: must be >= 1")
+    encoded = [prompt_tokens(tok, p, ids.eod_id) for p in prompts]
+    if is_mdm:
+        windows_of = [min(length, max(MIN_WINDOW, seq_len - len(e))) for e in encoded]
+        encoded = [
+            e[len(e) - (seq_len - w) :] if len(e) + w > seq_len else e for e, w in zip(encoded, windows_of, strict=True)
+        ]
+    else:
+        windows_of = [length] * len(encoded)
+        encoded = [e[-(seq_len - 1) :] for e in encoded]  # the first answer token reads the whole prompt
     g = torch.Generator(device).manual_seed(seed)
-    windows = []
-    for start in range(0, len(encoded), batch_size):
-        x, real = left_pad(encoded[start : start + batch_size], ids.pad_id)
-        x, real = x.to(device), real.to(device)
-        banned = (ids.pad_id, ids.mask_id)
-        if run.objective.decoder == "mdm":
-            out = sample_mdm(model, x, length, ids.mask_id, sampler, banned, g, prompt_mask=real)
-        else:
-            out = sample_ar(model, x, length, sampler.temperature, sampler.top_k, sampler.top_p, ids.eod_id, banned,
-                            g, run.objective.query_is_target, prompt_mask=real)  # fmt: skip
-        windows.append(out.tokens[:, x.shape[1] :].cpu())
-    generated = torch.cat(windows)
-    return truncate_at_eos(generated, ids.eod_id), generated
+    generated: list[list[int]] = [[] for _ in prompts]
+    banned = (ids.pad_id, ids.mask_id)
+    for window in sorted(set(windows_of)):  # one answer window per batch
+        rows = [i for i, w in enumerate(windows_of) if w == window]
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            x, real = left_pad([encoded[i] for i in chunk], ids.pad_id)
+            x, real = x.to(device), real.to(device)
+            if is_mdm:
+                out = sample_mdm(model, x, window, ids.mask_id, sampler, banned, g, prompt_mask=real)
+            else:
+                out = sample_ar(model, x, window, sampler.temperature, sampler.top_k, sampler.top_p, ids.eod_id,
+                                banned, g, run.objective.query_is_target, prompt_mask=real)  # fmt: skip
+            for i, row in zip(chunk, out.tokens[:, x.shape[1] :].tolist(), strict=True):
+                generated[i] = row
+    responses = [row[: row.index(ids.eod_id)] if ids.eod_id in row else row for row in generated]
+    return responses, generated
 
 
 def evaluate_instructions(
@@ -104,7 +126,7 @@ def evaluate_instructions(
     responses, generated = respond(opened, [e.prompt for e in examples], length, sampler, seed, which, device)
     tok, eod = opened.tokenizer(), opened.special_ids.eod_id
     answers = []
-    for e, tokens, window in zip(examples, responses, generated.tolist(), strict=True):
+    for e, tokens, window in zip(examples, responses, generated, strict=True):
         text = tok.decode(tokens).strip()
         answers.append(
             Answer(e.task, e.prompt, e.response, text, score(e.task, text, e.response), tokens, eod in window)
@@ -121,12 +143,13 @@ def evaluate_instructions(
         },  # fmt: skip
         "rep_2": repetition_rate([a.tokens for a in answers], 2),
         "rep_4": repetition_rate([a.tokens for a in answers], 4),
-        "eos_rate": eos_rate(generated, eod),
+        "eos_rate": sum(w.count(eod) for w in generated) / sum(len(w) for w in generated),
         "stopped": statistics.fmean(a.stopped for a in answers),
         "length_mean": statistics.fmean(lengths),
         "length_p50": statistics.median(lengths),
         "length_p90": sorted(lengths)[int(0.9 * (len(lengths) - 1))],
         "n": len(answers),
         "window": length,
+        "window_mean": statistics.fmean(len(w) for w in generated),
     }
     return row, answers
