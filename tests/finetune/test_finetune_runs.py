@@ -203,6 +203,18 @@ def test_a_long_prompt_keeps_its_instruction_and_an_mdm_answer_window_shrinks_in
         run = Run(bases[objective])
         n_long = len(run.tokenizer().encode(long).ids)
         _, windows = respond(run, [short, long], length=40)
-        expected = max(MIN_WINDOW, 64 - n_long) if objective == "mdm" else 40
+        expected = max(MIN_WINDOW, (64 - n_long) // 8 * 8) if objective == "mdm" else 40  # whole blocks of 8
         assert [len(w) for w in windows] == [40, expected], objective
     assert 64 - n_long < 40  # the long prompt did leave an MDM less room than asked
+
+
+def test_shrunken_windows_hold_whole_blocks_and_keep_the_tokens_per_step(bases):
+    from unmask.finetune.evaluate import _scaled, respond
+    from unmask.sampling.config import SamplerConfig
+
+    long = "Repeat the last sentence: " + "She was very happy indeed. " * 6
+    blocks = SamplerConfig.from_flat(block_length=8)
+    _, windows = respond(Run(bases["mdm"]), [long], length=40, sampler=blocks)
+    assert len(windows[0]) % 8 == 0 and len(windows[0]) < 40
+    assert _scaled(SamplerConfig.from_flat(steps=10), 20, 40).commit.steps == 5
+    assert _scaled(SamplerConfig.from_flat(steps=10, block_length=8), 16, 40).commit.steps == 4

@@ -15,6 +15,7 @@ its own, which is the honest baseline.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass
 
@@ -72,9 +73,9 @@ def respond(
     left-padded prompts (each row decodes as it would alone).
 
     AR decodes `length` tokens after any prompt (its window slides). An MDM denoises prompt and answer in one
-    window of seq_len: a prompt that leaves less than `length` tokens gets the window that remains (at least
-    MIN_WINDOW; only a prompt longer than that is cut, from the left), so no prompt loses its instruction to a
-    long answer window."""
+    window of seq_len: a prompt that leaves less than `length` tokens gets the window that remains, in whole
+    blocks (at least MIN_WINDOW or one block; only a prompt longer than that is cut, from the left), decoded at
+    the same tokens per step, so no prompt loses its instruction to a long answer window."""
     sampler = sampler or DEFAULT_SAMPLER
     tok, ids = run.tokenizer(), run.special_ids
     model = run.load_model(which, device)
@@ -82,10 +83,10 @@ def respond(
     check(length >= 1, f"length={length}: must be >= 1")
     encoded = [prompt_tokens(tok, p, ids.eod_id) for p in prompts]
     if is_mdm:
-        windows_of = [min(length, max(MIN_WINDOW, seq_len - len(e))) for e in encoded]
-        encoded = [
-            e[len(e) - (seq_len - w) :] if len(e) + w > seq_len else e for e, w in zip(encoded, windows_of, strict=True)
-        ]
+        step = sampler.commit.block_length or 1  # a window holds whole blocks
+        least = max(step, min(MIN_WINDOW, length, seq_len - 1))
+        windows_of = [min(length, max(least, (seq_len - len(e)) // step * step)) for e in encoded]
+        encoded = [e[-(seq_len - w) :] for e, w in zip(encoded, windows_of, strict=True)]
     else:
         windows_of = [length] * len(encoded)
         encoded = [e[-(seq_len - 1) :] for e in encoded]  # the first answer token reads the whole prompt
@@ -99,7 +100,8 @@ def respond(
             x, real = left_pad([encoded[i] for i in chunk], ids.pad_id)
             x, real = x.to(device), real.to(device)
             if is_mdm:
-                out = sample_mdm(model, x, window, ids.mask_id, sampler, banned, g, prompt_mask=real)
+                out = sample_mdm(model, x, window, ids.mask_id, _scaled(sampler, window, length), banned, g,
+                                 prompt_mask=real)  # fmt: skip
             else:
                 out = sample_ar(model, x, window, sampler.temperature, sampler.top_k, sampler.top_p, ids.eod_id,
                                 banned, g, run.objective.query_is_target, prompt_mask=real)  # fmt: skip
@@ -107,6 +109,16 @@ def respond(
                 generated[i] = row
     responses = [row[: row.index(ids.eod_id)] if ids.eod_id in row else row for row in generated]
     return responses, generated
+
+
+def _scaled(sampler: SamplerConfig, window: int, length: int) -> SamplerConfig:
+    """The sampler for a shrunken window: the same tokens per step (a set step count scaled down with it)."""
+    steps = sampler.commit.steps
+    if steps is None or window == length:
+        return sampler
+    blocks = window // (sampler.commit.block_length or window)
+    scaled = max(blocks, round(steps * window / length) // blocks * blocks)
+    return dataclasses.replace(sampler, commit=dataclasses.replace(sampler.commit, steps=scaled))
 
 
 def evaluate_instructions(

@@ -19,16 +19,14 @@ sequences (n_targets = B), so validation reports the mean NCE loss per sequence.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from unmask.config import ConfigError, TrainConfig
 from unmask.objectives.base import LossOutput, Objective, Specials, padding
-from unmask.objectives.validation import ValidationLoss
+from unmask.objectives.validation import loss_validation
 
 
 def nce_loss(energy_data: torch.Tensor, energy_samples: torch.Tensor) -> torch.Tensor:
@@ -90,40 +88,6 @@ def _loss(cfg: TrainConfig, seq_len: int):
     return loss
 
 
-@torch.no_grad()
-def energy_validation_loss(
-    model: torch.nn.Module,
-    sequences,
-    objective: Objective,
-    specials: Specials,
-    train_cfg: TrainConfig | None = None,
-    mc_passes: int = 4,
-    seed: int = 0,
-    batch_size: int = 64,
-    autocast: bool = False,
-) -> ValidationLoss:
-    """The mean NCE loss per held-out sequence over K passes of fixed-seed noise, ± its standard error.
-
-    2 ln 2 ≈ 1.386 is an energy that tells data from the frozen model's samples no better than chance."""
-    cfg = train_cfg or TrainConfig(objective=objective.name)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    n = sequences.n_sequences()
-    batches = [sequences.batch(np.arange(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
-    loss_fn = objective.make_loss(cfg, sequences.seq_len)
-    generator = torch.Generator(device).manual_seed(seed)
-    with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
-        sums = torch.stack(
-            [sum(loss_fn(model, x.to(device), specials, generator).loss_sum for x in batches) for _ in range(mc_passes)]
-        )
-    model.train(was_training)
-    means = sums.double().cpu().numpy() / max(n, 1)  # host-device sync: once per evaluation
-    stderr = float(means.std(ddof=1) / math.sqrt(mc_passes)) if mc_passes > 1 else None
-    n_tokens = sum(int((x != specials.pad_id).sum()) for x in batches)
-    return ValidationLoss(float(means.mean()), stderr, n_tokens, mc_passes, objective.bound_name)
-
-
 ENERGY = Objective(
     name="energy",
     causal=False,
@@ -131,7 +95,7 @@ ENERGY = Objective(
     decoder="mdm",
     make_loss=_loss,
     n_targets=lambda x, pad_id: len(x),  # each sequence weighs the same: the mean NCE loss over the batch
-    validate=energy_validation_loss,
+    validate=loss_validation,  # the mean NCE loss per sequence: 2 ln 2 ≈ 1.386 is chance
     energy=True,
     loss_name="NCE loss",
 )

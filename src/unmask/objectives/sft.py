@@ -17,16 +17,13 @@ tokens (AR), or the mean over conversations of the per-answer-token ELBO over K 
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 
 from unmask.config import TrainConfig
 from unmask.objectives.ar import ar_token_nll
 from unmask.objectives.base import LossOutput, Objective, Specials
 from unmask.objectives.mdm import mask_probability, masked_token_ce
-from unmask.objectives.validation import ValidationLoss
+from unmask.objectives.validation import loss_validation
 
 
 def planes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,40 +74,6 @@ def _ar_loss(cfg: TrainConfig, seq_len: int):
     return loss
 
 
-@torch.no_grad()
-def sft_validation_loss(
-    model: torch.nn.Module,
-    sequences,
-    objective: Objective,
-    specials: Specials,
-    train_cfg: TrainConfig | None = None,
-    mc_passes: int = 32,
-    seed: int = 0,
-    batch_size: int = 64,
-    autocast: bool = False,
-) -> ValidationLoss:
-    """The SFT loss on held-out conversations (`sequences`: unmask.data.instructions.Conversations)."""
-    cfg = train_cfg or TrainConfig(objective=objective.name)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    n = sequences.n_sequences()
-    batches = [sequences.batch(np.arange(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
-    loss_fn = objective.make_loss(cfg, sequences.seq_len)
-    denominator = sum(objective.n_targets(x, specials.pad_id) for x in batches)
-    n_tokens = sum(int(x[:, 1].sum()) for x in batches)  # answer tokens (EOS included)
-    passes = 1 if objective.exact else mc_passes
-    generator = torch.Generator(device).manual_seed(seed)
-    with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
-        sums = torch.stack(
-            [sum(loss_fn(model, x.to(device), specials, generator).loss_sum for x in batches) for _ in range(passes)]
-        )
-    model.train(was_training)
-    means = sums.double().cpu().numpy() / max(denominator, 1)  # host-device sync: once per evaluation
-    stderr = float(means.std(ddof=1) / math.sqrt(passes)) if passes > 1 else None
-    return ValidationLoss(float(means.mean()), stderr, n_tokens, passes, objective.bound_name)
-
-
 def conversation_tokens(x: torch.Tensor, pad_id: int) -> int:
     return int((x[:, 0] != pad_id).sum())
 
@@ -123,7 +86,7 @@ SFT_MDM = Objective(
     make_loss=_mdm_loss,
     n_targets=lambda x, pad_id: len(x),  # each conversation weighs the same: the mean over the batch
     real_tokens=conversation_tokens,
-    validate=sft_validation_loss,
+    validate=loss_validation,
 )
 SFT_AR = Objective(
     name="sft_ar",
@@ -133,5 +96,5 @@ SFT_AR = Objective(
     make_loss=_ar_loss,
     n_targets=lambda x, pad_id: int(x[:, 1, 1:].sum()),
     real_tokens=conversation_tokens,
-    validate=sft_validation_loss,
+    validate=loss_validation,
 )

@@ -136,3 +136,42 @@ def _pass_sums(objective, model, batches, K, generator, specials, cfg, max_batch
     return torch.stack(
         [sum(loss_fn(model, x.to(device), specials, generator).loss_sum for x in batches) for _ in range(K)]
     )
+
+
+@torch.no_grad()
+def loss_validation(
+    model: torch.nn.Module,
+    sequences,
+    objective: Objective,
+    specials: Specials,
+    train_cfg: TrainConfig | None = None,
+    mc_passes: int = 32,
+    seed: int = 0,
+    batch_size: int = 64,
+    autocast: bool = False,
+) -> ValidationLoss:
+    """An objective's own training loss on held-out batches, normalised by its n_targets: one pass when exact,
+    else K passes of fixed-seed noise with the standard error of their means. The validation of objectives
+    whose batches are not plain sequences (fine-tuning's conversations) or whose loss is no likelihood (R2FT's
+    preference, NCE): `Objective.validate`.
+
+    sequences: n_sequences(), batch(indices) -> a CPU batch the loss takes, seq_len."""
+    cfg = train_cfg or TrainConfig(objective=objective.name)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    n = sequences.n_sequences()
+    batches = [sequences.batch(np.arange(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+    loss_fn = objective.make_loss(cfg, sequences.seq_len)
+    denominator = sum(objective.n_targets(x, specials.pad_id) for x in batches)
+    passes = 1 if objective.exact else mc_passes
+    generator = torch.Generator(device).manual_seed(seed)
+    with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
+        sums = torch.stack(
+            [sum(loss_fn(model, x.to(device), specials, generator).loss_sum for x in batches) for _ in range(passes)]
+        )
+    model.train(was_training)
+    means = sums.double().cpu().numpy() / max(denominator, 1)  # host-device sync: once per evaluation
+    stderr = float(means.std(ddof=1) / math.sqrt(passes)) if passes > 1 else None
+    n_tokens = sum(objective.count_real(x, specials.pad_id) for x in batches)
+    return ValidationLoss(float(means.mean()), stderr, n_tokens, passes, objective.bound_name)
