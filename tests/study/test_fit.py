@@ -41,10 +41,15 @@ def chinchilla(N, D):
     return BASE["E"] + BASE["A"] / N ** BASE["alpha"] + BASE["B"] / D ** BASE["beta"]
 
 
-def runs(truth, seed: int = 0, noise: float = 0.01, sizes=SIZES, budgets=BUDGETS, epochs=EPOCHS,
-         single_sizes=SINGLE_SIZES) -> list[Point]:
-    grid = [(n, r * n, r * n) for n in single_sizes for r in np.geomspace(10, 3000, 12)
-            if n <= compute_optimal_n(truth, r * n)]
+def runs(
+    truth, seed: int = 0, noise: float = 0.01, sizes=SIZES, budgets=BUDGETS, epochs=EPOCHS, single_sizes=SINGLE_SIZES
+) -> list[Point]:
+    grid = [
+        (n, r * n, r * n)
+        for n in single_sizes
+        for r in np.geomspace(10, 3000, 12)
+        if n <= compute_optimal_n(truth, r * n)
+    ]
     grid += [(n, e * u, u) for u in budgets for n in sizes for e in epochs]
     N, D, U = np.array(grid).T
     loss = law_loss(truth, N, D, U) * np.exp(noise * np.random.default_rng(seed).standard_normal(len(N)))

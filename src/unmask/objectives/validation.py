@@ -93,8 +93,10 @@ def validation_loss(
     real = [x != specials.pad_id for x in batches]
     # The protocol: every real token but the first of each sequence (a training loss without a batched
     # estimator may cover all real tokens instead; its n_targets says which).
-    all_real = not objective.exact and objective.mc_pass_sums is None and all(
-        objective.n_targets(x, specials.pad_id) == int(r.sum()) for x, r in zip(batches, real, strict=True)
+    all_real = (
+        not objective.exact
+        and objective.mc_pass_sums is None
+        and all(objective.n_targets(x, specials.pad_id) == int(r.sum()) for x, r in zip(batches, real, strict=True))
     )
     scored = real if all_real else [r[:, 1:] for r in real]
     targets = batches if all_real else [x[:, 1:] for x in batches]
