@@ -55,6 +55,7 @@ def test_bench_train_against_the_reference_reports_paired_ratios(tmp_path, capsy
         assert vs["range"][0] <= vs["median"] <= vs["range"][1] and vs["median"] > 0
         flops_ratio = result["sides"][side]["flops_per_token"] / result["sides"]["reference"]["flops_per_token"]
         assert vs["per_flop_median"] == pytest.approx(vs["median"] * flops_ratio)
+        assert vs["cpu_time_per_flop_median"] == pytest.approx(vs["cpu_time_median"] * flops_ratio)
     assert result["sides"]["ar"]["flops_per_token"] == result["sides"]["reference"]["flops_per_token"]
     assert result["sides"]["mdm"]["flops_per_token"] < result["sides"]["ar"]["flops_per_token"]
     printed = capsys.readouterr().out

