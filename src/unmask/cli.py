@@ -18,6 +18,7 @@ from unmask.config import ConfigError, DataConfig, ModelConfig, TrainConfig, Unm
 from unmask.demo import DemoConfig
 from unmask.evaluation.config import LikelihoodConfig
 from unmask.finetune_cli import COMMANDS as FINETUNE_COMMANDS
+from unmask.finetune_cli import announced
 from unmask.sampling.config import SamplerConfig
 
 
@@ -68,14 +69,9 @@ def train(
             stopped by SIGTERM/Ctrl-C (checkpoint at the step boundary, exit 0) or killed resumes bitwise.
         tensorboard: Also write TensorBoard scalars to OUT/tb.
     """
-    from unmask.run import result_lines
-    from unmask.runtime import launched_world
     from unmask.training import train as run_train
 
-    path = run_train(data, out, model, train, resume=resume, tensorboard=tensorboard)
-    if launched_world()[0] == 0:  # under torchrun, rank 0 speaks for the run
-        print("\n".join(result_lines(path)))
-    return str(path)
+    return announced(run_train(data, out, model, train, resume=resume, tensorboard=tensorboard))
 
 
 def evaluate(

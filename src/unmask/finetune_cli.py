@@ -78,13 +78,9 @@ def sft(
         tensorboard: Also write TensorBoard scalars to OUT/tb.
     """
     from unmask.finetune.sft import sft as run_sft
-    from unmask.run import result_lines
-    from unmask.runtime import launched_world
 
     path = run_sft(base, data, out, train, resume=resume, tensorboard=tensorboard)
-    if launched_world()[0] == 0:
-        print("\n".join(result_lines(path)))
-    return str(path)
+    return announced(path)
 
 
 def r2ft(
@@ -112,13 +108,9 @@ def r2ft(
         tensorboard: Also write TensorBoard scalars to OUT/tb.
     """
     from unmask.finetune.r2ft import r2ft as run_r2ft
-    from unmask.run import result_lines
-    from unmask.runtime import launched_world
 
     path = run_r2ft(sft_run, data, out, train, resume=resume, tensorboard=tensorboard)
-    if launched_world()[0] == 0:
-        print("\n".join(result_lines(path)))
-    return str(path)
+    return announced(path)
 
 
 def energy(
@@ -141,10 +133,16 @@ def energy(
         tensorboard: Also write TensorBoard scalars to OUT/tb.
     """
     from unmask.finetune.energy import train_energy
+
+    path = train_energy(base, out, data, train, resume=resume, tensorboard=tensorboard)
+    return announced(path)
+
+
+def announced(path) -> str:
+    """Print a finished (or stopped) run's result line under torchrun's rank 0 only; return its path."""
     from unmask.run import result_lines
     from unmask.runtime import launched_world
 
-    path = train_energy(base, out, data, train, resume=resume, tensorboard=tensorboard)
     if launched_world()[0] == 0:
         print("\n".join(result_lines(path)))
     return str(path)
