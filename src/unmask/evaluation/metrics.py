@@ -29,10 +29,10 @@ from unmask.config import check
 from unmask.objectives.ar import ar_token_nll
 
 
-def truncate_at_eos(generated: torch.Tensor, eod_id: int) -> list[list[int]]:
-    """Each row of generated (B, L) up to (not including) its first eod_id."""
+def truncate_at_eos(generated: torch.Tensor | Sequence[list[int]], eod_id: int) -> list[list[int]]:
+    """Each row of generated (B, L), or of rows of any lengths, up to (not including) its first eod_id."""
     rows = []
-    for row in generated.tolist():
+    for row in generated.tolist() if isinstance(generated, torch.Tensor) else generated:
         rows.append(row[: row.index(eod_id)] if eod_id in row else row)
     return rows
 

@@ -50,7 +50,8 @@ def train_energy(
         data = Run(base).data_path
         if data is None or not data.is_dir():
             raise ConfigError(f"run {base}: its data folder {data} is gone; pass --data DIR (same tokenizer)")
-    defaults = energy_config(base, ENERGY_DEFAULTS)  # on resume, a value left at its default is not a change
+    # on resume, a value left at its default is not a change
+    defaults = dataclasses.replace(ENERGY_DEFAULTS, objective=cfg.objective, init_from=cfg.init_from)
     return run_train(data, out, None, cfg, resume=resume, quiet=quiet, tensorboard=tensorboard, defaults=defaults)
 
 

@@ -23,7 +23,7 @@ import torch
 
 from unmask.config import ConfigError, check
 from unmask.data.chat import chat_prompt
-from unmask.evaluation.metrics import repetition_rate
+from unmask.evaluation.metrics import repetition_rate, truncate_at_eos
 from unmask.finetune.tasks import TASKS, instruction_set, score
 from unmask.run import Run
 from unmask.sampling.ar import left_pad, sample_ar
@@ -107,8 +107,7 @@ def respond(
                                 banned, g, run.objective.query_is_target, prompt_mask=real)  # fmt: skip
             for i, row in zip(chunk, out.tokens[:, x.shape[1] :].tolist(), strict=True):
                 generated[i] = row
-    responses = [row[: row.index(ids.eod_id)] if ids.eod_id in row else row for row in generated]
-    return responses, generated
+    return truncate_at_eos(generated, ids.eod_id), generated
 
 
 def _scaled(sampler: SamplerConfig, window: int, length: int) -> SamplerConfig:

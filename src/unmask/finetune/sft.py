@@ -39,5 +39,6 @@ def sft(
     from unmask.training import train as run_train
 
     cfg = sft_config(base, train or SFT_DEFAULTS)
-    defaults = sft_config(base, SFT_DEFAULTS)  # on resume, a value left at its default is not a change
+    # on resume, a value left at its default is not a change
+    defaults = dataclasses.replace(SFT_DEFAULTS, objective=cfg.objective, init_from=cfg.init_from)
     return run_train(data, out, None, cfg, resume=resume, quiet=quiet, tensorboard=tensorboard, defaults=defaults)

@@ -92,12 +92,12 @@ def train(
         saved = Run(out)
         model_cfg, cfg = saved.model_config, resume_config(saved, model, train, defaults)
         data_set = saved.data()  # the same data, verified (manifest, token files, tokenizer)
-        if get_objective(cfg.objective).energy:  # it samples from its base all along: the same base, unchanged
-            check_base_unchanged(saved)
     else:
         cfg, data_set = train or TrainConfig(), open_data(data if data is not None else "data/austen")
         model_cfg = dataclasses.replace(model or ModelConfig())
     objective = get_objective(cfg.objective)
+    if resume and objective.energy:  # it samples from its base all along: the same base, unchanged
+        check_base_unchanged(saved)
     if objective.energy and not cfg.init_from:
         raise ConfigError(f"train.objective={objective.name} needs train.init_from: the MDM run it contrasts with")
     initial_weights = None
