@@ -83,12 +83,14 @@ def time_side(
     else:
         model = Transformer(cfg).to(runtime.device)
         step_model = runtime.prepare_model(model)
-        loss_fn = get_objective(side).make_loss(TrainConfig(objective=side), seq_len)
-        generator = torch.Generator(runtime.device).manual_seed(1)
+        objective = get_objective(side)
+        loss_fn = objective.make_loss(TrainConfig(objective=side), seq_len)
+        generator = torch.Generator(objective.noise_device(runtime.device)).manual_seed(1)
         sp = Specials(mask_id=1, pad_id=2)
+        batch = x.cpu() if objective.host_batches else x  # as the training loop hands it over
 
         def loss() -> torch.Tensor:
-            return loss_fn(step_model, x, sp, generator).loss_sum / x.numel()
+            return loss_fn(step_model, batch, sp, generator).loss_sum / x.numel()
 
     cfg_train = TrainConfig()
     if side == "reference":  # nanoGPT's optimiser set-up; unmask's own (fused AdamW on CPUs too) for AR and MDM

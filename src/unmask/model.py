@@ -47,6 +47,14 @@ def flops_per_token(cfg: ModelConfig, head_fraction: float = 1.0) -> float:
     return 6 * count_params(cfg) - head * (1 - head_fraction) + 12 * cfg.n_layer * cfg.seq_len * cfg.d_model
 
 
+def select_positions(h: torch.Tensor, output_mask: torch.Tensor) -> torch.Tensor:
+    """Rows (M, ...) of h (B, T, ...) at `output_mask`: a (B, T) bool mask (M read from its values: a host-device
+    sync on GPUs) or (M,) flat indices b·T + t (M known from their shape). Row-major either way."""
+    if output_mask.dtype == torch.bool:
+        return h[output_mask]
+    return h.flatten(0, 1).index_select(0, output_mask)
+
+
 class _CPURMSNorm(torch.autograd.Function):
     """RMSNorm y = x·r·w, r = 1/√(mean(x²) + eps), with a fused backward on the CPU, where torch has no
     fused RMSNorm backward and differentiates rms_norm op by op (pow, mean, rsqrt, div, ~12 kernels).
@@ -255,8 +263,9 @@ class Transformer(nn.Module):
             gives the position of the token to predict here (see objectives.py).
         key_padding_mask: (B, T) True for real tokens, (B, Tp + T) over all keys with past_kv;
             padding is never attended to.
-        output_mask: (B, T) positions whose logits are needed (MDM: the masked ones); the
-            output projection, the largest matmul at small sizes, then skips the rest.
+        output_mask: (B, T) bool positions whose logits are needed (MDM: the masked ones), or their (M,) flat
+            indices b·T + t, row-major (no host-device sync); the output projection, the largest matmul at
+            small sizes, then skips the rest.
         past_kv: per layer the (k, v) of earlier tokens, (B, H, Tp, Dh) each, keys already
             rotated, as returned by `return_kv` (callers may slice or concatenate them along
             dim 2). idx then attends to [past keys, own keys]: all of them when bidirectional,
@@ -271,7 +280,7 @@ class Transformer(nn.Module):
         if energy_mask is not None:
             return self.energy(h, energy_mask)
         if output_mask is not None:
-            h = h[output_mask]  # (M, D)
+            h = select_positions(h, output_mask)  # (M, D)
         logits = F.linear(h, self.embed.weight)  # tied output embedding
         return (logits, kv) if return_kv else logits
 

@@ -54,6 +54,18 @@ def keep_freed_memory() -> None:
     libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """x on `device`; from the host to a GPU through pinned memory and without waiting for the device (a copy from
+    pageable memory would wait for the device's queue to drain first)."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def launched_world() -> tuple[int, int, int]:
     """(rank, local_rank, world_size) as torchrun sets them; (0, 0, 1) for a plain process."""
     env = os.environ
@@ -109,10 +121,7 @@ class Runtime:
         return torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast_enabled)
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
-        """A host batch on the device: through pinned memory and without waiting, on GPUs."""
-        if self.device.type != "cuda":
-            return x
-        return x.pin_memory().to(self.device, non_blocking=True)
+        return to_device(x, self.device)
 
     def shard(self, model: torch.nn.Module) -> torch.nn.Module:
         """FSDP2: shard each block, then the rest (embedding, final norm), in place. Call before the optimiser

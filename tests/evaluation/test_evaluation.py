@@ -15,7 +15,7 @@ from tests.conftest import tiny_model_config, tiny_train_config
 from unmask.config import ConfigError, ModelConfig
 from unmask.evaluation.conditional import ConditionalScorer, LikelihoodConfig, encode_pair
 from unmask.evaluation.likelihood import token_byte_lengths, validation_loss
-from unmask.model import Transformer
+from unmask.model import Transformer, select_positions
 from unmask.objectives import Specials, get_objective
 
 MASK, PAD = 1, 2  # ids used by the stub models below
@@ -35,7 +35,7 @@ class Factorised(nn.Module):
 
     def forward(self, idx, pos=None, query_pos=None, key_padding_mask=None, output_mask=None):
         logits = self.table[: idx.shape[1]].expand(idx.shape[0], -1, -1)  # (B, T, V)
-        return logits[output_mask] if output_mask is not None else logits
+        return logits if output_mask is None else select_positions(logits, output_mask)
 
     def exact_nll(self, x: torch.Tensor) -> torch.Tensor:
         """Per-position −log q_i(x_i), the mask id excluded from the softmax as in scoring."""

@@ -19,7 +19,7 @@ from unmask.evaluation.metrics import (
     truncate_at_eos,
     unigram_entropy,
 )
-from unmask.model import Transformer
+from unmask.model import Transformer, select_positions
 
 SAMPLES = [[1, 2, 1, 2, 1], [3, 3, 3]]
 
@@ -70,7 +70,9 @@ class Bigram(nn.Module):
 
     def forward(self, idx, output_mask=None, **kwargs):
         logits = self.table[idx]  # (B, T, V)
-        return logits if output_mask is None else logits[output_mask]  # (M, V), as Transformer.forward
+        return (
+            logits if output_mask is None else select_positions(logits, output_mask)
+        )  # (M, V), as Transformer.forward
 
 
 def test_generative_perplexity_is_exact_under_a_bigram_judge():

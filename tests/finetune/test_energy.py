@@ -14,7 +14,7 @@ from torch import nn
 from tests.conftest import tiny_model_config, tiny_train_config
 from unmask.config import ConfigError, ModelConfig
 from unmask.finetune.energy import nce_loss, train_energy
-from unmask.model import Transformer, count_params
+from unmask.model import Transformer, count_params, select_positions
 from unmask.objectives import Specials, get_objective
 from unmask.objectives.energy import model_samples
 from unmask.objectives.validation import loss_validation
@@ -69,7 +69,7 @@ def test_model_samples_redraw_only_the_masked_positions_of_their_own_row():
             logits = torch.full((*x_t.shape, 24), -30.0)
             logits.scatter_(-1, x_t[:, :1, None].expand(-1, x_t.shape[1], 1), 30.0)
             logits[..., MASK] = logits[..., PAD] = 50.0  # banned however likely
-            return logits[output_mask]
+            return select_positions(logits, output_mask)
 
     x0 = torch.tensor([[5] * 8, [9] * 8, [17] * 8]) + torch.arange(8)
     x0[:, 0] = torch.tensor([5, 9, 17])
@@ -118,7 +118,7 @@ class UniformDenoiser(nn.Module):
     def forward(self, idx, output_mask=None, **kwargs):
         logits = torch.zeros(*idx.shape, self.V)
         logits[..., :3] = -1e9  # eod, mask, pad never drawn
-        return logits[output_mask]
+        return select_positions(logits, output_mask)
 
 
 def test_a_batch_of_three_rows_is_each_resampled_from_its_own_candidates():

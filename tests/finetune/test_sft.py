@@ -10,10 +10,18 @@ import pytest
 import torch
 
 from unmask.config import TrainConfig
+from unmask.model import select_positions
 from unmask.objectives import Specials, get_objective
 
 V, MASK, EOS, PAD = 32, 1, 2, 3
 SP = Specials(mask_id=MASK, pad_id=PAD, eod_id=EOS)
+
+
+def as_bool_mask(output_mask: torch.Tensor, shape) -> torch.Tensor:
+    """The (B, T) bool form of an output_mask given as a mask or as flat indices."""
+    if output_mask.dtype == torch.bool:
+        return output_mask.clone()
+    return torch.zeros(shape, dtype=torch.bool).flatten().index_fill(0, output_mask, True).view(shape)
 
 
 class Spy(torch.nn.Module):
@@ -25,9 +33,9 @@ class Spy(torch.nn.Module):
         self.calls = []
 
     def forward(self, x, key_padding_mask=None, output_mask=None, **kwargs):
-        self.calls.append((x.clone(), None if output_mask is None else output_mask.clone()))
+        self.calls.append((x.clone(), None if output_mask is None else as_bool_mask(output_mask, x.shape)))
         logits = torch.zeros(*x.shape, V) + self.scale
-        return logits if output_mask is None else logits[output_mask]
+        return logits if output_mask is None else select_positions(logits, output_mask)
 
 
 def batch() -> torch.Tensor:

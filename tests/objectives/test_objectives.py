@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from unmask.config import ModelConfig, TrainConfig
-from unmask.model import Transformer
+from unmask.model import Transformer, select_positions
 from unmask.objectives import OBJECTIVES, Specials, get_objective, make_orderings, mask_probability
 from unmask.objectives.ar import ar_loss, ar_orderings_loss
 from unmask.objectives.mdm import mdm_loss
@@ -36,7 +36,7 @@ class Tamper(nn.Module):
         unmasked = idx != MASK
         logits[unmasked] += self.bump_unmasked * torch.randn_like(logits[unmasked])
         logits[..., MASK] += self.bump_mask_logit
-        return logits if output_mask is None else logits[output_mask]
+        return logits if output_mask is None else select_positions(logits, output_mask)
 
 
 def test_mdm_loss_ignores_unmasked_positions_and_never_predicts_the_mask():

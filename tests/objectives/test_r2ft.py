@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from unmask.config import ConfigError, ModelConfig, TrainConfig
-from unmask.model import Transformer
+from unmask.model import Transformer, select_positions
 from unmask.objectives import Specials, get_objective
 from unmask.objectives.r2ft import continuation_logp, r2ft_batch, r2ft_loss
 
@@ -98,7 +98,7 @@ class Fixed(torch.nn.Module):
     def forward(self, x, output_mask=None, **kwargs):
         logits = torch.zeros(*x.shape, V)
         logits[..., 5] = 3.0
-        return logits[output_mask]
+        return select_positions(logits, output_mask)
 
 
 def test_continuation_logp_is_the_mean_over_each_rows_region_for_each_target():

@@ -11,7 +11,7 @@ from scipy.stats import chisquare
 from torch import nn
 
 from unmask.config import ConfigError, ModelConfig
-from unmask.model import Transformer
+from unmask.model import Transformer, select_positions
 from unmask.sampling import SamplerConfig, sample_mdm
 from unmask.sampling.mdm import ar_log_likelihood, commit_schedule, conv_scores, edlm_resample
 
@@ -31,7 +31,7 @@ class FixedLogits(nn.Module):
     def forward(self, idx, output_mask=None, **kwargs):
         self.calls += 1
         logits = self.table[: idx.shape[1]].expand(len(idx), -1, -1)  # (B, T, V)
-        return logits if output_mask is None else logits[output_mask]
+        return logits if output_mask is None else select_positions(logits, output_mask)
 
 
 class Recorder(nn.Module):
@@ -320,7 +320,7 @@ class PromptSensitive(nn.Module):
 
     def forward(self, idx, output_mask=None, **kwargs):
         rows = torch.where((idx[:, :1] == MASK)[..., None], self.b, self.a).expand(-1, idx.shape[1], -1)
-        return rows if output_mask is None else rows[output_mask]
+        return rows if output_mask is None else select_positions(rows, output_mask)
 
 
 def test_unsupervised_cfg_extrapolates_away_from_the_unconditional_logits():

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from unmask.config import TrainConfig
 from unmask.objectives.base import LossOutput, Objective, Specials, padding
+from unmask.runtime import model_device, to_device
 
 
 def ar_token_nll(
@@ -49,10 +50,17 @@ def _summed(nll: torch.Tensor, real: torch.Tensor) -> LossOutput:
 
 
 def ar_loss(model: torch.nn.Module, x: torch.Tensor, sp: Specials, generator=None) -> LossOutput:
-    """Next-token cross-entropy: predict x[:, 1:] from x[:, :-1] under a causal mask."""
+    """Next-token cross-entropy: predict x[:, 1:] from x[:, :-1] under a causal mask.
+
+    Whether x holds padding is read where x lives (training: the host), then x moves to the model's device."""
     real, kpm = padding(x, sp.pad_id)
-    nll, _ = ar_token_nll(model, x, key_padding_mask=None if kpm is None else kpm[:, :-1])  # (B, T-1)
-    return _summed(nll, real)
+    device = model_device(model)
+    if kpm is None:  # a full batch: every target scored, SDPA's causal kernel
+        nll, _ = ar_token_nll(model, to_device(x, device))  # (B, T-1)
+        return LossOutput(nll.sum(), real[:, 1:])
+    kpm = to_device(kpm, device)
+    nll, _ = ar_token_nll(model, to_device(x, device), key_padding_mask=kpm[:, :-1])
+    return LossOutput(nll.masked_fill(~kpm[:, 1:], 0).sum(), real[:, 1:])
 
 
 def make_orderings(n: int, seq_len: int, seed: int) -> torch.Tensor:
@@ -109,7 +117,13 @@ def _identity_order_loss(cfg: TrainConfig, seq_len: int):
 
 
 AR = Objective(
-    name="ar", causal=True, exact=True, decoder="ar", make_loss=lambda cfg, seq_len: ar_loss, n_targets=_ar_targets
+    name="ar",
+    causal=True,
+    exact=True,
+    decoder="ar",
+    make_loss=lambda cfg, seq_len: ar_loss,
+    n_targets=_ar_targets,
+    host_batches=True,
 )
 AR_ORDERINGS = Objective(
     name="ar_orderings",

@@ -76,12 +76,21 @@ class Objective:
     MDM's samples (`unmask sample --energy_run`) and are never decoded themselves."""
     loss_name: str | None = None
     """What the validation loss is, when it is not a likelihood (default: NLL or ELBO, from `exact`)."""
+    host_batches: bool = False
+    """The training loss takes its batch and generator on the host and moves to the model's device only what the
+    forward needs: its noise, masks and the positions it scores, whose number sets tensor shapes, are known without
+    waiting for the device (no host-device sync in a step). Otherwise the loop moves the batch first and the
+    generator is the device's."""
 
     @property
     def bound_name(self) -> str:
         if self.loss_name:
             return self.loss_name
         return "NLL" if self.exact else "ELBO (upper bound on NLL)"
+
+    def noise_device(self, device: torch.device) -> torch.device:
+        """Where the training loss's generator draws: the host for host_batches objectives, else the device."""
+        return torch.device("cpu") if self.host_batches else device
 
     def count_real(self, x: torch.Tensor, pad_id: int) -> int:
         return self.real_tokens(x, pad_id) if self.real_tokens else int((x != pad_id).sum())
@@ -95,5 +104,5 @@ class Objective:
 def padding(x: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(real-token mask, key padding mask or None when the batch has no padding)."""
     real = x != pad_id
-    # host-device sync: one bool per micro-batch, so full batches keep the fast SDPA path
+    # one bool per micro-batch, so full batches keep the fast SDPA path: free on the host, a sync on a device
     return real, (None if bool(real.all()) else real)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from unmask.config import TrainConfig
 from unmask.objectives.base import LossOutput, Objective, Specials, padding
+from unmask.runtime import model_device, to_device
 
 
 def mask_probability(
@@ -35,18 +36,24 @@ def masked_token_ce(
     mask_id: int,
     key_padding_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weighted CE (M,), row of each (M,)) at the M masked positions of x (B, T).
+    """(weighted CE (M,) on the model's device, row of each (M,) on x's) at the M masked positions of x (B, T).
 
     The masked tokens are replaced by mask_id, the model predicts the clean token at each
     (no shift), the mask id excluded from its output, and each CE is scaled by row_weight (B,)
     of its sequence (1/p_b). Unmasked positions carry over their value and cost nothing.
+    Which positions, their targets and weights are worked out where x lives, then moved to the model's
+    device: from a host batch (training) the step never waits for the device to learn M.
     """
-    x_t = x.masked_fill(masked, mask_id)
-    logits = model(x_t, key_padding_mask=key_padding_mask, output_mask=masked).float()  # (M, V)
+    at = masked.flatten().nonzero().squeeze(1)  # (M,) flat positions, row-major
+    row = at // x.shape[1]
+    device = model_device(model)
+    x_t, at_d, targets, weight = (
+        to_device(t, device) for t in (x.masked_fill(masked, mask_id), at, x.flatten()[at], row_weight[row])
+    )
+    kpm = None if key_padding_mask is None else to_device(key_padding_mask, device)
+    logits = model(x_t, key_padding_mask=kpm, output_mask=at_d).float()  # (M, V)
     logits[:, mask_id] = float("-inf")  # the clean data never contains the mask token
-    ce = F.cross_entropy(logits, x[masked], reduction="none")  # (M,)
-    row = masked.nonzero()[:, 0]  # (M,)
-    return ce * row_weight[row], row
+    return F.cross_entropy(logits, targets, reduction="none") * weight, row
 
 
 def mdm_loss(model: torch.nn.Module, x: torch.Tensor, sp: Specials, generator=None, eps: float = 1e-3) -> LossOutput:
@@ -56,6 +63,7 @@ def mdm_loss(model: torch.nn.Module, x: torch.Tensor, sp: Specials, generator=No
 
     1. p_b from stratified t, 2. mask each real token with probability p_b,
     3. predict the clean tokens at the masked positions, 4. weight by 1/p_b.
+    Steps 1-2 happen where x lives (training: the host, with a host generator), the forward on the model's device.
     """
     B, T = x.shape
     real, kpm = padding(x, sp.pad_id)
@@ -129,6 +137,7 @@ MDM = Objective(
     decoder="mdm",
     make_loss=_mdm_loss,
     n_targets=_mdm_targets,
+    host_batches=True,
     mc_pass_sums=lambda model, batches, K, g, sp, cfg, max_tokens: elbo_pass_sums(model, batches, K, g, sp, max_tokens),
 )
 

@@ -51,9 +51,9 @@ def mdm_sft_loss(
     B, T = tokens.shape
     p = mask_probability(B, eps, generator, tokens.device)  # (B,)
     masked = (torch.rand(B, T, generator=generator, device=tokens.device) < p[:, None]) & learned
-    ce, row = masked_token_ce(model, tokens, masked, 1.0 / p, mask_id)
     answer_length = learned.sum(1).clamp_min(1)  # (B,)
-    return (ce / answer_length[row]).sum()
+    ce, _ = masked_token_ce(model, tokens, masked, 1.0 / (p * answer_length), mask_id)
+    return ce.sum()
 
 
 def _mdm_loss(cfg: TrainConfig, seq_len: int):
@@ -87,6 +87,7 @@ SFT_MDM = Objective(
     n_targets=lambda x, pad_id: len(x),  # each conversation weighs the same: the mean over the batch
     real_tokens=conversation_tokens,
     validate=loss_validation,
+    host_batches=True,
 )
 SFT_AR = Objective(
     name="sft_ar",

@@ -214,7 +214,8 @@ class Trainer:
         objective = get_objective(cfg.objective)
         self.objective, self.specials = objective, Specials(data.mask_id, data.pad_id, data.eod_id)
         self.model = runtime.prepare_model(state.model)  # DDP-wrapped, compiled or not; state.model keeps the weights
-        self.generator = torch.Generator(runtime.device)  # reseeded per micro-batch: see noise_seed
+        # reseeded per micro-batch (see noise_seed); on the host where the loss draws there (Objective.host_batches)
+        self.generator = torch.Generator(objective.noise_device(runtime.device))
         self.loss_fn = objective.make_loss(cfg, data.seq_len)
         self.validate = partial(
             validation_loss,
@@ -278,7 +279,8 @@ class Trainer:
         return MetricsWriter(self.out, self.tensorboard) if self.runtime.is_main else NullMetrics()
 
     def load_batch(self, step: int) -> StepBatch:
-        """This process's micro-batches of the global batch of `step`, on the device (pinned, asynchronous copy).
+        """This process's micro-batches of the global batch of `step`: on the device (pinned, asynchronous copy), or
+        left on the host for a loss that moves them itself (Objective.host_batches).
 
         Micro-batch k of the global batch goes to process k mod world_size and its noise is seeded by
         (seed, step, k): the same losses and gradients on any number of processes for one micro_batch_size.
@@ -298,7 +300,8 @@ class Trainer:
             k = j * world + rank
             # A process without a micro-batch in the last round repeats one with weight 0: collectives need all.
             weight = float(k < len(chunks))
-            mine.append((k, weight, self.runtime.to_device(chunks[k if weight else 0])))
+            chunk = chunks[k if weight else 0]
+            mine.append((k, weight, chunk if self.objective.host_batches else self.runtime.to_device(chunk)))
         return StepBatch(step, mine, n_real, n_step)
 
     def train_step(self) -> tuple[StepInfo, int]:
