@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from unmask import cli
-from unmask.bench import mfu, peak_flops
+from unmask.bench import estimate_step_memory, mfu, peak_flops, step_memory
 from unmask.config import ModelConfig
 from unmask.model import Transformer, count_params, flops_per_token
 
@@ -60,3 +60,40 @@ def test_bench_train_against_the_reference_reports_paired_ratios(tmp_path, capsy
     assert result["sides"]["mdm"]["flops_per_token"] < result["sides"]["ar"]["flops_per_token"]
     printed = capsys.readouterr().out
     assert "vs reference" in printed and "reference" in printed
+
+
+@pytest.mark.parametrize("objective", ["ar", "mdm"])
+def test_the_memory_estimate_on_fake_tensors_is_what_the_real_step_holds(objective):
+    """The same step, traced once on real tensors and once on fake ones: the estimate counts the same bytes."""
+    cfg = ModelConfig(size="tiny", vocab_size=256, seq_len=32, causal=objective == "ar")
+    torch.manual_seed(0)
+    real = step_memory(Transformer(cfg).train(), objective, 4, 32)
+    fake = estimate_step_memory(cfg, objective, 4)
+    assert fake["total"] == pytest.approx(real["total"], rel=0.01)
+    assert fake["activations"] == pytest.approx(real["activations"], rel=0.01)
+
+
+def test_the_memory_estimate_holds_weights_and_adam_moments_and_grows_with_the_batch():
+    cfg = ModelConfig(size="tiny", vocab_size=256, seq_len=64, causal=False)
+    n = count_params(cfg)
+    small, mid, large = (estimate_step_memory(cfg, "mdm", b) for b in (2, 4, 8))
+    assert small["parameters"] == pytest.approx(4 * n, rel=0.01)  # fp32 master weights
+    assert small["optimizer"] == pytest.approx(8 * n, rel=0.01)  # AdamW's two fp32 moments
+    # activations: a part per sequence, plus a fixed part (autocast's bf16 copies of the weights)
+    per_2_sequences = mid["activations"] - small["activations"]
+    assert per_2_sequences > 0
+    assert large["activations"] - mid["activations"] == pytest.approx(2 * per_2_sequences, rel=0.05)
+    recomputed = estimate_step_memory(cfg, "mdm", 8, activation_checkpointing=True)
+    assert recomputed["activations"] < large["activations"] / 2
+
+
+def test_bench_memory_prints_and_writes_the_estimate(tmp_path, capsys):
+    out = tmp_path / "memory.json"
+    args = ["bench", "memory", "--size", "tiny", "--seq_len", "32", "--batch_size", "2", "--vocab_size", "256",
+            "--json", str(out)]  # fmt: skip
+    assert cli.main(args) == 0
+    result = json.loads(out.read_text())
+    for side in ("ar", "mdm"):
+        mem = result["sides"][side]
+        assert mem["total"] >= mem["parameters"] + mem["optimizer"] + mem["activations"]
+    assert "estimated peak tensor memory" in capsys.readouterr().out

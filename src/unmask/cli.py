@@ -228,7 +228,7 @@ def demo(config: DemoConfig | None = None) -> dict:
 
 
 def bench(
-    what: Literal["train", "prepare", "sample"],
+    what: Literal["train", "prepare", "sample", "memory"],
     steps: int = 30,
     threads: int = 0,
     against: Literal["none", "reference"] = "none",
@@ -248,12 +248,15 @@ def bench(
     threshold: float = 0.9,
     methods: list[str] | None = None,
     device: str = "cpu",
+    activation_checkpointing: bool = False,
     json: str | None = None,
 ) -> dict:
-    """Throughput: training tokens/s of AR and MDM, `unmask prepare` tokens/s, or every sampler's tokens/s and quality.
+    """Throughput: training tokens/s of AR and MDM, `unmask prepare` tokens/s, or every sampler's tokens/s and quality;
+    or the estimated peak memory of a training step on a GPU ('memory', computed on any machine).
 
     Args:
-        what: 'train', 'prepare' or 'sample'.
+        what: 'train', 'prepare', 'sample' or 'memory' (AR and MDM training steps at --size, --seq_len, micro-batch
+            --batch_size and --vocab_size, traced on fake tensors: parameters, AdamW moments, activations, total).
         steps: train: timed optimiser steps per objective and repeat (after 5 warm-up steps).
         threads: torch CPU threads; 0 = torch's default (sample: 1, so figures compare per core).
         against: train: 'reference' also times a nanoGPT-style GPT of the same shape, interleaved, and prints the
@@ -275,12 +278,13 @@ def bench(
         methods: sample: rows to run (default all): ancestral, low_confidence, random, semi_ar_b32, threshold_b32,
             threshold_b32_prefix, threshold_b32_dual, low_confidence_S/4, conv_S/4, edlm.
         device: 'cpu', 'cuda' or 'auto' (train and sample).
-        json: train and sample: also write the results to this JSON file.
+        activation_checkpointing: memory: with each block's activations recomputed in backward.
+        json: train, sample and memory: also write the results to this JSON file.
     """
     import shutil
     import tempfile
 
-    from unmask.bench import bench_prepare, bench_sample, bench_train
+    from unmask.bench import bench_memory, bench_prepare, bench_sample, bench_train
 
     check(0 <= threads <= 4096, f"threads={threads}: must be in [0, 4096] (0 = torch's default)")
     if what == "prepare":
@@ -304,6 +308,12 @@ def bench(
           f"batch_size >= 1 and vocab_size in [4, 2**24]")  # fmt: skip
     ModelConfig(size=size, vocab_size=vocab_size, seq_len=seq_len)  # names a bad size or seq_len before any work
     check(batch_size * seq_len <= 2**24, f"batch_size x seq_len = {batch_size * seq_len:,} tokens: must be <= 2**24")
+    if what == "memory":
+        check_output_file("--json", json)
+        result = bench_memory(size, seq_len, batch_size, vocab_size, activation_checkpointing)
+        if json:
+            Path(json).write_text(jsonlib.dumps(result, indent=2))
+        return result
     check(1 <= repeats <= 1000, f"repeats={repeats}: must be in [1, 1000]")
     check(peak_tflops is None or peak_tflops > 0, f"peak_tflops={peak_tflops}: must be > 0")
     from unmask.runtime import resolve_device
