@@ -757,6 +757,7 @@ BENCH_OPTIONS = {
     "--repeats": (OUT_OF_RANGE, COUNT),
 }
 BENCH_PREPARE_OPTIONS = {"--prepare_mb": (OUT_OF_RANGE, COUNT)}
+BENCH_MEMORY_OPTIONS = {option: BENCH_OPTIONS[option] for option in ("--batch_size", "--seq_len", "--vocab_size")}
 BENCH_SAMPLE_OPTIONS = {
     "--samples": (OUT_OF_RANGE, COUNT),
     "--length": (OUT_OF_RANGE, COUNT),
@@ -796,6 +797,7 @@ COMMAND_LINES: dict[str, tuple[Callable[[Workspace], list], dict, str | None]] =
     "bench train": (lambda ws: ["bench", "train", *TINY_BENCH], BENCH_OPTIONS, None),
     "bench prepare": (lambda ws: ["bench", "prepare", "--prepare_mb", 1], BENCH_PREPARE_OPTIONS, None),
     "bench sample": (lambda ws: _bench_sample(ws.pristine.runs["mdm"]), BENCH_SAMPLE_OPTIONS, None),
+    "bench memory": (lambda ws: ["bench", "memory", *TINY_BENCH[2:8]], BENCH_MEMORY_OPTIONS, None),
     "train": (lambda ws: _train(ws, ws.path / "new"), TRAIN_OPTIONS, "new"),
     "prepare": (lambda ws: _prepare(ws.path / "prepared"), PREPARE_OPTIONS, "prepared"),
 }

@@ -464,6 +464,7 @@ SAMPLE_METHODS: dict[str, dict] = {
     "low_confidence_S/4": dict(method="low_confidence", steps="{L/4}"),
     "conv_S/4": dict(method="low_confidence", steps="{L/4}", conv=True),
     "edlm": dict(method="ancestral", steps="{L}"),  # + the judge run as energy
+    "edlm_nce": dict(method="ancestral", steps="{L}"),  # + --energy_run (unmask finetune energy) as energy
 }
 
 
@@ -478,13 +479,15 @@ def bench_sample(
     seed: int = 0,
     threads: int = 1,
     device: str = "cpu",
+    energy_run: str | None = None,
 ) -> dict:
     """Tokens/s, forward passes per generated token and text quality of each sampler, same length and count.
 
     Every method decodes n sequences of `length` tokens after an end-of-document prompt, as one
     batch; the time covers the sampler alone (weights loaded once, one warm-up call). With a judge
     run (AR, same tokenizer) the table also has its generative perplexity, EDLM uses it as the
-    energy, and the judge's own AR decoding is a reference row.
+    energy, and the judge's own AR decoding is a reference row. With an energy run (unmask finetune
+    energy), the edlm_nce row uses it as EDLM's energy.
     """
     from rich.console import Console
     from rich.table import Table
@@ -495,12 +498,15 @@ def bench_sample(
 
     if threads:
         torch.set_num_threads(threads)
-    names = methods or [m for m in SAMPLE_METHODS if judge_run or m != "edlm"]
+    energies = {"edlm": judge_run, "edlm_nce": energy_run}
+    names = methods or [m for m in SAMPLE_METHODS if m not in energies or energies[m]]
     unknown = sorted(set(names) - set(SAMPLE_METHODS))
     if unknown:
         raise ConfigError(f"methods: unknown {', '.join(unknown)}; choose from {', '.join(SAMPLE_METHODS)}")
     if "edlm" in names and not judge_run:
         raise ConfigError("methods: edlm needs --judge_run (the AR energy)")
+    if "edlm_nce" in names and not energy_run:
+        raise ConfigError("methods: edlm_nce needs --energy_run (an energy run: unmask finetune energy)")
     rows = [("ar (judge run)", judge_run, None)] if judge_run else []
     for name in names:
         opts = {k: {"{L}": length, "{L/4}": max(length // 4, 1)}.get(v, v) for k, v in SAMPLE_METHODS[name].items()}
@@ -512,7 +518,7 @@ def bench_sample(
     for name, row_run, sampler in rows:
         is_ar = sampler is None  # the judge run's own decoding
         sampler = sampler or SamplerConfig(temperature=temperature)
-        energy = judge_run if name == "edlm" else None
+        energy = energies.get(name)
         gen = decode(row_run, "", n, length, sampler, seed, device=device, energy_run=energy)
         out = gen.output
         # MDM fills every position; AR stops at end-of-document, so it counts what it generated

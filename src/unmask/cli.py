@@ -249,6 +249,7 @@ def bench(
     methods: list[str] | None = None,
     device: str = "cpu",
     activation_checkpointing: bool = False,
+    energy_run: str | None = None,
     json: str | None = None,
 ) -> dict:
     """Throughput: training tokens/s of AR and MDM, `unmask prepare` tokens/s, or every sampler's tokens/s and quality;
@@ -276,9 +277,11 @@ def bench(
         temperature: sample: sampling temperature of every method.
         threshold: sample: confidence threshold of the threshold (Fast-dLLM) rows.
         methods: sample: rows to run (default all): ancestral, low_confidence, random, semi_ar_b32, threshold_b32,
-            threshold_b32_prefix, threshold_b32_dual, low_confidence_S/4, conv_S/4, edlm.
+            threshold_b32_prefix, threshold_b32_dual, low_confidence_S/4, conv_S/4, edlm (with --judge_run),
+            edlm_nce (with --energy_run).
         device: 'cpu', 'cuda' or 'auto' (train and sample).
         activation_checkpointing: memory: with each block's activations recomputed in backward.
+        energy_run: sample: an energy run (unmask finetune energy) of the MDM run, EDLM's energy in the edlm_nce row.
         json: train, sample and memory: also write the results to this JSON file.
     """
     import shutil
@@ -298,7 +301,8 @@ def bench(
         check(length >= 1 and samples >= 1, f"length={length}, samples={samples}: both must be >= 1")
         check_output_file("--json", json)
         result = bench_sample(
-            run, judge_run, length, samples, temperature, threshold, methods, threads=threads or 1, device=device
+            run, judge_run, length, samples, temperature, threshold, methods, threads=threads or 1, device=device,
+            energy_run=energy_run,
         )
         if json:
             Path(json).write_text(jsonlib.dumps(result, indent=2))

@@ -219,6 +219,19 @@ def test_edlm_with_the_nce_energy_is_no_worse_in_generative_perplexity(energy_ru
 
 
 @pytest.mark.slow
+def test_bench_sample_has_an_edlm_row_with_the_nce_energy(energy_run, base_runs):
+    from unmask.bench import bench_sample
+
+    _, mdm, ar = base_runs
+    with pytest.raises(ConfigError, match="edlm_nce needs --energy_run"):
+        bench_sample(str(mdm), str(ar), length=8, n=2, methods=["edlm_nce"])
+    rows = bench_sample(str(mdm), str(ar), length=8, n=2, methods=["ancestral", "edlm_nce"],
+                        energy_run=str(energy_run))["methods"]  # fmt: skip
+    assert rows["edlm_nce"]["energy_passes"] > 0 and rows["ancestral"]["energy_passes"] == 0
+    assert rows["edlm_nce"]["gen_ppl"] > 1
+
+
+@pytest.mark.slow
 def test_energy_runs_are_refused_where_they_do_not_fit(energy_run, base_runs, tiny_data):
     from unmask.sampling.text import decode, load_energy
 
