@@ -301,7 +301,15 @@ def bench(
         check(length >= 1 and samples >= 1, f"length={length}, samples={samples}: both must be >= 1")
         check_output_file("--json", json)
         result = bench_sample(
-            run, judge_run, length, samples, temperature, threshold, methods, threads=threads or 1, device=device,
+            run,
+            judge_run,
+            length,
+            samples,
+            temperature,
+            threshold,
+            methods,
+            threads=threads or 1,
+            device=device,
             energy_run=energy_run,
         )
         if json:
