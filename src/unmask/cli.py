@@ -300,18 +300,8 @@ def bench(
         check(bool(run), "bench sample needs --run (an MDM run directory)")
         check(length >= 1 and samples >= 1, f"length={length}, samples={samples}: both must be >= 1")
         check_output_file("--json", json)
-        result = bench_sample(
-            run,
-            judge_run,
-            length,
-            samples,
-            temperature,
-            threshold,
-            methods,
-            threads=threads or 1,
-            device=device,
-            energy_run=energy_run,
-        )
+        result = bench_sample(run, judge_run, length, samples, temperature, threshold, methods,
+                              threads=threads or 1, device=device, energy_run=energy_run)  # fmt: skip
         if json:
             Path(json).write_text(jsonlib.dumps(result, indent=2))
         return result
