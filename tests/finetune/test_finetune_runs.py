@@ -126,6 +126,23 @@ def test_sft_starts_from_the_base_and_resumes_like_pretraining(bases, folder, tm
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_stopped_sft_run_resumes_without_its_base_but_not_with_another(bases, folder, tmp_path, capsys):
+    base, out = tmp_path / "base", tmp_path / "sft"
+    shutil.copytree(bases["mdm"], base)
+    code, _, _ = unmask(capsys, "finetune", "sft", base, "--data", folder, "--out", out, *SFT,
+                        "--train.stop_at_step", "2")  # fmt: skip
+    def last_step() -> int:
+        return max(r["step"] for r in Run(out).metrics() if "loss" in r)
+
+    assert code == 0 and last_step() == 2
+    code, _, err = unmask(capsys, "finetune", "sft", bases["ar"], "--data", folder, "--out", out, "--resume", "true")
+    assert_one_line_error(code, err, f"fine-tunes {base.resolve()}", "resume it with that base path")
+    shutil.rmtree(base)  # the base is gone: its weights are in the run's checkpoint
+    code, out_text, _ = unmask(capsys, "finetune", "sft", base, "--data", folder, "--out", out, "--resume", "true")
+    assert code == 0 and "final validation ELBO" in out_text
+    assert last_step() == Run(out).budget()["total_steps"]
+
+
 def test_an_ar_base_is_tuned_on_its_answers_alone(bases, folder, tmp_path, capsys):
     # the folder is bound to a tokenizer, not to one base: the AR base shares the MDM base's
     code, out, _ = unmask(capsys, "finetune", "sft", bases["ar"], "--data", folder, "--out", tmp_path / "ar", *SFT)

@@ -38,7 +38,19 @@ def sft(
     """Fine-tune `base` on the instruction folder `data` into the run directory `out`; returns `out`."""
     from unmask.training import train as run_train
 
+    if resume:  # the saved run holds its objective and base: resuming does not need the base any more
+        check_resumes_its_base(base, out)
+        return run_train(data, out, None, train, resume=True, quiet=quiet, tensorboard=tensorboard,
+                         defaults=SFT_DEFAULTS)  # fmt: skip
     cfg = sft_config(base, train or SFT_DEFAULTS)
-    # on resume, a value left at its default is not a change
-    defaults = dataclasses.replace(SFT_DEFAULTS, objective=cfg.objective, init_from=cfg.init_from)
-    return run_train(data, out, None, cfg, resume=resume, quiet=quiet, tensorboard=tensorboard, defaults=defaults)
+    return run_train(data, out, None, cfg, resume=False, quiet=quiet, tensorboard=tensorboard)
+
+
+def check_resumes_its_base(base: str | Path, out: str | Path) -> None:
+    """A run is resumed with the base it was started from (by path: the base itself may be gone by now)."""
+    if not (Path(out) / "config.json").is_file():
+        return  # not a run yet: train() says so
+    started_from = Run(out).train_config.init_from
+    if started_from and Path(base).resolve() != Path(started_from):
+        raise ConfigError(f"run {out} fine-tunes {started_from}, not {base}: resume it with that base path "
+                          f"(the base need not exist any more)")  # fmt: skip
