@@ -131,6 +131,7 @@ def test_a_stopped_sft_run_resumes_without_its_base_but_not_with_another(bases, 
     shutil.copytree(bases["mdm"], base)
     code, _, _ = unmask(capsys, "finetune", "sft", base, "--data", folder, "--out", out, *SFT,
                         "--train.stop_at_step", "2")  # fmt: skip
+
     def last_step() -> int:
         return max(r["step"] for r in Run(out).metrics() if "loss" in r)
 
