@@ -14,6 +14,7 @@ import numpy as np
 
 from unmask.config import R2FT_DEFAULTS, ConfigError, TrainConfig
 from unmask.data.instructions import InstructionData
+from unmask.finetune.sft import run_finetuning
 from unmask.run import Run
 
 FILLER_TOP = 32
@@ -62,10 +63,5 @@ def r2ft(
     tensorboard: bool = True,
 ) -> Path:
     """R2FT of the SFT run `base` on the instruction folder `data` into the run directory `out`; returns `out`."""
-    from unmask.training import train as run_train
-
-    if resume:  # the saved run holds its objective, base and filler tokens
-        return run_train(None, out, None, train, resume=True, quiet=quiet, tensorboard=tensorboard,
-                         defaults=R2FT_DEFAULTS)  # fmt: skip
-    cfg = r2ft_config(base, data, train or R2FT_DEFAULTS)
-    return run_train(data, out, None, cfg, resume=False, quiet=quiet, tensorboard=tensorboard)
+    return run_finetuning(base, data, out, train, resume, quiet, tensorboard, R2FT_DEFAULTS,
+                          lambda cfg: r2ft_config(base, data, cfg))  # fmt: skip

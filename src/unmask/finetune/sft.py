@@ -8,6 +8,7 @@ over the conversations), one cosine schedule, checkpoints, resume and signals.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 from unmask.config import SFT_DEFAULTS, ConfigError, TrainConfig
@@ -36,14 +37,29 @@ def sft(
     tensorboard: bool = True,
 ) -> Path:
     """Fine-tune `base` on the instruction folder `data` into the run directory `out`; returns `out`."""
+    return run_finetuning(base, data, out, train, resume, quiet, tensorboard, SFT_DEFAULTS,
+                          lambda cfg: sft_config(base, cfg))  # fmt: skip
+
+
+def run_finetuning(
+    base: str | Path,
+    data: str | Path,
+    out: str | Path,
+    train: TrainConfig | None,
+    resume: bool,
+    quiet: bool,
+    tensorboard: bool,
+    defaults: TrainConfig,
+    make_config: Callable[[TrainConfig], TrainConfig],
+) -> Path:
+    """A fine-tuning run of `base`: started with make_config(train or the command's defaults), or resumed from
+    what it saved (objective, base, options: the base path is checked, the base itself is not needed)."""
     from unmask.training import train as run_train
 
-    if resume:  # the saved run holds its objective and base: resuming does not need the base any more
+    if resume:
         check_resumes_its_base(base, out)
-        return run_train(data, out, None, train, resume=True, quiet=quiet, tensorboard=tensorboard,
-                         defaults=SFT_DEFAULTS)  # fmt: skip
-    cfg = sft_config(base, train or SFT_DEFAULTS)
-    return run_train(data, out, None, cfg, resume=False, quiet=quiet, tensorboard=tensorboard)
+        return run_train(None, out, None, train, resume=True, quiet=quiet, tensorboard=tensorboard, defaults=defaults)
+    return run_train(data, out, None, make_config(train or defaults), quiet=quiet, tensorboard=tensorboard)
 
 
 def check_resumes_its_base(base: str | Path, out: str | Path) -> None:
