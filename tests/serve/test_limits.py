@@ -50,10 +50,16 @@ def test_a_full_queue_answers_429_with_retry_after(loaded):
 
 
 def test_time_limit_504_while_decoding_and_503_while_queued(loaded):
-    with start_server(slow(loaded, 0.05), max_batch=1, max_queue=4, timeout=0.4, batch_window_ms=0) as url:
+    # One forward takes 1 s, the limit is 0.4 s: the first request is still in its first step when the second's
+    # limit passes in the queue (a margin of 0.6 s for a loaded machine); the worker checks limits between steps.
+    with start_server(slow(loaded, 1.0), max_batch=1, max_queue=4, timeout=0.4, batch_window_ms=0) as url:
+        c = httpx.Client(base_url=url, timeout=60)
         results: list = []
-        threads = [post_in_thread(url, {**LONG, "seed": s}, results) for s in (1, 2)]
-        for t in threads:
+        first = post_in_thread(url, {**LONG, "seed": 1}, results)
+        wait_for(lambda: c.get("/health").json()["decoding"] == 1)
+        second = post_in_thread(url, {**LONG, "seed": 2}, results)
+        wait_for(lambda: c.get("/health").json()["waiting"] == 1)
+        for t in (first, second):
             t.join(30)
         statuses = sorted(r.status_code for r in results)
         assert statuses == [503, 504], [r.text for r in results]
