@@ -4,7 +4,7 @@
 # peak memory and MFU of AR and MDM at GPT-2 small (125M parameters, sequence 1024, bf16 + compile),
 # the paired comparison with the reference GPT at the same shape, and the peak memory of the 350M preset's
 # micro-batch (configs/paper_350M.yaml: 8 x 2048 tokens; eager, to compare with `unmask bench memory`'s
-# estimate of 31.0 GiB = 33,280 MB). Figures go to $OUT.
+# estimate of 31.0 GiB, about 31,750 in bench train's 'peak MB' column, which counts MiB). Figures go to $OUT.
 #   bash benchmarks/gpu_check.sh            # ~5-8 minutes on an H100-class GPU (compilation included; not yet run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
