@@ -320,7 +320,7 @@ class Trainer:
                 # DDP and FSDP2 average gradients over processes; scaling by world makes the sum exact.
                 (out.loss_sum * (weight * self.runtime.world_size / batch.n_step)).backward()
             loss_sum += out.loss_sum.detach() * weight
-        if s.step + 1 < self.stop_at:  # the next batch's copy to the device overlaps this step's last kernels
+        if s.step + 1 < self.stop_at:  # the next batch is read (copied too, unless host_batches) as kernels finish
             self.next_batch = self.load_batch(s.step + 1)
         n_real, n_step = batch.n_real, batch.n_step
         grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip or float("inf"))
