@@ -290,10 +290,15 @@ def bench_memory(size: str, seq_len: int, batch_size: int, vocab_size: int, acti
     """Estimated peak tensor memory of one AR and one MDM training step at a size (estimate_step_memory)."""
     setting = dict(size=size, seq_len=seq_len, batch_size=batch_size, vocab_size=vocab_size,
                    activation_checkpointing=activation_checkpointing)  # fmt: skip
+    from unmask.progress import progress_bar
+
     result: dict = {"setting": setting, "torch": torch.__version__, "sides": {}}
-    for side in ("ar", "mdm"):
-        cfg = ModelConfig(size=size, vocab_size=vocab_size, seq_len=seq_len, causal=side == "ar")
-        result["sides"][side] = estimate_step_memory(cfg, side, batch_size, activation_checkpointing)
+    with progress_bar("tracing training steps", total=2, disable=quiet) as bar:
+        for side in ("ar", "mdm"):
+            bar.update(info=side)
+            cfg = ModelConfig(size=size, vocab_size=vocab_size, seq_len=seq_len, causal=side == "ar")
+            result["sides"][side] = estimate_step_memory(cfg, side, batch_size, activation_checkpointing)
+            bar.advance()
     result["params"] = count_params(cfg)
     if not quiet:
         print_memory_table(result)
