@@ -51,6 +51,29 @@ def test_adamw_is_fused_on_the_cpu_too(tiny_data):
     assert optimizer.defaults["fused"] and not optimizer.defaults["foreach"]
 
 
+@pytest.mark.parametrize("objective", ["ar", "mdm"])
+def test_the_bf16_path_keeps_fp32_master_weights_and_losses_on_the_cpu_too(tiny_data, tmp_path, monkeypatch, objective):
+    """The GPU's autocast path, run with CPU autocast standing in (bf16 matmuls, as on the GPU): the losses the
+    objectives return are fp32, the weights stay fp32, and the run tracks the fp32 one to bf16 rounding."""
+    from unmask.runtime import Runtime
+
+    cfg = tiny_model_config(tiny_data, causal=get_objective(objective).causal)
+    loss_fn = get_objective(objective).make_loss(tiny_train_config(objective=objective), tiny_data.seq_len)
+    with torch.autocast("cpu", torch.bfloat16):
+        out = loss_fn(Transformer(cfg), tiny_data.batch("train", np.arange(4)),
+                      Specials(tiny_data.mask_id, tiny_data.pad_id), torch.Generator().manual_seed(1))  # fmt: skip
+    assert out.loss_sum.dtype == torch.float32
+    runs = {}
+    for bf16 in (False, True):
+        monkeypatch.setattr(Runtime, "autocast_enabled", property(lambda self, on=bf16: on))
+        out = train(tiny_data.path, tmp_path / f"bf16-{bf16}", cfg, tiny_train_config(objective=objective, epochs=1),
+                    quiet=True, tensorboard=False)  # fmt: skip
+        runs[bf16] = [r["loss"] for r in read_metrics(out) if "loss" in r]
+        assert {w.dtype for w in Run(out).load_model("last").state_dict().values()} == {torch.float32}
+    assert all(np.isfinite(runs[True])) and runs[True] != runs[False]  # bf16 rounding shows: autocast was on
+    assert runs[True] == pytest.approx(runs[False], rel=0.05)
+
+
 @requires_cuda
 def test_gpu_training_uses_bf16_autocast_with_fp32_master_weights_and_fused_adamw(tiny_data, tmp_path):
     out = train(tiny_data.path, tmp_path / "gpu", tiny_model_config(tiny_data),
