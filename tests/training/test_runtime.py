@@ -1,5 +1,6 @@
 """The runtime's choices: activation checkpointing, the optimiser's kernel, and the GPU path (bf16 autocast with
-fp32 master weights, torch.compile, fused AdamW), which runs only where CUDA is present."""
+fp32 master weights, torch.compile, fused AdamW): on a GPU where CUDA is present, and its autocast logic on the
+CPU too, CPU autocast standing in."""
 
 from __future__ import annotations
 
