@@ -50,13 +50,28 @@ def assert_same_run(a, b) -> None:
     assert Run(a).final_result()["loss"] == pytest.approx(Run(b).final_result()["loss"], rel=1e-4)
 
 
-@pytest.mark.parametrize(("objective", "parallel"), [("ar", "ddp"), ("mdm", "ddp"), ("mdm", "fsdp")])
-def test_two_processes_train_the_run_one_process_would(tiny_data_dir, tmp_path, objective, parallel):
-    # The same global batch (8) in the same micro-batches (4): two processes take one micro-batch each.
+ACCUMULATE = ["--train.micro_batch_size", "2"]
+"""Two micro-batches per process and step: gradients accumulate (DDP syncs only on the last)."""
+
+
+@pytest.mark.parametrize(
+    ("objective", "parallel", "extra"),
+    [
+        ("ar", "ddp", []),
+        ("mdm", "ddp", []),
+        ("mdm", "fsdp", []),
+        ("ar", "ddp", ACCUMULATE),
+        ("mdm", "fsdp", [*ACCUMULATE, "--train.activation_checkpointing", "true"]),
+    ],
+    ids=["ar-ddp", "mdm-ddp", "mdm-fsdp", "ar-ddp-accumulate", "mdm-fsdp-accumulate-recompute"],
+)
+def test_two_processes_train_the_run_one_process_would(tiny_data_dir, tmp_path, objective, parallel, extra):
+    # The same global batch (8) in the same micro-batches (4, or 2 when accumulating): the processes share them.
+    micro = extra[extra.index("--train.micro_batch_size") + 1] if extra else "4"
     one = tmp_path / "one"
-    unmask_train(tiny_data_dir, one, 1, "--train.objective", objective, "--train.micro_batch_size", "4")
+    unmask_train(tiny_data_dir, one, 1, "--train.objective", objective, "--train.micro_batch_size", micro)
     two = tmp_path / "two"
-    done = unmask_train(tiny_data_dir, two, 2, "--train.objective", objective, "--train.parallel", parallel)
+    done = unmask_train(tiny_data_dir, two, 2, "--train.objective", objective, "--train.parallel", parallel, *extra)
     assert_same_run(one, two)
     assert steps(two)[-1]["tokens_seen"] == 2 * TINY_DATA.unique_tokens  # E·U exactly, across both processes
     assert done.stdout.count("final validation") == 1  # rank 0 speaks for the run
