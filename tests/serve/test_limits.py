@@ -69,7 +69,7 @@ def test_time_limit_504_while_decoding_and_503_while_queued(loaded):
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_slot(loaded):
-    models = slow(loaded, 0.05)
+    models = slow(loaded, 0.2)  # 16 steps: 3.2 s
     with start_server(models, max_batch=1, max_queue=0, batch_window_ms=0) as url:
         c = httpx.Client(base_url=url, timeout=60)
         with c.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as response:
@@ -78,7 +78,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(loaded):
                 pass
         left = time.monotonic()
         wait_for(lambda: c.get("/health").json()["decoding"] == 0, timeout=5)
-        assert time.monotonic() - left < 0.5  # within a step or two, not after the 16 steps (0.8 s)
+        assert time.monotonic() - left < 1.6  # within a few steps, not after the 16 (3.2 s): a loaded machine's margin
         assert models["tiny-mdm"].net.calls < 16  # the batch stopped: no forward passes for nobody
         assert c.post("/v1/completions", json={**LONG, "max_tokens": 2}).status_code == 200
 
@@ -87,7 +87,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(loaded):
 def test_requests_that_arrive_together_share_one_batch(loaded, objective):
     prompts = ["She", "It is a truth universally", "Mr. Darcy", "Emma Woodhouse, handsome, clever"]
     body = {"model": f"tiny-{objective}", "max_tokens": 6, "temperature": 0, "stream": True}
-    with start_server(loaded, max_batch=8, batch_window_ms=300) as url:
+    with start_server(loaded, max_batch=8, batch_window_ms=1000) as url:  # 1 s for four threads to connect
         c = httpx.Client(base_url=url, timeout=60)
         solo = [c.post("/v1/completions", json={**body, "prompt": p, "stream": False}).json() for p in prompts]
         batches = c.get("/health").json()["batches"]
