@@ -239,6 +239,8 @@ def step_memory(model: torch.nn.Module, objective: str, batch_size: int, seq_len
     runs twice (the second step holds the Adam moments too) while torch's MemTracker counts every tensor as it is
     created and freed. MDM runs with every position masked (mdm_eps -> 1): the most a step can hold, which the AR
     step matches; a typical step masks half (stratified noise levels)."""
+    from unmask.runtime import model_device
+
     try:
         from torch.distributed._tools.mem_tracker import MemTracker
     except ImportError as e:
@@ -250,7 +252,7 @@ def step_memory(model: torch.nn.Module, objective: str, batch_size: int, seq_len
     optimizer = make_optimizer(model, train_cfg)
     loss_fn = get_objective(objective).make_loss(train_cfg, seq_len)
     x = torch.randint(3, model.cfg.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(0))
-    device = next(model.parameters()).device
+    device = model_device(model)
     tracker = MemTracker()
     tracker.track_external(model, optimizer)
     with tracker:

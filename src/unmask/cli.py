@@ -296,34 +296,29 @@ def bench(
         check(2 * prepare_mb * 10**6 <= free, f"prepare_mb={prepare_mb}: needs ~{2 * prepare_mb:,} MB of temporary "
               f"disk, {free // 10**6:,} MB free")  # fmt: skip
         return bench_prepare(prepare_mb)
+    check_output_file("--json", json)
     if what == "sample":
         check(bool(run), "bench sample needs --run (an MDM run directory)")
         check(length >= 1 and samples >= 1, f"length={length}, samples={samples}: both must be >= 1")
-        check_output_file("--json", json)
         result = bench_sample(run, judge_run, length, samples, temperature, threshold, methods,
                               threads=threads or 1, device=device, energy_run=energy_run)  # fmt: skip
-        if json:
-            Path(json).write_text(jsonlib.dumps(result, indent=2))
-        return result
-    check(1 <= steps <= 100_000, f"steps={steps}: must be in [1, 100000]")
-    check(batch_size >= 1 and 4 <= vocab_size <= 2**24, f"batch_size={batch_size}, vocab_size={vocab_size}: need "
-          f"batch_size >= 1 and vocab_size in [4, 2**24]")  # fmt: skip
-    ModelConfig(size=size, vocab_size=vocab_size, seq_len=seq_len)  # names a bad size or seq_len before any work
-    check(batch_size * seq_len <= 2**24, f"batch_size x seq_len = {batch_size * seq_len:,} tokens: must be <= 2**24")
-    if what == "memory":
-        check_output_file("--json", json)
-        result = bench_memory(size, seq_len, batch_size, vocab_size, activation_checkpointing)
-        if json:
-            Path(json).write_text(jsonlib.dumps(result, indent=2))
-        return result
-    check(1 <= repeats <= 1000, f"repeats={repeats}: must be in [1, 1000]")
-    check(peak_tflops is None or peak_tflops > 0, f"peak_tflops={peak_tflops}: must be > 0")
-    from unmask.runtime import resolve_device
+    else:
+        check(1 <= steps <= 100_000, f"steps={steps}: must be in [1, 100000]")
+        check(batch_size >= 1 and 4 <= vocab_size <= 2**24, f"batch_size={batch_size}, vocab_size={vocab_size}: "
+              f"need batch_size >= 1 and vocab_size in [4, 2**24]")  # fmt: skip
+        ModelConfig(size=size, vocab_size=vocab_size, seq_len=seq_len)  # names a bad size or seq_len before any work
+        check(batch_size * seq_len <= 2**24, f"batch_size x seq_len = {batch_size * seq_len:,} tokens: must be <= "
+              f"2**24")  # fmt: skip
+        if what == "memory":
+            result = bench_memory(size, seq_len, batch_size, vocab_size, activation_checkpointing)
+        else:
+            check(1 <= repeats <= 1000, f"repeats={repeats}: must be in [1, 1000]")
+            check(peak_tflops is None or peak_tflops > 0, f"peak_tflops={peak_tflops}: must be > 0")
+            from unmask.runtime import resolve_device
 
-    resolve_device(device)  # names a missing GPU before any work
-    check_output_file("--json", json)
-    result = bench_train(size, seq_len, batch_size, vocab_size, steps, threads, device, compile, against, repeats,
-                         peak_tflops=peak_tflops)  # fmt: skip
+            resolve_device(device)  # names a missing GPU before any work
+            result = bench_train(size, seq_len, batch_size, vocab_size, steps, threads, device, compile, against,
+                                 repeats, peak_tflops=peak_tflops)  # fmt: skip
     if json:
         Path(json).write_text(jsonlib.dumps(result, indent=2))
     return result
