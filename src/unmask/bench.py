@@ -102,12 +102,7 @@ def time_side(
         if i == warmup:
             sync()
             start, cpu_start = time.perf_counter(), time.process_time()
-        with runtime.autocast():
-            value = loss()
-        value.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimiser_step(model, optimizer, loss, runtime.autocast())
     sync()
     seconds = (time.perf_counter() - start) / steps
     cpu_seconds = (time.process_time() - cpu_start) / steps  # this process's CPU time: robust to other load
@@ -123,6 +118,16 @@ def time_side(
         "tokens_per_cpu_s": x.numel() / cpu_seconds,
         "peak_memory_mb": peak_mb, "device_name": _device_name(runtime.device),
     }  # fmt: skip
+
+
+def optimiser_step(model: torch.nn.Module, optimizer, loss, autocast) -> None:
+    """One training step as the loop takes it: loss() under `autocast`, backward, clipping at 1, the optimiser."""
+    with autocast:
+        value = loss()
+    value.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _device_name(device: torch.device) -> str:
@@ -253,18 +258,16 @@ def step_memory(model: torch.nn.Module, objective: str, batch_size: int, seq_len
     loss_fn = get_objective(objective).make_loss(train_cfg, seq_len)
     x = torch.randint(3, model.cfg.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(0))
     device = model_device(model)
+
+    def loss() -> torch.Tensor:
+        return loss_fn(model, x, Specials(mask_id=1, pad_id=2), torch.Generator().manual_seed(0)).loss_sum / x.numel()
+
     tracker = MemTracker()
     tracker.track_external(model, optimizer)
     with tracker:
         for _ in range(2):
             tracker.reset_mod_stats()  # per-module figures are per step; the peak is kept
-            with torch.autocast(device.type, torch.bfloat16):
-                loss = loss_fn(model, x, Specials(mask_id=1, pad_id=2), torch.Generator().manual_seed(0)).loss_sum
-            (loss / x.numel()).backward()
-            del loss
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimiser_step(model, optimizer, loss, torch.autocast(device.type, torch.bfloat16))
     peak = tracker.get_tracker_snapshot("peak")[device]
     by_kind = {MEMORY_KINDS[kind.value]: n for kind, n in peak.items() if kind != "Total"}
     return {**by_kind, "total": peak["Total"]}
