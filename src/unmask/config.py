@@ -157,6 +157,14 @@ class ModelConfig:
         check(0 <= self.local_prior < math.inf, f"model.local_prior={self.local_prior}: must be a finite number >= 0")
 
 
+USER_MODEL_FIELDS = tuple(
+    f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("size", "vocab_size", "seq_len", "causal")
+)
+"""Model fields a user chooses, derived from the dataclass so a new field is never forgotten: a resume must
+keep them and a study compares them (size is a shorthand for the shape; vocab_size, seq_len and causal come
+from the data and the objective)."""
+
+
 @dataclass
 class TrainConfig:
     """One run: objective, epochs over U, one cosine schedule, AdamW."""

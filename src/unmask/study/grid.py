@@ -29,8 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from unmask.config import SIZES, ConfigError, DataConfig, ModelConfig, TrainConfig, check, from_dict, to_dict
-from unmask.study.local import USER_MODEL_FIELDS, Job
+from unmask.config import (
+    SIZES,
+    USER_MODEL_FIELDS,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    check,
+    from_dict,
+    to_dict,
+)
+from unmask.study.local import Job
 
 TUNABLE = {f.name: "train" for f in dataclasses.fields(TrainConfig)} | {
     name: "model" for name in USER_MODEL_FIELDS if name not in ("n_layer", "d_model", "n_head")

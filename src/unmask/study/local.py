@@ -8,7 +8,6 @@ replaced. Sweeps (local or Ray) put a grid in front of this.
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing as mp
 import os
 import queue as queue_lib
@@ -17,14 +16,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unmask.config import ConfigError, ModelConfig, TrainConfig, to_dict
+from unmask.config import USER_MODEL_FIELDS, ConfigError, ModelConfig, TrainConfig, to_dict
 from unmask.training.rundir import RUNTIME_FIELDS
-
-USER_MODEL_FIELDS = tuple(
-    f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("size", "vocab_size", "seq_len", "causal")
-)
-"""Model fields a job chooses (size is a shorthand for the shape; vocab_size, seq_len and causal come from the
-data and the objective)."""
 
 
 @dataclass

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from unmask.checkpoint import atomic_write_text, provenance, sha256_of
-from unmask.config import ConfigError, ModelConfig, TrainConfig, to_dict
+from unmask.config import USER_MODEL_FIELDS, ConfigError, ModelConfig, TrainConfig, to_dict
 from unmask.model import count_params
 from unmask.run import Run
 
@@ -60,7 +60,7 @@ def resume_config(
     ]
     if model is not None:
         base, mine = ModelConfig(), run.model_config
-        for name in ("n_layer", "d_model", "n_head", "dropout", "init_std", "rope_base"):
+        for name in USER_MODEL_FIELDS:
             given = getattr(model, name)
             if given != getattr(base, name) and given != getattr(mine, name):
                 changed.append(f"model.{name}={given!r} (the run has {getattr(mine, name)!r})")
