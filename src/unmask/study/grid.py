@@ -97,6 +97,11 @@ def load_study(path: str | Path) -> StudyConfig:
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"study config {path} is not valid YAML ({type(e).__name__})") from None
     check(isinstance(raw, dict), f"study config {path}: expected a mapping of keys to values")
+    return study_from_dict(raw)
+
+
+def study_from_dict(raw: dict) -> StudyConfig:
+    """A StudyConfig from the mapping a YAML file (or a report's stamp) holds."""
     nested = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
     values = {k: from_dict(nested[k], v or {}) if k in nested else v for k, v in raw.items()}
     if isinstance(values.get("epochs"), list):  # one list for every objective
@@ -156,6 +161,8 @@ def prepare_data(study: StudyConfig, quiet: bool = True) -> None:
 
 
 def config_hash(config: dict) -> str:
-    """A short stable hash of a run's resolved config (what makes two runs the same experiment)."""
-    keep = {k: config[k] for k in ("model", "train", "data_identity") if k in config}
+    """A short stable hash of a run's resolved config (what makes two runs the same experiment): model, train
+    and the data's files (their SHA-256s; not the manifest, which records how fast it was encoded)."""
+    keep = {k: config[k] for k in ("model", "train") if k in config}
+    keep["data_files"] = config.get("data_identity", {}).get("files")
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]

@@ -12,7 +12,9 @@ import multiprocessing as mp
 import os
 import queue as queue_lib
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,10 +92,20 @@ def run_jobs(
     progress.disable = quiet
     totals = {j.name: total_steps(j) for j in jobs}
     done = dict.fromkeys(totals, 0)
-    with ctx.Manager() as manager, progress:
-        queue = manager.Queue()
+
+    def advance(name: str, step: int) -> None:
+        progress.start_task(tasks[name])  # the clock starts when the run does
+        progress.update(tasks[name], completed=step)
+        done[name] = step
+        progress.update(overall, completed=sum(done.values()))
+
+    with ctx.Manager() if workers != 1 else nullcontext() as manager, progress:
         overall = progress.add_task(f"{len(jobs)} runs", total=sum(totals.values()), info="", rate="")
         tasks = {j.name: progress.add_task(j.name, total=totals[j.name], start=False, info="", rate="") for j in jobs}
+        if workers == 1:  # one at a time, in this process: no pool to start, and a debugger sees the runs
+            direct = _Direct(advance)
+            return collect(((j, j.name) for j in jobs), raise_errors, lambda j: _run_one(j, direct, replace_stale))
+        queue = manager.Queue()
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=ctx) as pool:
             futures = {pool.submit(_run_one, job, queue, replace_stale): job.name for job in jobs}
             while not all(f.done() for f in futures) or not queue.empty():
@@ -101,15 +113,22 @@ def run_jobs(
                     done[futures[f]] = totals[futures[f]]  # finished (or skipped: already finished)
                     progress.update(tasks[futures[f]], completed=totals[futures[f]])
                 try:
-                    name, step, total = queue.get(timeout=0.2)
+                    name, step, _ = queue.get(timeout=0.2)
                 except queue_lib.Empty:
                     progress.update(overall, completed=sum(done.values()))
                     continue
-                progress.start_task(tasks[name])  # the clock starts when the run does
-                progress.update(tasks[name], completed=step)
-                done[name] = step
-                progress.update(overall, completed=sum(done.values()))
+                advance(name, step)
     return collect(futures.items(), raise_errors, lambda f: f.result())
+
+
+@dataclass
+class _Direct:
+    """Stands in for the workers' queue when runs train in this process: progress goes straight to the bars."""
+
+    advance: Callable[[str, int], None]
+
+    def put(self, item: tuple[str, int, int]) -> None:
+        self.advance(item[0], item[1])
 
 
 def prepare_jobs(jobs: list[Job]) -> list[Job]:

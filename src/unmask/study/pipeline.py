@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from unmask.checkpoint import atomic_write_text
 from unmask.config import ConfigError
 from unmask.study.grid import StudyConfig, data_dir, jobs, load_study, prepare_data
 from unmask.study.results import results_table, write_table
@@ -215,6 +216,7 @@ def report_study(config: str | Path, quiet: bool = False) -> Path:
         to_html,
         to_markdown,
     )
+    from unmask.study.stamp import STAMP, make_stamp, stamp_text
 
     study = load_study(config)
     rows = finished_rows(study)
@@ -224,8 +226,11 @@ def report_study(config: str | Path, quiet: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     unigram = {U: unigram_cross_entropy(data_dir(study, U)) for U in sorted({r["unique_tokens"] for r in rows})}
     identical = protocol_rows(rows, study, "identical")
+    provenance = Run(rows[0]["run"]).provenance()
+    stamp = make_stamp(study, Path(config), rows, provenance, unigram)
     blocks = [
         Block("h1", f"Study {study.name}: when does diffusion beat autoregression?"),
+        Block("p", stamp_text(stamp)),
         Block(
             "p",
             f"{len(rows)} finished runs under {study.out}. Every point is its own run with its own cosine "
@@ -259,7 +264,6 @@ def report_study(config: str | Path, quiet: bool = False) -> Path:
     fits = _fits_of(fitted["protocols"].get("identical", {}))
     if fits:
         blocks.append(Block("figure", (figure_fit(identical, fits, out), "Fitted vs observed; effective data")))
-    provenance = Run(rows[0]["run"]).provenance()
     blocks += [
         Block("h2", "Configuration and hardware"),
         Block("code", Path(config).read_text()),
@@ -269,9 +273,13 @@ def report_study(config: str | Path, quiet: bool = False) -> Path:
             f"torch {provenance.get('torch')}, {provenance.get('cuda') or 'no GPU'}.",
         ),  # fmt: skip
     ]
+    # The folder is the whole result: report, table, fit and stamp, so a copy in docs/ can be verified alone.
+    write_table(results_table(study), out / "results")
+    atomic_write_text(out / "fit.json", json.dumps(fitted, indent=1))
+    atomic_write_text(out / STAMP, json.dumps(stamp, indent=1))
     md = out / "report.md"
-    md.write_text(to_markdown(blocks))
-    (out / "report.html").write_text(to_html(blocks, f"unmask study {study.name}"))
+    atomic_write_text(md, to_markdown(blocks))
+    atomic_write_text(out / "report.html", to_html(blocks, f"unmask study {study.name}"))
     if not quiet:
         print(f"report: {md} and {out / 'report.html'}")
     return md

@@ -4,7 +4,7 @@ Columns: the point (objective, size, U, E, seed, tuned values), parameters with 
 embedding, tokens seen, FLOPs (unmask.model.flops_per_token: 6 per weight plus 12·n_layer·T·d_model
 per token for attention, forward and backward), the run's result (final weights, final_mc_passes for MDM) with its
 standard error and bits per byte, the lowest point of its validation curve (early-stopped, labelled),
-wall time, hardware and a config hash. Unfinished runs are listed with status 'unfinished'.
+wall time, hardware, the commit that trained it and a config hash. Unfinished runs are listed with status 'unfinished'.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from unmask.config import ConfigError
 from unmask.model import count_params, flops_per_token
 from unmask.run import Run
 from unmask.study.grid import TUNABLE, StudyConfig, config_hash, jobs
@@ -22,8 +23,11 @@ COLUMNS = [
     "name", "status", "objective", "size", "unique_tokens", "epochs", "seed", "tuned",
     "params", "non_embedding_params", "tokens_seen", "flops",
     "final_val_loss", "final_val_stderr", "final_bits_per_byte", "kind",
-    "best_val_loss", "best_epoch", "wall_seconds", "hardware", "config_hash", "run",
+    "best_val_loss", "best_epoch", "wall_seconds", "hardware", "git_sha", "config_hash", "run",
 ]  # fmt: skip
+INT_COLUMNS = ("unique_tokens", "epochs", "seed", "params", "non_embedding_params", "tokens_seen")
+FLOAT_COLUMNS = ("flops", "final_val_loss", "final_val_stderr", "final_bits_per_byte", "best_val_loss", "best_epoch",
+                 "wall_seconds")  # fmt: skip
 
 
 def row_of(job, study: StudyConfig) -> dict[str, Any]:
@@ -53,6 +57,7 @@ def row_of(job, study: StudyConfig) -> dict[str, Any]:
         "flops": flops_per_token(mcfg) * budget["tokens_to_see"],
         "kind": run.objective.bound_name,
         "config_hash": config_hash(run.config),
+        "git_sha": provenance.get("git_sha"),
         "hardware": provenance.get("cuda")
         or f"{provenance.get('platform', '?')}, {provenance.get('torch_threads')} thread(s)",
     }
@@ -92,3 +97,30 @@ def write_table(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
     table = pa.table({k: [r.get(k) for r in rows] for k in COLUMNS})
     pq.write_table(table, out.with_suffix(".parquet"))
     return [*written, out.with_suffix(".parquet")]
+
+
+def read_table(path: str | Path) -> list[dict[str, Any]]:
+    """A results CSV written by write_table, typed again; one ConfigError line naming the file when it is not."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: the study's results table; run `unmask study run` or restore it")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = sorted(set(("name", "status", *INT_COLUMNS, *FLOAT_COLUMNS)) - set(reader.fieldnames or []))
+            if missing:
+                raise ConfigError(f"{path}: not a results table (no columns {missing}); restore the file")
+            return [_typed(row) for row in reader]
+    except (UnicodeDecodeError, csv.Error, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{path}: damaged results table ({type(e).__name__}: {e}); restore the file") from None
+
+
+def _typed(row: dict[str, str | None]) -> dict[str, Any]:
+    out: dict[str, Any] = dict(row)
+    for k in INT_COLUMNS:
+        out[k] = int(row[k]) if row.get(k) not in (None, "") else None
+    for k in FLOAT_COLUMNS:
+        out[k] = float(row[k]) if row.get(k) not in (None, "") else None
+    return out
