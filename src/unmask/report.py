@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from rich.console import Console
@@ -69,8 +70,28 @@ def findings(results: dict) -> list[str]:
     return lines
 
 
+def demo_summary(results: dict, width: int = 80) -> str:
+    """The demo's table and findings as plain text, as the README quotes them."""
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    _print_summary(console, results)
+    return console.file.getvalue()
+
+
 def print_demo_report(results: dict, out: Path) -> None:
     console = Console()
+    _print_summary(console, results)
+    for objective, texts in results.get("samples", {}).items():
+        console.print(f"\n[bold]{NAMES[objective]} samples[/bold] (best run, temperature 1):")
+        for text in texts:
+            console.print("  " + repr(text))
+    console.print(f"\nplot: {out / 'loss_vs_epochs.png'}   results: {out / 'results.json'}")
+    console.print(
+        "The crossover itself needs more epochs and several data budgets: the CPU mini-study "
+        "(unmask study run configs/studies/mini.yaml) and its committed report, docs/study/mini/report.md."
+    )
+
+
+def _print_summary(console: Console, results: dict) -> None:
     unigram = results.get("unigram")
     table = Table(
         title="validation loss (nats/token): one run and one schedule per epoch count, same unique tokens"
@@ -92,15 +113,6 @@ def print_demo_report(results: dict, out: Path) -> None:
     console.print(table)
     for line in findings(results):
         console.print("• " + line)
-    for objective, texts in results.get("samples", {}).items():
-        console.print(f"\n[bold]{NAMES[objective]} samples[/bold] (best run, temperature 1):")
-        for text in texts:
-            console.print("  " + repr(text))
-    console.print(f"\nplot: {out / 'loss_vs_epochs.png'}   results: {out / 'results.json'}")
-    console.print(
-        "The crossover itself needs more epochs and several data budgets: the CPU mini-study "
-        "(unmask study run configs/studies/mini.yaml) and its committed report, docs/study/mini/report.md."
-    )
 
 
 def plot_demo(results: dict, path: Path) -> None:
