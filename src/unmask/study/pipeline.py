@@ -22,6 +22,7 @@ from unmask.checkpoint import atomic_write_text
 from unmask.config import ConfigError
 from unmask.study.grid import StudyConfig, data_dir, jobs, load_study, prepare_data
 from unmask.study.results import results_table, write_table
+from unmask.study.stats import Paired, by_setting, paired, seed_summary, setting_key
 
 PROTOCOLS = {
     "identical": "identical settings for both objectives (the paper's protocol)",
@@ -67,15 +68,16 @@ def finished_rows(study: StudyConfig) -> list[dict[str, Any]]:
 
 def protocol_rows(rows: list[dict], study: StudyConfig, protocol: str) -> list[dict]:
     """identical: the points at the shared config's values of the tuned fields; own_best: per (objective,
-    size, U, E, seed) the tuned point with the lowest final validation loss."""
+    size, U, E) the tuned setting with the lowest final validation loss (mean over seeds), all its seeds."""
     if protocol == "identical":
         return [r for r in rows if json.loads(r["tuned"]) == study.shared()]
     best: dict[tuple, dict] = {}
-    for r in rows:
-        key = (r["objective"], r["size"], r["unique_tokens"], r["epochs"], r["seed"])
-        if key not in best or r["final_val_loss"] < best[key]["final_val_loss"]:
-            best[key] = r
-    return list(best.values())
+    for s in seed_summary(rows):
+        key = (s["objective"], s["size"], s["unique_tokens"], s["epochs"])
+        if key not in best or s["final_val_loss"] < best[key]["final_val_loss"]:
+            best[key] = s
+    chosen = {setting_key(s) for s in best.values()}
+    return [r for r in rows if setting_key(r) in chosen]
 
 
 def unigram_cross_entropy(data_path: Path) -> float:
@@ -153,24 +155,32 @@ def _critical(fits, rows, critical_compute, power_law) -> dict:
 
 
 def observed_crossover(rows: list[dict]) -> dict:
-    """Per U, straight from the runs: MDM's and AR's best final loss, and the smallest epoch count (and
-    compute) at which an MDM run beats every AR run."""
+    """Per U, straight from the runs (means over seeds): AR's and MDM's best setting, MDM − AR paired by seed
+    with its 95% interval, and the smallest epoch count (and compute) from which MDM's loss is below AR's best
+    with an interval that excludes zero (`mdm_beats_ar_from_epochs`) or only in the mean (`..._in_the_mean`)."""
     out = {}
     for U in sorted({r["unique_tokens"] for r in rows}):
-        ar = [r for r in rows if r["unique_tokens"] == U and r["objective"] == "ar"]
-        mdm = sorted(
-            (r for r in rows if r["unique_tokens"] == U and r["objective"] == "mdm"), key=lambda r: r["epochs"]
-        )
+        at_u = [r for r in rows if r["unique_tokens"] == U]
+        settings, seeds = seed_summary(at_u), by_setting(at_u)
+        ar = [s for s in settings if s["objective"] == "ar"]
+        mdm = sorted((s for s in settings if s["objective"] == "mdm"), key=lambda s: s["epochs"])
         if not ar or not mdm:
             continue
-        best_ar = min(ar, key=lambda r: r["final_val_loss"])
-        beats = [r for r in mdm if r["final_val_loss"] < best_ar["final_val_loss"]]
+        best_ar = min(ar, key=lambda s: s["final_val_loss"])
+        best_mdm = min(mdm, key=lambda s: s["final_val_loss"])
+        versus_ar = {setting_key(s): paired(seeds[setting_key(s)], seeds[setting_key(best_ar)]) for s in mdm}
+        beats = [s for s in mdm if versus_ar[setting_key(s)].below_zero]
+        below = [s for s in mdm if s["final_val_loss"] < best_ar["final_val_loss"]]
         out[str(U)] = {
             "ar_best": best_ar["final_val_loss"],
             "ar_best_epochs": best_ar["epochs"],
-            "mdm_best": min(r["final_val_loss"] for r in mdm),
+            "mdm_best": best_mdm["final_val_loss"],
+            "mdm_best_epochs": best_mdm["epochs"],
+            "seeds": min(best_ar["n_seeds"], best_mdm["n_seeds"]),
+            "mdm_minus_ar": dataclasses.asdict(versus_ar[setting_key(best_mdm)]),
             "mdm_beats_ar_from_epochs": beats[0]["epochs"] if beats else None,
             "mdm_beats_ar_from_flops": beats[0]["flops"] if beats else None,
+            "mdm_below_ar_in_the_mean_from_epochs": below[0]["epochs"] if below else None,
         }
     return out
 
@@ -286,25 +296,34 @@ def report_study(config: str | Path, quiet: bool = False) -> Path:
 
 
 def _results_blocks(rows: list[dict], unigram: dict[int, float], show_tuned: bool = False) -> list:
-    """Per U, a table of final losses by epochs: AR, MDM and MDM's distance below the unigram level."""
+    """Per U, a table of final losses by epochs (mean ± standard error over seeds when there are several): AR,
+    MDM and MDM's distance below the unigram level."""
     from unmask.study.report import Block
 
-    def cell(row):
-        if row is None or not show_tuned:
-            return None if row is None else row["final_val_loss"]
-        chosen = ", ".join(f"{k} {v:g}" for k, v in json.loads(row["tuned"]).items())
-        return f"{row['final_val_loss']:.4f} ({chosen})"
+    def cell(s):
+        if s is None:
+            return None
+        value = (
+            s["final_val_loss"] if s["n_seeds"] == 1 else f"{s['final_val_loss']:.4f} ± {s['final_val_loss_se']:.4f}"
+        )
+        if not show_tuned:
+            return value
+        chosen = ", ".join(f"{k} {v:g}" for k, v in json.loads(s["tuned"]).items())
+        return f"{value if isinstance(value, str) else f'{value:.4f}'} ({chosen})"
 
     blocks = []
+    summary = seed_summary(rows)
+    seeds = sorted({r["seed"] for r in rows})
     for U, level in unigram.items():
         table = []
-        for e in sorted({r["epochs"] for r in rows if r["unique_tokens"] == U}):
-            cells = {r["objective"]: r for r in rows if r["unique_tokens"] == U and r["epochs"] == e}
+        for e in sorted({s["epochs"] for s in summary if s["unique_tokens"] == U}):
+            cells = {s["objective"]: s for s in summary if s["unique_tokens"] == U and s["epochs"] == e}
             mdm = cells.get("mdm")
             table.append([e, cell(cells.get("ar")), cell(mdm), None if mdm is None else level - mdm["final_val_loss"]])
+        over = f"; mean ± standard error over seeds {seeds}" if len(seeds) > 1 else ""
         blocks += [
             Block("p", f"U = {U:,} unique tokens; unigram cross-entropy of the validation split: {level:.3f} nats "
-                       "(a model that ignores context)."),
+                       f"(a model that ignores context){over}."),
             Block("table", (["epochs", "AR final loss", "MDM final loss", "MDM below unigram"], table)),
         ]  # fmt: skip
     return blocks
@@ -313,11 +332,14 @@ def _results_blocks(rows: list[dict], unigram: dict[int, float], show_tuned: boo
 def findings(fitted: dict, rows: list[dict], unigram: dict[int, float]) -> list[str]:
     """What the runs and the fit show, computed (never hard-coded), per protocol."""
     lines = []
+    summary = seed_summary(rows)
     for U, level in unigram.items():
-        mdm = [r["final_val_loss"] for r in rows if r["unique_tokens"] == U and r["objective"] == "mdm"]
+        mdm = [s for s in summary if s["unique_tokens"] == U and s["objective"] == "mdm"]
         if mdm:
-            lines.append(f"U = {U:,}: MDM's best run ends {level - min(mdm):.2f} nats below the unigram "
-                         f"cross-entropy of the validation split ({level:.3f}).")  # fmt: skip
+            best = min(mdm, key=lambda s: s["final_val_loss"])
+            what = "run" if best["n_seeds"] == 1 else f"setting (mean of {best['n_seeds']} seeds)"
+            lines.append(f"U = {U:,}: MDM's best {what} ends {level - best['final_val_loss']:.2f} nats below the "
+                         f"unigram cross-entropy of the validation split ({level:.3f}).")  # fmt: skip
     lines += _outside_the_law(rows, unigram)
     for protocol, entry in fitted["protocols"].items():
         name = PROTOCOLS[protocol]
@@ -336,14 +358,7 @@ def findings(fitted: dict, rows: list[dict], unigram: dict[int, float]) -> list[
             lines.append(f"{name}: R_D* is not determined by these runs, so R_D*(MDM) > R_D*(AR) is neither shown "
                          f"nor refuted ({why}).")  # fmt: skip
         for U, o in entry.get("observed", {}).items():
-            if o["mdm_beats_ar_from_epochs"]:
-                at = o["mdm_beats_ar_from_epochs"]
-                lines.append(f"{name}, U = {int(U):,}: the crossover is observed: MDM at {at} "
-                             f"epochs ({o['mdm_beats_ar_from_flops']:.3g} FLOPs) beats AR's best run "
-                             f"({o['ar_best']:.3f} at {o['ar_best_epochs']} epochs).")  # fmt: skip
-            else:
-                lines.append(f"{name}, U = {int(U):,}: no crossover observed: MDM's best {o['mdm_best']:.3f} vs AR's "
-                             f"best {o['ar_best']:.3f} ({o['mdm_best'] - o['ar_best']:+.3f} nats).")  # fmt: skip
+            lines.append(f"{name}, U = {int(U):,}: " + _crossover_text(o))
         crit = entry.get("critical_compute", {}).get("per_U", {})
         found = {U: c for U, c in crit.items() if c.get("compute")}
         if found:
@@ -357,28 +372,52 @@ def findings(fitted: dict, rows: list[dict], unigram: dict[int, float]) -> list[
     return lines
 
 
+def _crossover_text(o: dict) -> str:
+    """The verdict at one U: a crossover is stated only where MDM − AR's 95% interval (paired by seed) lies
+    below zero."""
+    diff = Paired(**o["mdm_minus_ar"])
+    losses = (f"MDM's best {o['mdm_best']:.3f} ({o['mdm_best_epochs']} epochs) vs AR's best {o['ar_best']:.3f} "
+              f"({o['ar_best_epochs']} epochs): {diff.text()}")  # fmt: skip
+    if o["mdm_beats_ar_from_epochs"]:
+        return (f"crossover: from {o['mdm_beats_ar_from_epochs']} epochs ({o['mdm_beats_ar_from_flops']:.3g} FLOPs) "
+                f"MDM is below AR's best with a 95% interval that excludes zero; {losses}.")  # fmt: skip
+    if o["mdm_below_ar_in_the_mean_from_epochs"]:
+        why = "one seed gives no interval" if diff.low is None else "the 95% interval does not exclude zero"
+        return (f"no crossover is stated: MDM is below AR's best in the mean from "
+                f"{o['mdm_below_ar_in_the_mean_from_epochs']} epochs, but {why}; {losses}.")  # fmt: skip
+    return f"no crossover: {losses}."
+
+
 def _outside_the_law(rows: list[dict], unigram: dict[int, float], margin: float = 0.05) -> list[str]:
     """Where the runs break the law's premises: a final loss that rises with repetition (overfitting; the law's
     loss only saturates), and single-epoch runs that sit on the unigram plateau (so the single-epoch stage of
     the fit describes the plateau, not the law's regime)."""
     lines = []
+    summary, seeds = seed_summary(rows), by_setting(rows)
     for objective in sorted({r["objective"] for r in rows}):
-        rising, flat = [], []
+        rising, flat, improving = [], [], []
         for U, level in unigram.items():
-            runs = sorted((r for r in rows if r["objective"] == objective and r["unique_tokens"] == U),
-                          key=lambda r: r["epochs"])  # fmt: skip
+            runs = sorted((s for s in summary if s["objective"] == objective and s["unique_tokens"] == U),
+                          key=lambda s: s["epochs"])  # fmt: skip
             if not runs:
                 continue
-            best = min(runs, key=lambda r: r["final_val_loss"])
-            if runs[-1]["final_val_loss"] > best["final_val_loss"] + margin:
+            best, last = min(runs, key=lambda s: s["final_val_loss"]), runs[-1]
+            if last["final_val_loss"] > best["final_val_loss"] + margin:
+                diff = paired(seeds[setting_key(last)], seeds[setting_key(best)])
                 rising.append(f"U = {U:,}: {best['final_val_loss']:.3f} at {best['epochs']} epochs to "
-                              f"{runs[-1]['final_val_loss']:.3f} at {runs[-1]['epochs']}")  # fmt: skip
+                              f"{last['final_val_loss']:.3f} at {last['epochs']}, {diff.text()}")  # fmt: skip
+            elif best is last and len(runs) > 1:
+                diff = paired(seeds[setting_key(last)], seeds[setting_key(runs[-2])])
+                improving.append(f"U = {U:,}: {runs[-2]['epochs']} → {last['epochs']} epochs {diff.text()}")
             if runs[0]["epochs"] == 1 and runs[0]["final_val_loss"] > level - margin:
                 flat.append(U)
         if rising:
             lines.append(f"{objective.upper()}'s final loss rises with repetition ({'; '.join(rising)}): "
                          "overfitting, which the data-constrained law cannot represent (its loss never rises "
                          "with repetition), so these points misfit and weaken every test of the fit.")  # fmt: skip
+        if improving:
+            lines.append(f"{objective.upper()} is still improving at its longest runs ({'; '.join(improving)}): "
+                         "its best epoch count lies beyond the grid.")  # fmt: skip
         if flat and len(flat) == len(unigram):
             lines.append(f"{objective.upper()}'s single-epoch runs sit on the unigram plateau at every U (within "
                          f"{margin} nats): the single-epoch stage of the fit (E, B, beta) describes the plateau, not "
@@ -418,11 +457,12 @@ def _fit_blocks(entry: dict, paper: dict) -> list:
                                  f"C_crit power law: {law.get('error', 'not fitted')}"))  # fmt: skip
     observed = entry.get("observed", {})
     if observed:
-        rows = [[f"{int(U):,}", o["ar_best"], o["ar_best_epochs"], o["mdm_best"], o["mdm_beats_ar_from_epochs"]]
+        rows = [[f"{int(U):,}", o["ar_best"], o["ar_best_epochs"], o["mdm_best"], o["mdm_best_epochs"],
+                 Paired(**o["mdm_minus_ar"]).text(), o["mdm_beats_ar_from_epochs"]]
                 for U, o in observed.items()]  # fmt: skip
-        blocks.append(
-            Block("table", (["U", "AR best", "at epochs", "MDM best", "MDM beats AR's best from epochs"], rows))
-        )
+        header = ["U", "AR best", "at epochs", "MDM best", "at epochs", "MDM − AR (paired by seed)",
+                  "MDM beats AR's best from epochs (95% CI below 0)"]  # fmt: skip
+        blocks.append(Block("table", (header, rows)))
     return blocks
 
 
