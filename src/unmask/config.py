@@ -193,6 +193,15 @@ class TrainConfig:
     """Clip the global gradient norm to this value (0 = off)."""
     mdm_eps: float = 1e-3
     """MDM: mask probability p = (1 - eps) t + eps keeps 1/p bounded."""
+    mdm_t_min: float = 0.0
+    """MDM training: t ~ U(mdm_t_min, 1) instead of U(0, 1) — a truncated ELBO (labelled; validation is always the
+    full one); 0 = off."""
+    mdm_t_beta: list[float] = field(default_factory=list)
+    """MDM training: [a, b] draws t from Beta(a, b) (mid-range mask rates for a, b > 1) with the importance weight
+    1/m(t) that keeps the loss an unbiased ELBO (m: the mixture below); [] = uniform t."""
+    mdm_t_beta_mix: float = 0.1
+    """MDM training with mdm_t_beta: the share of uniform t mixed into the Beta, which bounds the importance weight
+    (Beta alone gives the ELBO estimate an infinite variance: its density vanishes at t = 0 and 1)."""
     nce_t_min: float = 0.8
     """Energy (EDLM-NCE): noise levels t ~ U[nce_t_min, nce_t_max] of the x_t the frozen MDM samples from; the
     default is the sampler's importance-sampling window (sampling.EnergyConfig: t_end 0.8 .. t_start 1.0)."""
@@ -265,6 +274,16 @@ class TrainConfig:
         check(0.0 <= self.min_lr_ratio <= 1.0, f"train.min_lr_ratio={self.min_lr_ratio}: must be in [0, 1]")
         check(0.0 <= self.warmup_frac < 1.0, f"train.warmup_frac={self.warmup_frac}: must be in [0, 1)")
         check(0.0 < self.mdm_eps < 1.0, f"train.mdm_eps={self.mdm_eps}: must be in (0, 1)")
+        check(0.0 <= self.mdm_t_min < 1.0, f"train.mdm_t_min={self.mdm_t_min}: must be in [0, 1)")
+        check(
+            len(self.mdm_t_beta) in (0, 2) and all(0 < v < math.inf for v in self.mdm_t_beta),
+            f"train.mdm_t_beta={self.mdm_t_beta}: must be [] (uniform t) or [a, b] with finite a, b > 0",
+        )
+        check(0.0 < self.mdm_t_beta_mix <= 1.0, f"train.mdm_t_beta_mix={self.mdm_t_beta_mix}: must be in (0, 1]")
+        check(
+            not (self.mdm_t_beta and self.mdm_t_min),
+            "train.mdm_t_beta and train.mdm_t_min: choose one t-sampling (Beta or clipped), not both",
+        )
         check(
             0.0 < self.nce_t_min <= self.nce_t_max <= 1.0,
             f"train.nce_t_min={self.nce_t_min}, nce_t_max={self.nce_t_max}: must satisfy 0 < min <= max <= 1",

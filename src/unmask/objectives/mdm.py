@@ -28,6 +28,44 @@ def mask_probability(
     return (1 - eps) * t + eps
 
 
+def noise_levels(
+    B: int,
+    eps: float,
+    generator: torch.Generator | None,
+    device,
+    t_min: float = 0.0,
+    t_beta: tuple = (),
+    beta_mix: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(p, row_weight), each (B,): mask probabilities and the weight of each sequence's masked CEs.
+
+    Default (t ~ U(0, 1), stratified): weight 1/p, the ELBO. `t_beta` = (a, b): t from the mixture
+    m = (1 − beta_mix)·Beta(a, b) + beta_mix·U(0, 1) (more sequences at mid-range mask rates for a, b > 1), weight
+    1/(p·m(t)): E_m[g(t)/m(t)] = ∫₀¹ g(t) dt, so the loss stays an unbiased ELBO estimate. The uniform share keeps
+    the weight below 1/(p·beta_mix): with Beta alone it is unbounded near t = 0 and 1 and its variance infinite.
+    `t_min` > 0: t ~ U(t_min, 1), weight (1 − t_min)/p — the ELBO without its t < t_min part (a truncated bound;
+    validation never uses these options and reports the full ELBO).
+    """
+    if not t_beta and not t_min:
+        p = mask_probability(B, eps, generator, device)
+        return p, 1.0 / p
+    u = torch.rand((), generator=generator, device=device)
+    u = ((u + torch.arange(B, device=device) / B) % 1.0).double()  # stratified, as the default
+    if t_beta:
+        from scipy import special, stats
+
+        a, b = t_beta
+        uniform_row = torch.rand(B, generator=generator, device=device) < beta_mix
+        from_beta = torch.from_numpy(special.betaincinv(a, b, u.cpu().numpy())).to(device)  # float64 inverse CDF
+        t = torch.where(uniform_row, u, from_beta)
+        density = (1 - beta_mix) * torch.from_numpy(stats.beta.pdf(t.cpu().numpy(), a, b)).to(device) + beta_mix
+    else:
+        t = t_min + (1 - t_min) * u
+        density = torch.full_like(t, 1.0 / (1 - t_min))
+    p = (1 - eps) * t + eps
+    return p.float(), (1.0 / (p * density)).float()
+
+
 def masked_token_ce(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -56,20 +94,29 @@ def masked_token_ce(
     return F.cross_entropy(logits, targets, reduction="none") * weight, row
 
 
-def mdm_loss(model: torch.nn.Module, x: torch.Tensor, sp: Specials, generator=None, eps: float = 1e-3) -> LossOutput:
+def mdm_loss(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    sp: Specials,
+    generator=None,
+    eps: float = 1e-3,
+    t_min: float = 0.0,
+    t_beta: tuple = (),
+    beta_mix: float = 0.1,
+) -> LossOutput:
     """Masked-diffusion ELBO (MDLM / LLaDA), one noise level per sequence.
 
     L = (1/N) Σ_b Σ_i m_bi · CE(x_bi, f(x_t)_bi) / p_b, N = number of real tokens.
 
     1. p_b from stratified t, 2. mask each real token with probability p_b,
-    3. predict the clean tokens at the masked positions, 4. weight by 1/p_b.
+    3. predict the clean tokens at the masked positions, 4. weight by 1/p_b (other t-samplings: noise_levels).
     Steps 1-2 happen where x lives (training: the host, with a host generator), the forward on the model's device.
     """
     B, T = x.shape
     real, kpm = padding(x, sp.pad_id)
-    p = mask_probability(B, eps, generator, x.device)  # (B,)
+    p, weight = noise_levels(B, eps, generator, x.device, t_min, t_beta, beta_mix)  # (B,) each
     masked = (torch.rand(B, T, generator=generator, device=x.device) < p[:, None]) & real  # (B, T)
-    ce, _ = masked_token_ce(model, x, masked, 1.0 / p, sp.mask_id, kpm)
+    ce, _ = masked_token_ce(model, x, masked, weight, sp.mask_id, kpm)
     return LossOutput(ce.sum(), real)
 
 
@@ -127,7 +174,10 @@ def _mdm_targets(x: torch.Tensor, pad_id: int) -> int:
 
 
 def _mdm_loss(cfg: TrainConfig, seq_len: int):
-    return lambda model, x, sp, generator=None: mdm_loss(model, x, sp, generator, cfg.mdm_eps)
+    t_beta = tuple(cfg.mdm_t_beta)
+    return lambda model, x, sp, generator=None: mdm_loss(
+        model, x, sp, generator, cfg.mdm_eps, cfg.mdm_t_min, t_beta, cfg.mdm_t_beta_mix
+    )
 
 
 MDM = Objective(

@@ -45,8 +45,9 @@ def same_run(job: Job) -> bool | None:
         run = Run(out)
     except ConfigError:
         return False
-    saved_model, wanted_model = run.config["model"], to_dict(job.model)
-    saved_train, wanted_train = run.config["train"], to_dict(job.train)
+    # the saved configs read back through their dataclasses: a field added since the run has its default
+    saved_model, wanted_model = to_dict(run.model_config), to_dict(job.model)
+    saved_train, wanted_train = to_dict(run.train_config), to_dict(job.train)
     return (
         all(saved_train.get(k) == v for k, v in wanted_train.items() if k not in RUNTIME_FIELDS)
         and all(saved_model.get(k) == wanted_model[k] for k in USER_MODEL_FIELDS)
