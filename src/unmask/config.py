@@ -207,6 +207,11 @@ class TrainConfig:
     default is the sampler's importance-sampling window (sampling.EnergyConfig: t_end 0.8 .. t_start 1.0)."""
     nce_t_max: float = 1.0
     """Energy (EDLM-NCE): the window's upper end (1 = everything masked)."""
+    ar_input_noise: float = 0.0
+    """AR training: the share of input tokens corrupted (the targets stay clean), a regularisation
+    (arXiv 2510.04071); validation always reads clean inputs. 0 = off."""
+    ar_input_noise_kind: str = "mask"
+    """AR input noise: 'mask' (the mask id) or 'random' (a token drawn from the batch: its unigram distribution)."""
     n_orderings: int = 4
     """ar_orderings: identity + (n - 1) fixed random permutations."""
     r2ft_beta_w: float = 1.0
@@ -287,6 +292,11 @@ class TrainConfig:
         check(
             0.0 < self.nce_t_min <= self.nce_t_max <= 1.0,
             f"train.nce_t_min={self.nce_t_min}, nce_t_max={self.nce_t_max}: must satisfy 0 < min <= max <= 1",
+        )
+        check(0.0 <= self.ar_input_noise < 1.0, f"train.ar_input_noise={self.ar_input_noise}: must be in [0, 1)")
+        check(
+            self.ar_input_noise_kind in ("mask", "random"),
+            f"train.ar_input_noise_kind={self.ar_input_noise_kind!r}: must be 'mask' or 'random'",
         )
         check(self.n_orderings >= 1, f"train.n_orderings={self.n_orderings}: must be >= 1")
         for name in ("r2ft_beta_w", "r2ft_beta_l", "r2ft_beta_a"):

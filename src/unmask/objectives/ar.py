@@ -22,15 +22,18 @@ def ar_token_nll(
     query_pos: torch.Tensor | None = None,
     key_padding_mask: torch.Tensor | None = None,
     dtype: torch.dtype = torch.float32,
+    inputs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """−log p(x[:, j+1] | x[:, ≤j]) and its logits, read causally from inputs x[:, :-1].
 
     x: (B, T) tokens. scored: (B, T-1) input positions whose next token is scored; None = all,
     then the results keep their (B, T-1) shape, else (M,) and (M, V) at the M scored positions
     (row-major), and the output projection skips the rest. pos / query_pos / key_padding_mask:
-    as Transformer.forward, over the T-1 inputs. dtype: of the softmax (float64 for energies).
+    as Transformer.forward, over the T-1 inputs. dtype: of the softmax (float64 for energies). inputs: (B, T)
+    tokens read instead of x (training with corrupted inputs; the targets stay x's).
     """
-    logits = model(x[:, :-1], pos=pos, query_pos=query_pos, key_padding_mask=key_padding_mask, output_mask=scored)
+    read = x if inputs is None else inputs
+    logits = model(read[:, :-1], pos=pos, query_pos=query_pos, key_padding_mask=key_padding_mask, output_mask=scored)
     targets = x[:, 1:] if scored is None else x[:, 1:][scored]
     nll = F.cross_entropy(logits.to(dtype).flatten(0, -2), targets.flatten(), reduction="none")
     return nll.view(targets.shape), logits
@@ -49,18 +52,44 @@ def _summed(nll: torch.Tensor, real: torch.Tensor) -> LossOutput:
     return LossOutput(nll.masked_fill(~real[:, 1:], 0).sum(), real[:, 1:])
 
 
-def ar_loss(model: torch.nn.Module, x: torch.Tensor, sp: Specials, generator=None) -> LossOutput:
+def ar_loss(
+    model: torch.nn.Module, x: torch.Tensor, sp: Specials, generator=None, input_noise: float = 0.0, kind: str = "mask"
+) -> LossOutput:
     """Next-token cross-entropy: predict x[:, 1:] from x[:, :-1] under a causal mask.
 
-    Whether x holds padding is read where x lives (training: the host), then x moves to the model's device."""
+    Whether x holds padding is read where x lives (training: the host), then x moves to the model's device.
+    input_noise > 0 (training only): that share of the real input tokens is corrupted (corrupt_inputs)."""
     real, kpm = padding(x, sp.pad_id)
     device = model_device(model)
+    inputs = None if not input_noise else to_device(corrupt_inputs(x, real, input_noise, kind, sp, generator), device)
     if kpm is None:  # a full batch: every target scored, SDPA's causal kernel
-        nll, _ = ar_token_nll(model, to_device(x, device))  # (B, T-1)
+        nll, _ = ar_token_nll(model, to_device(x, device), inputs=inputs)  # (B, T-1)
         return LossOutput(nll.sum(), real[:, 1:])
     kpm = to_device(kpm, device)
-    nll, _ = ar_token_nll(model, to_device(x, device), key_padding_mask=kpm[:, :-1])
+    nll, _ = ar_token_nll(model, to_device(x, device), key_padding_mask=kpm[:, :-1], inputs=inputs)
     return LossOutput(nll.masked_fill(~kpm[:, 1:], 0).sum(), real[:, 1:])
+
+
+def corrupt_inputs(
+    x: torch.Tensor, real: torch.Tensor, rate: float, kind: str, sp: Specials, generator: torch.Generator | None
+) -> torch.Tensor:
+    """x with each real token replaced, with probability `rate`, by the mask id ('mask') or by a token drawn from
+    the batch's real tokens, i.e. from its unigram distribution ('random'): AR's input-noise regularisation
+    (arXiv 2510.04071). Only what the model reads changes; the targets are x's."""
+    hit = (torch.rand(x.shape, generator=generator, device=x.device) < rate) & real
+    if kind == "mask":
+        return x.masked_fill(hit, sp.mask_id)
+    pool = x[real]
+    pick = torch.randint(len(pool), x.shape, generator=generator, device=x.device)
+    return torch.where(hit, pool[pick], x)
+
+
+def _ar_train_loss(cfg: TrainConfig, seq_len: int):
+    if not cfg.ar_input_noise:
+        return ar_loss
+    return lambda model, x, sp, generator=None: ar_loss(
+        model, x, sp, generator, cfg.ar_input_noise, cfg.ar_input_noise_kind
+    )
 
 
 def make_orderings(n: int, seq_len: int, seed: int) -> torch.Tensor:
@@ -121,9 +150,10 @@ AR = Objective(
     causal=True,
     exact=True,
     decoder="ar",
-    make_loss=lambda cfg, seq_len: ar_loss,
+    make_loss=_ar_train_loss,
     n_targets=_ar_targets,
     host_batches=True,
+    make_eval_loss=lambda cfg, seq_len: ar_loss,  # validation reads clean inputs whatever the training noise
 )
 AR_ORDERINGS = Objective(
     name="ar_orderings",
