@@ -124,3 +124,15 @@ def test_a_damaged_report_folder_is_one_line(report, tmp_path, capsys, damage, w
 def test_bad_points_are_one_line(report, capsys, points):
     assert cli.main(["study", "verify", str(report), "--points", points]) == 2
     assert "--points" in capsys.readouterr().err
+
+
+def test_the_early_stopped_fits_are_labelled_in_every_table_finding_and_json_field(report):
+    fitted = json.loads((report / "fit.json").read_text())
+    for protocol, entry in fitted["protocols"].items():
+        early = protocol.endswith("_early_stopped")
+        assert entry["loss"] == ("best_val_loss" if early else "final_val_loss")
+    text = (report / "report.md").read_text()
+    headings = [line for line in text.splitlines() if line.startswith("## Fit: ")]
+    assert sum("EARLY-STOPPED" in h for h in headings) == 2 and len(headings) == 4
+    early_lines = [line for line in text.splitlines() if "lowest validation loss (best checkpoint)" in line]
+    assert early_lines and all("EARLY-STOPPED" in line for line in early_lines)
