@@ -94,3 +94,36 @@ def test_own_best_chooses_a_setting_by_its_mean_over_seeds_and_keeps_all_its_see
     high = rows_of({("ar", 8): [4.1, 4.3]}, lr=0.004)  # mean 4.2
     chosen = protocol_rows(low + high, study, "own_best")
     assert {json.loads(r["tuned"])["lr"] for r in chosen} == {0.004} and len(chosen) == 2
+
+
+def test_an_objectives_own_tuning_axes_multiply_its_runs_only(tmp_path):
+    from unmask.study.grid import load_study
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "objectives: [ar, mdm]\nunique_tokens: [1000]\nepochs: {ar: [8], mdm: [16]}\ntune: {lr: [0.002, 0.004]}\n"
+        "tune_objective: {ar: {weight_decay: [0.1, 3.0], ar_input_noise: [0.0, 0.1]},\n"
+        "                 mdm: {mdm_t_beta: [[], [2, 2]]}}\n"
+    )
+    study = load_study(path)
+    names = [j.name for j in jobs(study)]
+    assert sum(n.startswith("ar-") for n in names) == 2 * 2 * 2 and sum(n.startswith("mdm-") for n in names) == 2 * 2
+    assert "ar-demo-U1000-E8-s0-ar_input_noise0.1-lr0.004-weight_decay3" in names
+    assert "mdm-demo-U1000-E16-s0-mdm_t_beta2x2" in names and "ar-demo-U1000-E8-s0" in names
+    assert study.shared("ar") == {"ar_input_noise": 0.0, "lr": 0.002, "weight_decay": 0.1}
+    assert study.shared("mdm") == {"lr": 0.002, "mdm_t_beta": []} and study.tuned()
+
+
+@pytest.mark.parametrize(
+    "bad, words",
+    [("{orderings: {lr: [1]}}", "not among the objectives"), ("{ar: {nope: [1]}}", "cannot be tuned"),
+     ("{ar: {lr: [0.1]}}", "tuned for every objective already")],
+)  # fmt: skip
+def test_bad_objective_tuning_axes_are_refused(tmp_path, bad, words):
+    from unmask.config import ConfigError
+    from unmask.study.grid import load_study
+
+    path = tmp_path / "s.yaml"
+    path.write_text(f"objectives: [ar, mdm]\ntune: {{lr: [0.002]}}\ntune_objective: {bad}\n")
+    with pytest.raises(ConfigError, match=words):
+        load_study(path)

@@ -11,6 +11,7 @@
     epochs: {ar: [1, 4, 16], mdm: [1, 4, 16, 64]}  # a list for all objectives, or one per objective
     seeds: [0]
     tune: {lr: [0.001, 0.002, 0.004]}              # optional: each objective at its own best over this grid
+    tune_objective: {ar: {weight_decay: [0.1, 3.0]}}  # optional: axes one objective alone is tuned over
     workers: 0                                      # parallel runs (0 = one per CPU core), one thread each
     runner: local                                   # or ray
 
@@ -63,6 +64,9 @@ class StudyConfig:
     epochs: dict[str, list[int]] = field(default_factory=lambda: {"ar": [1, 4, 16], "mdm": [1, 4, 16, 64]})
     seeds: list[int] = field(default_factory=lambda: [0])
     tune: dict[str, list[Any]] = field(default_factory=dict)
+    tune_objective: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    """Tuning axes of one objective only, added to `tune` for it (e.g. AR's regularisation grid: weight decay,
+    dropout, input noise), so the other objective's runs are not multiplied by them."""
     workers: int = 0
     runner: Literal["local", "ray"] = "local"
 
@@ -77,12 +81,29 @@ class StudyConfig:
         bad = sorted(set(self.tune) - set(TUNABLE))
         model_fields = sorted(k for k, v in TUNABLE.items() if v == "model")
         check(not bad, f"study.tune: {bad} cannot be tuned; choose TrainConfig fields or the model's {model_fields}")
+        strangers = sorted(set(self.tune_objective) - set(self.objectives))
+        check(not strangers, f"study.tune_objective: {strangers} are not among the objectives {self.objectives}")
+        for objective, axes in self.tune_objective.items():
+            bad = sorted(set(axes) - set(TUNABLE))
+            check(not bad, f"study.tune_objective.{objective}: {bad} cannot be tuned; choose TrainConfig fields or "
+                           f"the model's {model_fields}")  # fmt: skip
+            both = sorted(set(axes) & set(self.tune))
+            check(not both, f"study.tune_objective.{objective}: {both} are tuned for every objective already")
         check(self.workers >= 0, f"study.workers={self.workers}: must be >= 0")
         check(self.runner in ("local", "ray"), f"study.runner={self.runner!r}: must be 'local' or 'ray'")
 
-    def shared(self) -> dict[str, Any]:
-        """The shared config's values of the tuned fields: the identical-settings point of the tuning grid."""
-        return {k: getattr(self.model if TUNABLE[k] == "model" else self.train, k) for k in sorted(self.tune)}
+    def tune_for(self, objective: str) -> dict[str, list[Any]]:
+        """The tuning grid of one objective: the shared axes and its own."""
+        return {**self.tune, **self.tune_objective.get(objective, {})}
+
+    def tuned(self) -> bool:
+        return bool(self.tune) or any(self.tune_objective.values())
+
+    def shared(self, objective: str | None = None) -> dict[str, Any]:
+        """The shared config's values of the tuned fields (of `objective`'s grid; None: the shared axes): the
+        identical-settings point of the tuning grid."""
+        keys = self.tune_for(objective) if objective else self.tune
+        return {k: getattr(self.model if TUNABLE[k] == "model" else self.train, k) for k in sorted(keys)}
 
 
 def load_study(path: str | Path) -> StudyConfig:
@@ -112,7 +133,13 @@ def study_from_dict(raw: dict) -> StudyConfig:
 def point_name(objective: str, size: str, U: int, epochs: int, seed: int, tuned: dict[str, Any]) -> str:
     """e.g. mdm-demo-U25000-E16-s0-lr0.004; `tuned` holds only the values that differ from the shared config,
     so adding a tuning grid to a study keeps (and reuses) the runs it already has."""
-    extra = "".join(f"-{k}{v:g}" if isinstance(v, float) else f"-{k}{v}" for k, v in sorted(tuned.items()))
+
+    def text(v: Any) -> str:
+        if isinstance(v, list | tuple):
+            return "x".join(text(x) for x in v)
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    extra = "".join(f"-{k}{text(v)}" for k, v in sorted(tuned.items()))
     return f"{objective}-{size}-U{U}-E{epochs}-s{seed}{extra}"
 
 
@@ -122,15 +149,14 @@ def data_dir(study: StudyConfig, U: int) -> Path:
 
 def jobs(study: StudyConfig) -> list[Job]:
     """Every point of the grid as a runner Job (its run directory under OUT/runs/)."""
-    tune_keys = sorted(study.tune)
-    combos = [
-        dict(zip(tune_keys, vals, strict=True)) for vals in itertools.product(*(study.tune[k] for k in tune_keys))
-    ]
-    shared, out = study.shared(), []
-    for objective, size, U, seed, tuned in itertools.product(
-        study.objectives, study.sizes, study.unique_tokens, study.seeds, combos or [{}]
-    ):
-        for epochs in study.epochs[objective]:
+    out = []
+    for objective, size, U, seed in itertools.product(study.objectives, study.sizes, study.unique_tokens, study.seeds):
+        grid, shared = study.tune_for(objective), study.shared(objective)
+        keys = sorted(grid)
+        for tuned, epochs in itertools.product(
+            [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(grid[k] for k in keys))],
+            study.epochs[objective],
+        ):
             model = dataclasses.replace(
                 study.model, size=size, **{k: v for k, v in tuned.items() if TUNABLE[k] == "model"}
             )

@@ -82,7 +82,7 @@ def protocol_rows(rows: list[dict], study: StudyConfig, protocol: str) -> list[d
     """identical: the points at the shared config's values of the tuned fields; own_best: per (objective,
     size, U, E) the tuned setting with the lowest final validation loss (mean over seeds), all its seeds."""
     if protocol == "identical":
-        return [r for r in rows if json.loads(r["tuned"]) == study.shared()]
+        return [r for r in rows if json.loads(r["tuned"]) == study.shared(r["objective"])]
     best: dict[tuple, dict] = {}
     for s in seed_summary(rows):
         key = (s["objective"], s["size"], s["unique_tokens"], s["epochs"])
@@ -269,17 +269,18 @@ def report_study(config: str | Path, quiet: bool = False) -> Path:
         Block("figure", (figure_loss_vs_epochs(identical, out), "Final validation loss vs epochs, per U")),
         Block("figure", (figure_loss_vs_flops(identical, out), "Final validation loss vs training FLOPs")),
     ]
-    if study.tune:
+    if study.tuned():
         blocks += [
             Block("h2", "Results (each objective at its own best)"),
-            Block("p", f"Per point, the lowest final loss over the tuning grid {study.tune}; the chosen values "
+            Block("p", f"Per point, the lowest final loss over the tuning grid {study.tune} "
+                       f"(and per objective {study.tune_objective}); the chosen values "
                        "in brackets. Choosing on the validation split makes these numbers slightly optimistic."),
             *_results_blocks(protocol_rows(rows, study, "own_best"), unigram, show_tuned=True),
         ]  # fmt: skip
     blocks += [Block("h2", "Findings"), *[Block("p", line) for line in findings(fitted, identical, unigram)]]
     for protocol, entry in fitted["protocols"].items():
         blocks.append(Block("h2", f"Fit: {PROTOCOLS[protocol]}"))
-        if protocol.startswith("own_best") and not study.tune:
+        if protocol.startswith("own_best") and not study.tuned():
             blocks.append(Block("p", "This study has no tuning grid: each objective's own best is its only "
                                      "setting, so this protocol equals the identical-settings one above."))  # fmt: skip
             continue

@@ -33,7 +33,8 @@ FLOAT_COLUMNS = ("flops", "final_val_loss", "final_val_stderr", "final_bits_per_
 def row_of(job, study: StudyConfig) -> dict[str, Any]:
     """One table row for a job of the study's grid (its run may be missing or unfinished)."""
     path = Path(job.out)
-    tuned = {k: getattr(job.model if TUNABLE[k] == "model" else job.train, k) for k in sorted(study.tune)}
+    grid = study.tune_for(job.train.objective)
+    tuned = {k: getattr(job.model if TUNABLE[k] == "model" else job.train, k) for k in sorted(grid)}
     row: dict[str, Any] = {
         "name": job.name, "objective": job.train.objective, "size": job.model.size, "epochs": job.train.epochs,
         "seed": job.train.seed, "tuned": json.dumps(tuned), "run": str(path),

@@ -45,7 +45,7 @@ def verdict_points(rows: list[dict], study: StudyConfig) -> list[str]:
     from unmask.study.pipeline import protocol_rows
 
     names: list[str] = []
-    protocols = ["identical", "own_best"] if study.tune else ["identical"]
+    protocols = ["identical", "own_best"] if study.tuned() else ["identical"]
     for protocol in protocols:
         chosen = protocol_rows(rows, study, protocol)
         for key in sorted({(r["objective"], r["unique_tokens"]) for r in chosen}):
