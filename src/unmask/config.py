@@ -183,6 +183,15 @@ class TrainConfig:
     """The cosine decays to lr * min_lr_ratio."""
     warmup_frac: float = 0.01
     """Fraction of all steps spent in linear warm-up."""
+    warmup_steps: int = 0
+    """Linear warm-up steps, when > 0 (instead of warmup_frac): WSD branches share their trunk's warm-up."""
+    schedule: str = "cosine"
+    """'cosine': one cosine from the peak to lr·min_lr_ratio over the whole run (the study's protocol: one
+    schedule per run). 'wsd': warm-up, stable at the peak, then the same cosine over the last decay_frac of the
+    run — a run of E epochs is then a longer run's stable phase plus its own decay, so one trunk with decay
+    branches (unmask.training.fork) gives every epoch count (labelled: not the cosine protocol)."""
+    decay_frac: float = 0.2
+    """WSD: the share of the run's steps in the final decay."""
     weight_decay: float = 0.1
     """AdamW weight decay (not applied to norm weights)."""
     beta1: float = 0.9
@@ -278,6 +287,9 @@ class TrainConfig:
         check(0 < self.lr < math.inf, f"train.lr={self.lr}: must be a finite number > 0")
         check(0.0 <= self.min_lr_ratio <= 1.0, f"train.min_lr_ratio={self.min_lr_ratio}: must be in [0, 1]")
         check(0.0 <= self.warmup_frac < 1.0, f"train.warmup_frac={self.warmup_frac}: must be in [0, 1)")
+        check(self.warmup_steps >= 0, f"train.warmup_steps={self.warmup_steps}: must be >= 0 (0 = warmup_frac)")
+        check(self.schedule in ("cosine", "wsd"), f"train.schedule={self.schedule!r}: must be 'cosine' or 'wsd'")
+        check(0.0 < self.decay_frac <= 1.0, f"train.decay_frac={self.decay_frac}: must be in (0, 1]")
         check(0.0 < self.mdm_eps < 1.0, f"train.mdm_eps={self.mdm_eps}: must be in (0, 1)")
         check(0.0 <= self.mdm_t_min < 1.0, f"train.mdm_t_min={self.mdm_t_min}: must be in [0, 1)")
         check(

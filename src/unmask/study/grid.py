@@ -91,6 +91,10 @@ class StudyConfig:
             check(not both, f"study.tune_objective.{objective}: {both} are tuned for every objective already")
         check(self.workers >= 0, f"study.workers={self.workers}: must be >= 0")
         check(self.runner in ("local", "ray"), f"study.runner={self.runner!r}: must be 'local' or 'ray'")
+        check(
+            not (self.runner == "ray" and self.train.schedule == "wsd"),
+            "study: WSD decay branches run on the local runner (a branch needs its trunk's folder); runner: local",
+        )
 
     def tune_for(self, objective: str) -> dict[str, list[Any]]:
         """The tuning grid of one objective: the shared axes and its own."""
@@ -170,6 +174,9 @@ def jobs(study: StudyConfig) -> list[Job]:
             differs = {k: v for k, v in tuned.items() if v != shared[k]}
             name = point_name(objective, size, U, epochs, seed, differs)
             out.append(Job(name, str(data_dir(study, U)), str(Path(study.out) / "runs" / name), model, train))
+            if study.train.schedule == "wsd" and epochs != max(study.epochs[objective]):  # a decay branch
+                trunk = point_name(objective, size, U, max(study.epochs[objective]), seed, differs)
+                out[-1] = dataclasses.replace(out[-1], fork_of=trunk)
     return out
 
 

@@ -8,6 +8,7 @@ replaced. Sweeps (local or Ray) put a grid in front of this.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import queue as queue_lib
@@ -31,6 +32,8 @@ class Job:
     """Run directory."""
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    fork_of: str | None = None
+    """A WSD decay branch: the name of the job (the longer run) it is forked from; both run in one worker."""
 
 
 def same_run(job: Job) -> bool | None:
@@ -76,6 +79,27 @@ def _run_one(job: Job, queue, replace_stale: bool) -> str:
     return job.name
 
 
+def _run_chain(trunk: Job, branches: list[Job], queue, replace_stale: bool) -> str:
+    """A WSD trunk and its decay branches, shortest first: the trunk trains to each branch's decay start, the
+    branch is forked from it (unmask.training.fork) and trained, then the trunk goes on. Resumable: finished
+    branches are skipped, a forked one is resumed."""
+    from dataclasses import replace
+
+    from unmask.data.dataset import TokenData
+    from unmask.training import Budget
+    from unmask.training.fork import fork_run
+    from unmask.training.optim import decay_start
+
+    for branch in sorted(branches, key=lambda j: j.train.epochs):
+        if same_run(branch) is None:
+            step = decay_start(Budget.of(TokenData(trunk.data), branch.train), branch.train)
+            _run_one(replace(trunk, train=replace(trunk.train, stop_at_step=step)), queue, replace_stale)
+            shutil.rmtree(branch.out, ignore_errors=True)  # an empty folder of ours (same_run: no run there)
+            fork_run(trunk.out, branch.out, branch.train.epochs)
+        _run_one(branch, queue, replace_stale)
+    return _run_one(trunk, queue, replace_stale)
+
+
 def run_jobs(
     jobs: list[Job], workers: int = 0, replace_stale: bool = False, quiet: bool = False, raise_errors: bool = True
 ) -> dict[str, str | None]:
@@ -88,6 +112,14 @@ def run_jobs(
     from unmask.progress import make_progress
 
     jobs = prepare_jobs(jobs)
+    branches: dict[str, list[Job]] = {}
+    for j in jobs:
+        if j.fork_of:
+            branches.setdefault(j.fork_of, []).append(j)
+    roots = [j for j in jobs if not j.fork_of]
+    orphans = sorted(set(branches) - {j.name for j in roots})
+    if orphans:
+        raise ConfigError(f"jobs: branches of {orphans}, which are not among the jobs; run their trunks with them")
     ctx = mp.get_context("spawn")
     progress = make_progress()
     progress.disable = quiet
@@ -105,21 +137,36 @@ def run_jobs(
         tasks = {j.name: progress.add_task(j.name, total=totals[j.name], start=False, info="", rate="") for j in jobs}
         if workers == 1:  # one at a time, in this process: no pool to start, and a debugger sees the runs
             direct = _Direct(advance)
-            return collect(((j, j.name) for j in jobs), raise_errors, lambda j: _run_one(j, direct, replace_stale))
+            outcome = collect(
+                ((j, j.name) for j in roots),
+                raise_errors,
+                lambda j: _run_chain(j, branches.get(j.name, []), direct, replace_stale),
+            )
+            return _with_branches(outcome, branches)
         queue = manager.Queue()
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=ctx) as pool:
-            futures = {pool.submit(_run_one, job, queue, replace_stale): job.name for job in jobs}
+            futures = {
+                pool.submit(_run_chain, job, branches.get(job.name, []), queue, replace_stale): job.name
+                for job in roots
+            }
+            chain = {r.name: [r.name, *(b.name for b in branches.get(r.name, []))] for r in roots}
             while not all(f.done() for f in futures) or not queue.empty():
                 for f in [f for f in futures if f.done() and done[futures[f]] < totals[futures[f]]]:
-                    done[futures[f]] = totals[futures[f]]  # finished (or skipped: already finished)
-                    progress.update(tasks[futures[f]], completed=totals[futures[f]])
+                    for name in chain[futures[f]]:  # finished (or skipped: already finished)
+                        done[name] = totals[name]
+                        progress.update(tasks[name], completed=totals[name])
                 try:
                     name, step, _ = queue.get(timeout=0.2)
                 except queue_lib.Empty:
                     progress.update(overall, completed=sum(done.values()))
                     continue
                 advance(name, step)
-    return collect(futures.items(), raise_errors, lambda f: f.result())
+    return _with_branches(collect(futures.items(), raise_errors, lambda f: f.result()), branches)
+
+
+def _with_branches(outcome: dict[str, str | None], branches: dict[str, list[Job]]) -> dict[str, str | None]:
+    """A chain's outcome is each of its runs' outcome."""
+    return outcome | {b.name: outcome[trunk] for trunk, bs in branches.items() for b in bs}
 
 
 @dataclass
@@ -137,7 +184,7 @@ def prepare_jobs(jobs: list[Job]) -> list[Job]:
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
         raise ConfigError(f"jobs: names must be unique, got {names}")
-    jobs = [Job(j.name, j.data, j.out, j.model, _one_thread(j.train)) for j in jobs]
+    jobs = [dataclasses.replace(j, train=_one_thread(j.train)) for j in jobs]
     return sorted(jobs, key=lambda j: -j.train.epochs)
 
 

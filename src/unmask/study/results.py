@@ -22,7 +22,7 @@ from unmask.study.grid import TUNABLE, StudyConfig, config_hash, jobs
 COLUMNS = [
     "name", "status", "objective", "size", "unique_tokens", "epochs", "seed", "tuned",
     "params", "non_embedding_params", "tokens_seen", "flops",
-    "final_val_loss", "final_val_stderr", "final_bits_per_byte", "kind",
+    "final_val_loss", "final_val_stderr", "final_bits_per_byte", "kind", "schedule",
     "best_val_loss", "best_epoch", "wall_seconds", "hardware", "git_sha", "config_hash", "run",
 ]  # fmt: skip
 INT_COLUMNS = ("unique_tokens", "epochs", "seed", "params", "non_embedding_params", "tokens_seen")
@@ -57,6 +57,7 @@ def row_of(job, study: StudyConfig) -> dict[str, Any]:
         "tokens_seen": budget["tokens_to_see"],
         "flops": flops_per_token(mcfg) * budget["tokens_to_see"],
         "kind": run.objective.bound_name,
+        "schedule": schedule_label(run),
         "config_hash": config_hash(run.config),
         "git_sha": provenance.get("git_sha"),
         "hardware": provenance.get("cuda")
@@ -74,6 +75,14 @@ def row_of(job, study: StudyConfig) -> dict[str, Any]:
             "wall_seconds": final.get("train_seconds"),
         }
     return row
+
+
+def schedule_label(run: Run) -> str:
+    """'cosine', 'wsd', or a WSD decay branch with its trunk and fork step (never taken for the cosine protocol)."""
+    fork = run.config.get("forked_from")
+    if not isinstance(fork, dict):
+        return run.train_config.schedule
+    return f"wsd branch of the {fork.get('trunk_epochs')}-epoch run at step {fork.get('step')}"
 
 
 def results_table(study: StudyConfig) -> list[dict[str, Any]]:

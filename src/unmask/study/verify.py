@@ -110,9 +110,11 @@ def verify_study(
             study, out=str(scratch), unique_tokens=sorted({rows[n]["unique_tokens"] for n in names})
         )
         prepare_data(rerun)
-        todo = [j for j in jobs(rerun) if j.name in names]
+        grid = jobs(rerun)
+        trunks = {j.fork_of for j in grid if j.name in names and j.fork_of}  # a WSD branch needs its trunk run
+        todo = [j for j in grid if j.name in names or j.name in trunks]
         run_jobs(todo, workers if workers is not None else study.workers, quiet=quiet)
-        checks = [_compare(rows[j.name], row_of(j, rerun), tolerance) for j in todo]
+        checks = [_compare(rows[j.name], row_of(j, rerun), tolerance) for j in todo if j.name in names]
     finally:
         if work is None:  # only the folder made here is removed
             shutil.rmtree(scratch, ignore_errors=True)

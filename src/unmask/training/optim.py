@@ -42,16 +42,27 @@ class Budget:
             n_sequences=n_seq,
             steps_per_epoch=steps_per_epoch,
             total_steps=total,
-            warmup_steps=max(1, round(cfg.warmup_frac * total)),
+            warmup_steps=min(cfg.warmup_steps, total) if cfg.warmup_steps else max(1, round(cfg.warmup_frac * total)),
             tokens_to_see=data.n_tokens("train") * cfg.epochs,
         )
 
 
+def decay_start(budget: Budget, cfg: TrainConfig) -> int:
+    """The step the learning rate starts to fall: after warm-up (cosine), or the last decay_frac of the run (WSD)."""
+    if cfg.schedule == "wsd":
+        return max(budget.warmup_steps, budget.total_steps - max(1, round(cfg.decay_frac * budget.total_steps)))
+    return budget.warmup_steps
+
+
 def learning_rate(step: int, budget: Budget, cfg: TrainConfig) -> float:
-    """Linear warm-up, then one cosine from lr to lr·min_lr_ratio over the rest of the run."""
+    """Linear warm-up, then one cosine from lr to lr·min_lr_ratio over the rest of the run (WSD: the peak until
+    decay_start, the cosine after it)."""
     if step < budget.warmup_steps:
         return cfg.lr * (step + 1) / budget.warmup_steps
-    progress = (step - budget.warmup_steps) / max(1, budget.total_steps - budget.warmup_steps)
+    start = decay_start(budget, cfg)
+    if step < start:
+        return cfg.lr
+    progress = (step - start) / max(1, budget.total_steps - start)
     low = cfg.lr * cfg.min_lr_ratio
     return low + (cfg.lr - low) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
