@@ -51,6 +51,9 @@ def fork_run(trunk: str | Path, out: str | Path, epochs: int) -> Path:
             f"run {trunk} has {at}; a {epochs}-epoch branch leaves it at step {step}: train it with "
             f"--train.stop_at_step {step} first"
         )
+    trunk_warmup = Budget.of(run.data(verify=False), cfg).warmup_steps
+    if Budget.of(run.data(verify=False), dataclasses.replace(cfg, epochs=epochs)).warmup_steps != trunk_warmup:
+        raise ConfigError(f"a {epochs}-epoch branch of {trunk} is shorter than its {trunk_warmup} warm-up steps")
     tmp = out.with_name(f".{out.name}.fork-tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # a fork of ours that a kill interrupted
     shutil.copytree(trunk, tmp, ignore=shutil.ignore_patterns(".lock", "tb"))
