@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def report(tmp_path_factory) -> Path:
     """A finished 4-point study's report folder, copied elsewhere as a user commits it into docs/."""
     root = tmp_path_factory.mktemp("study")
     config = root / "tiny.yaml"
-    config.write_text(STUDY.format(name="tiny", out=root / "out", runner="local"))
+    config.write_text(STUDY.format(name="tiny", out=root / "out", runner="local") + "downstream: 12\n")
     for action in ("run", "fit", "report"):
         assert cli.main(["study", action, str(config), *(["--n_boot", "0"] if action == "fit" else [])]) == 0
     committed = shutil.copytree(root / "out" / "report", root / "docs" / "tiny")
@@ -136,3 +137,12 @@ def test_the_early_stopped_fits_are_labelled_in_every_table_finding_and_json_fie
     assert sum("EARLY-STOPPED" in h for h in headings) == 2 and len(headings) == 4
     early_lines = [line for line in text.splitlines() if "lowest validation loss (best checkpoint)" in line]
     assert early_lines and all("EARLY-STOPPED" in line for line in early_lines)
+
+
+def test_the_report_scores_each_objectives_best_runs_on_the_shipped_cloze_task(report):
+    text = (report / "report.md").read_text()
+    section = text.split("## Downstream: zero-shot cloze")[1]
+    assert "12 sentence endings of Persuasion" in section and "chance 0.25" in section
+    rows = [line for line in section.splitlines() if line.startswith("| identical settings")]
+    assert {line.split(" | ")[1].split("-")[0] for line in rows} == {"ar", "mdm"}
+    assert all(re.search(r"\| \d\.\d{3} ± \d\.\d{3} \| \[\d\.\d{3}, \d\.\d{3}\] \|$", line) for line in rows)

@@ -67,6 +67,9 @@ class StudyConfig:
     tune_objective: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     """Tuning axes of one objective only, added to `tune` for it (e.g. AR's regularisation grid: weight decay,
     dropout, input noise), so the other objective's runs are not multiplied by them."""
+    downstream: int = 0
+    """Report: zero-shot accuracy of each objective's best runs on this many items of the shipped cloze task
+    (unmask.evaluation.cloze); 0 = none."""
     workers: int = 0
     runner: Literal["local", "ray"] = "local"
 
@@ -90,6 +93,7 @@ class StudyConfig:
             both = sorted(set(axes) & set(self.tune))
             check(not both, f"study.tune_objective.{objective}: {both} are tuned for every objective already")
         check(self.workers >= 0, f"study.workers={self.workers}: must be >= 0")
+        check(0 <= self.downstream <= 10_000, f"study.downstream={self.downstream}: must be in [0, 10000] items")
         check(self.runner in ("local", "ray"), f"study.runner={self.runner!r}: must be 'local' or 'ray'")
         check(
             not (self.runner == "ray" and self.train.schedule == "wsd"),
