@@ -21,12 +21,16 @@ def test_size_names_match_their_parameter_counts():
     """Paper-scale rows are named by total parameters at the GPT-2 vocabulary (50304), within 10%."""
     scale = {"M": 1e6, "B": 1e9}
     for name in SIZES:
-        if name in ("tiny", "demo"):
+        if name in ("tiny", "demo", "demo4x"):
             continue
         target = float(name[:-1]) * scale[name[-1]]
         actual = count_params(ModelConfig(size=name, vocab_size=50304))
         assert abs(actual / target - 1) < 0.10, (name, actual)
     assert abs(count_params(ModelConfig(size="demo", vocab_size=1024)) / 0.43e6 - 1) < 0.02
+    non_embedding = {
+        n: count_params(ModelConfig(size=n, vocab_size=1024)) - 1024 * SIZES[n][1] for n in ("demo", "demo4x")
+    }
+    assert 3.5 < non_embedding["demo4x"] / non_embedding["demo"] < 4.5  # the studies' second size
 
 
 def test_ar_has_no_future_leakage():

@@ -26,6 +26,7 @@ MAX_MC_PASSES = 2**16
 SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (2, 64, 4),  # CPU tests
     "demo": (3, 96, 4),  # 0.43M at vocab 1024: the CPU demo
+    "demo4x": (4, 160, 4),  # 1.23M non-embedding parameters, 3.7x the demo's 0.33M: the studies' second CPU size
     "7M": (3, 128, 4),
     "30M": (6, 384, 6),  # 11M at vocab 1024: the second size of `unmask bench train --against reference`
     "14M": (8, 192, 4),
