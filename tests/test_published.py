@@ -10,8 +10,10 @@ the smallest budget and compares them with the committed numbers (regenerate eve
 
 from __future__ import annotations
 
+import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,19 +26,18 @@ TOLERANCE = 5e-3
 """Nats. Same machine type and torch build: bitwise equal (0); this allows another CPU's rounding over a short run."""
 
 
-def readme_demo_block() -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index("<!-- demo output: docs/demo/results.json -->")
-    body = text[start:].split("```", 2)[1]
-    return body.removeprefix("\n")
+def demo_block_matches(readme: str, results: dict) -> bool:
+    """Whether the README's demo block is the demo's report of `results`."""
+    from unmask.report import demo_summary
+
+    start = readme.index("<!-- demo output: docs/demo/results.json -->")
+    block = readme[start:].split("```", 2)[1]
+    lines = lambda text: [line.rstrip() for line in text.strip().splitlines()]  # noqa: E731
+    return lines(block) == lines(demo_summary(results))
 
 
 def test_the_readme_demo_block_is_the_demo_report_of_the_committed_results():
-    from unmask.report import demo_summary
-
-    expected = demo_summary(json.loads(DEMO.read_text()))
-    strip = lambda text: [line.rstrip() for line in text.strip().splitlines()]  # noqa: E731
-    assert strip(readme_demo_block()) == strip(expected)
+    assert demo_block_matches((ROOT / "README.md").read_text(), json.loads(DEMO.read_text()))
 
 
 def report_pieces(report_dir: Path) -> list[str]:
@@ -60,33 +61,70 @@ def report_pieces(report_dir: Path) -> list[str]:
     return pieces + findings(fitted, identical, unigram)
 
 
+def report_mismatches(report_dir: Path) -> list[str]:
+    report = (report_dir / "report.md").read_text()
+    return [piece[:120] for piece in report_pieces(report_dir) if piece not in report]
+
+
 @pytest.mark.parametrize("report_dir", REPORTS, ids=lambda p: p.name)
 def test_a_committed_reports_tables_and_findings_are_its_results(report_dir):
-    report = (report_dir / "report.md").read_text()
-    missing = [piece[:120] for piece in report_pieces(report_dir) if piece not in report]
-    assert not missing, f"{report_dir / 'report.md'} differs from its results.csv / fit.json / stamp.json"
+    assert not report_mismatches(report_dir), f"{report_dir / 'report.md'} differs from its results / fit / stamp"
 
 
-def quotes(path: Path) -> list[tuple[Path, str]]:
+def quotes(text: str) -> list[tuple[Path, str]]:
     """(source, line) for each line between `<!-- quote: SOURCE -->` and `<!-- end quote -->`."""
     out = []
-    for source, body in re.findall(r"<!-- quote: (\S+) -->\n(.*?)<!-- end quote -->", path.read_text(), re.S):
+    for source, body in re.findall(r"<!-- quote: (\S+) -->\n(.*?)<!-- end quote -->", text, re.S):
         for line in body.splitlines():
-            line = re.sub(r"^(> ?)?([-*] )?", "", line).strip()
+            line = re.sub(r"^(> ?)?([-*] )?", "", line.strip()).strip()
             if line:
                 out.append((ROOT / source, line))
     return out
 
 
+def misquoted(text: str) -> list[str]:
+    return [line for source, line in quotes(text) if line not in source.read_text()]
+
+
 @pytest.mark.parametrize("path", QUOTING, ids=lambda p: p.name)
 def test_quoted_report_lines_are_lines_of_the_report(path):
-    quoted = quotes(path)
-    for source, line in quoted:
-        assert line in source.read_text(), f"{path.name} quotes {source.name} but it does not say: {line[:100]}"
+    assert not misquoted(path.read_text()), f"{path.name} quotes a report line the report does not hold"
 
 
 def test_the_readme_quotes_the_mini_study():
-    assert any(source.parent.name == "mini" for source, _ in quotes(ROOT / "README.md"))
+    assert any(source.parent.name == "mini" for source, _ in quotes((ROOT / "README.md").read_text()))
+
+
+def edit_a_number(text: str, after: str) -> str:
+    """`text` with the first d.ddd number after `after` changed in its last digit, as a hand edit would."""
+    at = text.index(after)
+    match = re.compile(r"\d\.\d{3}").search(text, at)
+    number = match.group()
+    edited = number[:-1] + str((int(number[-1]) + 1) % 10)
+    return text[: match.start()] + edited + text[match.end() :]
+
+
+def test_a_number_edited_by_hand_anywhere_published_fails_these_checks(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    results = json.loads(DEMO.read_text())
+    assert not demo_block_matches(edit_a_number(readme, "<!-- demo output"), results)
+    assert misquoted(edit_a_number(readme, "<!-- quote: docs/study/mini/report.md -->"))
+    mini = shutil.copytree(ROOT / "docs" / "study" / "mini", tmp_path / "mini")
+    report = (mini / "report.md").read_text()
+    (mini / "report.md").write_text(edit_a_number(report, "| 16 |"))  # a table cell
+    assert report_mismatches(mini)
+    (mini / "report.md").write_text(edit_a_number(report, "## Findings"))  # a finding
+    assert report_mismatches(mini)
+    (mini / "report.md").write_text(report)
+    assert not report_mismatches(mini)
+    rows = list(csv.DictReader(open(mini / "results.csv")))  # the table behind it (the slow test re-runs its points)
+    row = next(r for r in rows if r["name"] == "mdm-demo-U6250-E96-s0")
+    row["final_val_loss"] = str(float(row["final_val_loss"]) - 0.001)
+    with open(mini / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert report_mismatches(mini)
 
 
 # --- the code still produces them ----------------------------------------------------------------------------

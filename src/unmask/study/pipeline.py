@@ -272,8 +272,9 @@ def report_study(config: str | Path, quiet: bool = False) -> Path:
     if study.tuned():
         blocks += [
             Block("h2", "Results (each objective at its own best)"),
-            Block("p", f"Per point, the lowest final loss over the tuning grid {study.tune} "
-                       f"(and per objective {study.tune_objective}); the chosen values "
+            Block("p", f"Per point, the lowest final loss over the tuning grid {study.tune}"
+                       + (f" (and per objective {study.tune_objective})" if study.tune_objective else "")
+                       + "; the chosen values "
                        "in brackets. Choosing on the validation split makes these numbers slightly optimistic."),
             *_results_blocks(protocol_rows(rows, study, "own_best"), unigram, show_tuned=True),
         ]  # fmt: skip
