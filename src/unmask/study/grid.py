@@ -198,8 +198,19 @@ def prepare_data(study: StudyConfig, quiet: bool = True) -> None:
 
 
 def config_hash(config: dict) -> str:
-    """A short stable hash of a run's resolved config (what makes two runs the same experiment): model, train
-    and the data's files (their SHA-256s; not the manifest, which records how fast it was encoded)."""
-    keep = {k: config[k] for k in ("model", "train") if k in config}
-    keep["data_files"] = config.get("data_identity", {}).get("files")
+    """A short stable hash of a run's resolved config (what makes two runs the same experiment): the model and
+    train settings that differ from their defaults (read through the dataclasses, so a field added to unmask
+    later, at its default, leaves every hash as it was; runtime controls left out) and the data's files (their
+    SHA-256s; not the manifest, which records how fast it was encoded)."""
+    from unmask.training.rundir import RUNTIME_FIELDS
+
+    def changed(cls, values: dict, skip=()) -> dict:
+        default, given = to_dict(cls()), to_dict(from_dict(cls, values))
+        return {k: v for k, v in given.items() if k not in skip and v != default[k]}
+
+    keep = {
+        "model": changed(ModelConfig, {**config.get("model", {}), "size": None}),
+        "train": changed(TrainConfig, config.get("train", {}), RUNTIME_FIELDS),
+        "data_files": config.get("data_identity", {}).get("files"),
+    }
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
