@@ -21,6 +21,8 @@ from unmask.config import check, from_dict
 
 METHODS = ("ancestral", "low_confidence", "random", "threshold")
 MAX_STEPS = 2**20
+MAX_LOGITS = 2**32
+"""The most logits (rows x positions x vocabulary) one forward pass of a request may produce (16 GiB of float32)."""
 STEPS_PER_TOKEN = 16
 """A generation gets at most this many denoising steps per masked token (more only repeats empty steps)."""
 
@@ -189,6 +191,32 @@ class SamplerConfig:
         check(method == "ancestral", f"an energy run (EDLM) needs method ancestral, not {method}")
         check(self.commit.block_length is None, "an energy run (EDLM) scores whole sequences: leave block_length unset")
         check(self.temperature > 0, "an energy run (EDLM) needs temperature > 0 (argmax candidates are all equal)")
+
+    def check_fits(
+        self, seq_len: int, vocab_size: int, rows: int = 1, positions: int | None = None, energy: bool = False
+    ) -> None:
+        """The bounds that follow from the model, checked before anything is allocated: a block or a conv window
+        no longer than the sequence allows, and the logits of one forward pass over `rows` sequences of
+        `positions` tokens (default seq_len; times the EDLM candidates with an energy run) within MAX_LOGITS."""
+        c, conv = self.commit, self.conv
+        check(
+            c.block_length is None or c.block_length <= seq_len,
+            f"block_length={c.block_length}: must be <= the model's seq_len {seq_len}",
+        )
+        widest = 2 * seq_len - 1  # centred on any position, this window already covers the whole sequence
+        check(
+            not conv.enabled or conv.kernel <= widest,
+            f"conv_kernel={conv.kernel}: must be <= {widest} (2 x seq_len {seq_len} - 1 covers the whole sequence)",
+        )
+        candidates = self.energy.candidates if energy else 1
+        positions = seq_len if positions is None else positions
+        logits = rows * candidates * positions * vocab_size
+        check(
+            logits <= MAX_LOGITS,
+            f"{rows} sequence(s)" + (f" x {candidates} EDLM candidates" if energy else "")
+            + f" x {positions} positions x vocabulary {vocab_size} = {logits:,} logits per forward pass: over "
+            f"{MAX_LOGITS:,}; ask for fewer samples",
+        )  # fmt: skip
 
     def blocks(self, gen_len: int, n_masked: int) -> tuple[int, int]:
         """(number of blocks, steps per block) for a generation of gen_len appended tokens.

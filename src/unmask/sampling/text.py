@@ -17,13 +17,12 @@ import torch
 
 from unmask.config import ConfigError, check
 from unmask.data.chat import chat_prompt
+from unmask.sampling.ar import AR_MAX_WINDOWS
 from unmask.sampling.config import SamplerConfig
 from unmask.sampling.mdm import SampleOutput
 
 BLANK = re.compile(r"_{4,}")
 MAX_SAMPLES = 4096  # bounds that keep a typo from allocating the machine away (or decoding for hours)
-AR_MAX_WINDOWS = 16
-"""AR decodes past its window by sliding it; at most this many windows (seq_len each) per call."""
 
 
 @dataclass
@@ -126,6 +125,8 @@ def decode(
     else:
         limit = AR_MAX_WINDOWS * seq_len
         check(length <= limit, f"length={length}: must be <= {limit} ({AR_MAX_WINDOWS} windows of seq_len {seq_len})")
+    positions = min(len(prompt_ids) + length, seq_len)
+    sampler.check_fits(seq_len, opened.model_config.vocab_size, n, positions, energy=energy_run is not None)
     dev = resolve_device(device)
     model = opened.load_model(which, dev)
     x = torch.tensor([prompt_ids] * n, device=dev)
