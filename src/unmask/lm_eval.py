@@ -158,8 +158,45 @@ class UnmaskLM(LM):
         return [r.args if hasattr(r, "args") else r for r in requests]
 
 
-def main() -> None:
-    """`unmask-lm-eval`: every lm-eval option works unchanged; `--model unmask` is registered."""
+def main(argv: list[str] | None = None) -> None:
+    """`unmask-lm-eval`: every lm-eval option works unchanged; `--model unmask` is registered. A bad run or
+    model argument raises ConfigError (unmask.lm_eval_cli shows it as one line), the run checked before lm-eval
+    spends its seconds indexing tasks."""
+    import sys
+
     from lm_eval.__main__ import cli_evaluate
 
+    argv = sys.argv[1:] if argv is None else argv
+    check_model_args(argv)
+    sys.argv = [sys.argv[0] if sys.argv else "unmask-lm-eval", *argv]
     cli_evaluate()
+
+
+def check_model_args(argv: list[str]) -> None:
+    """For `--model unmask`: --model_args must be key=value pairs naming a run directory that opens."""
+    from lm_eval.utils import simple_parse_args_string
+
+    from unmask.run import Run
+
+    if _option(argv, "--model") != "unmask":
+        return
+    text = _option(argv, "--model_args")
+    try:
+        args = simple_parse_args_string(text or "")
+    except (ValueError, TypeError):
+        raise ConfigError(f"--model_args {text!r}: expected key=value pairs separated by commas, e.g. "
+                          "run=runs/mdm,mc_samples=128") from None  # fmt: skip
+    if not args.get("run"):
+        raise ConfigError("--model_args: name the run directory, e.g. --model_args run=runs/mdm")
+    Run(str(args["run"]))  # a missing or damaged run is one line now, not a traceback after the task index
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of `--name VALUE` or `--name=VALUE` (the last one given), else None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg[len(name) + 1 :]
+    return value
