@@ -61,6 +61,8 @@ class InstructionData:
             raise ConfigError(f"{manifest_path}: {', '.join(ints)} must be integers >= 0; {REDO}")
         if m.get("dtype") not in DTYPES or not 2 <= m["seq_len"] or m["n_train"] < 1:
             raise ConfigError(f"{manifest_path}: dtype, seq_len or n_train is invalid; {REDO}")
+        if not m["vocab_size"] <= (2**16 if m["dtype"] == "uint16" else 2**32):  # write_instruction_folder's dtype
+            raise ConfigError(f"{manifest_path}: vocab_size {m['vocab_size']} does not fit dtype {m['dtype']}; {REDO}")
         if not all(0 <= m[k] < m["vocab_size"] for k in ("pad_id", "mask_id", "eod_id")):
             raise ConfigError(f"{manifest_path}: a special id is outside vocab_size {m['vocab_size']}; {REDO}")
         self.manifest, self._manifest_sha256 = m, hashlib.sha256(raw).hexdigest()
