@@ -79,6 +79,8 @@ class UnmaskLM(LM):
         self.scorer, self.tok, self.eod_id, self.objective = load_scorer(run, which, self._device, config)
         self.greedy, self.gen_length, self.seed = bool(greedy), gen_length, int(seed)
         self.sampler = SamplerConfig.from_flat(**sampler)  # model_args are flat: method=..., block_length=...
+        model_cfg = self.scorer.model.cfg  # bounds from the run itself, before any request is decoded
+        self.sampler.check_fits(model_cfg.seq_len, model_cfg.vocab_size)
 
     @property
     def tokenizer_name(self) -> str:
