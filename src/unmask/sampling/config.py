@@ -14,6 +14,7 @@ before a model is loaded, with one line that names the option.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -81,7 +82,7 @@ class ConvConfig:
 
     def __post_init__(self) -> None:
         check(self.kernel >= 1 and self.kernel % 2 == 1, f"conv_kernel={self.kernel}: must be odd >= 1")
-        check(self.scale > 0, f"conv_scale={self.scale}: must be > 0")
+        check(0 < self.scale < math.inf, f"conv_scale={self.scale}: must be a finite number > 0")
 
 
 @dataclass
@@ -103,7 +104,7 @@ class EnergyConfig:
             0 <= self.t_end <= self.t_start <= 1,
             f"edlm_t_end={self.t_end}, edlm_t_start={self.t_start}: need 0 <= t_end <= t_start <= 1",
         )
-        check(self.temperature > 0, f"edlm_temperature={self.temperature}: must be > 0")
+        check(0 < self.temperature < math.inf, f"edlm_temperature={self.temperature}: must be a finite number > 0")
 
 
 # Flat name (before the grouping, and lm-eval's model_args) → (group, field); group None = SamplerConfig itself.
@@ -154,10 +155,10 @@ class SamplerConfig:
     """EDLM with an AR energy run."""
 
     def __post_init__(self) -> None:
-        check(self.temperature >= 0, f"temperature={self.temperature}: must be >= 0")
+        check(0 <= self.temperature < math.inf, f"temperature={self.temperature}: must be a finite number >= 0")
         check(self.top_k >= 0, f"top_k={self.top_k}: must be >= 0 (0 = off)")
         check(0 < self.top_p <= 1, f"top_p={self.top_p}: must be in (0, 1]")
-        check(self.cfg_scale >= 0, f"cfg_scale={self.cfg_scale}: must be >= 0 (0 = off)")
+        check(0 <= self.cfg_scale < math.inf, f"cfg_scale={self.cfg_scale}: must be a finite number >= 0 (0 = off)")
         check(
             self.cfg_scale == 0 or self.cache.kv == "none",
             f"cfg_scale={self.cfg_scale} with cache={self.cache.kv}: guidance needs full passes; use cache none",
