@@ -190,6 +190,10 @@ def check_model_args(argv: list[str]) -> None:
                           "run=runs/mdm,mc_samples=128") from None  # fmt: skip
     if not args.get("run"):
         raise ConfigError("--model_args: name the run directory, e.g. --model_args run=runs/mdm")
+    given = [k for k in ("batch_size", "max_batch_size") if k in args]  # lm-eval passes these itself, always
+    given += ["device"] if "device" in args and _option(argv, "--device") is not None else []
+    if given:
+        raise ConfigError(f"--model_args {given[0]}=...: lm-eval sets it; give it as --{given[0]} instead")
     Run(str(args["run"]))  # a missing or damaged run is one line now, not a traceback after the task index
 
 
