@@ -330,7 +330,9 @@ def bench(
             result = bench_train(size, seq_len, batch_size, vocab_size, steps, threads, device, compile, against,
                                  repeats, peak_tflops=peak_tflops)  # fmt: skip
     if json:
-        Path(json).write_text(jsonlib.dumps(result, indent=2))
+        from unmask.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(json), jsonlib.dumps(result, indent=2))
     return result
 
 

@@ -190,9 +190,9 @@ def evaluate(
         rows.append(row)
         answers[run] = [asdict(a) for a in run_answers]
     if out:
-        tmp = Path(out).with_suffix(".tmp")
-        tmp.write_text(jsonlib.dumps({"rows": rows, "answers": answers}, indent=1))
-        tmp.replace(out)
+        from unmask.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(out), jsonlib.dumps({"rows": rows, "answers": answers}, indent=1))
     if json:
         print(jsonlib.dumps(rows))
     else:

@@ -12,6 +12,7 @@ import pytest
 
 from tests.test_bad_input import Pristine, _one_parser, no_internal_error, train_pristine, ws  # noqa: F401
 from unmask import finetune_cli
+from unmask.study import pipeline
 
 CONVERSATIONS = [{"prompt": f"say {w}", "response": f"{w} {w}"} for w in "abcdefghijklmnopqrstuvwxyz"]
 """Short conversations (a dozen tokens) that fit the tiny runs' 32-token sequence."""
@@ -49,3 +50,31 @@ def sft_run(pristine, folders) -> Path:
 
 def copy(path: Path, to: Path) -> Path:
     return Path(shutil.copytree(path, to))
+
+
+DOCS_FIT = Path(__file__).parents[2] / "docs" / "study" / "mini" / "fit.json"
+STUDY = """
+name: bad
+out: {out}
+data: {{vocab_size: 300, seq_len: 32, val_tokens: 512, tokenizer_train_bytes: 200000}}
+train: {{batch_size: 8, eval_mc_passes: 1, final_mc_passes: 2}}
+objectives: [ar, mdm]
+sizes: [tiny]
+unique_tokens: [2000]
+epochs: [1]
+workers: 1
+"""
+RUNS = ("ar-tiny-U2000-E1-s0", "mdm-tiny-U2000-E1-s0")
+
+
+@pytest.fixture(scope="session")
+def study_dir(tmp_path_factory) -> Path:
+    """A finished tiny study (its runs, table, failures.json) with a fit.json as rich as a real one: the committed
+    mini study's fit under this study's name (one point per objective fits nothing)."""
+    root = tmp_path_factory.mktemp("study")
+    config = root / "study.yaml"
+    config.write_text(STUDY.format(out=root / "out"))
+    pipeline.run_study(config, quiet=True)
+    fitted = json.loads(DOCS_FIT.read_text())
+    (root / "out" / "fit.json").write_text(json.dumps({**fitted, "study": "bad"}, indent=1))
+    return root / "out"

@@ -22,40 +22,14 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from tests.bad_input.conftest import DOCS_FIT, RUNS, STUDY
 from tests.test_bad_input import FILE_DAMAGE, Workspace, assert_contract, assert_unchanged, snapshot, unmask
 from unmask.config import ConfigError
-from unmask.study import pipeline
 from unmask.study.files import read_failures, read_fit
 from unmask.study.grid import jobs, load_study
 from unmask.study.results import read_table, row_of
 
-DOCS_FIT = Path(__file__).parents[2] / "docs" / "study" / "mini" / "fit.json"
-STUDY = """
-name: bad
-out: {out}
-data: {{vocab_size: 300, seq_len: 32, val_tokens: 512, tokenizer_train_bytes: 200000}}
-train: {{batch_size: 8, eval_mc_passes: 1, final_mc_passes: 2}}
-objectives: [ar, mdm]
-sizes: [tiny]
-unique_tokens: [2000]
-epochs: [1]
-workers: 1
-"""
-RUNS = ("ar-tiny-U2000-E1-s0", "mdm-tiny-U2000-E1-s0")
 ACTIONS = ("run", "fit", "report")
-
-
-@pytest.fixture(scope="session")
-def study_dir(tmp_path_factory) -> Path:
-    """A finished tiny study (its runs, table, failures.json) with a fit.json as rich as a real one: the committed
-    mini study's fit under this study's name (one point per objective fits nothing)."""
-    root = tmp_path_factory.mktemp("study")
-    config = root / "study.yaml"
-    config.write_text(STUDY.format(out=root / "out"))
-    pipeline.run_study(config, quiet=True)
-    fitted = json.loads(DOCS_FIT.read_text())
-    (root / "out" / "fit.json").write_text(json.dumps({**fitted, "study": "bad"}, indent=1))
-    return root / "out"
 
 
 @dataclass

@@ -189,6 +189,8 @@ def _first_unique(examples: Iterator[Example | None], n: int) -> Iterator[Exampl
 
 def write_instruction_set(out: str | Path, per_task: int = POOL, seed: int = 0) -> list[Path]:
     """train.jsonl and test.jsonl of {"task", "prompt", "response"} in `out`; returns their paths."""
+    from unmask.checkpoint import atomic_write_text  # (torch: only when the files are written)
+
     if not 1 <= per_task <= POOL:
         raise ConfigError(f"per_task={per_task}: must be in [1, {POOL}] (training examples per task)")
     out = Path(out)
@@ -203,8 +205,6 @@ def write_instruction_set(out: str | Path, per_task: int = POOL, seed: int = 0) 
     for split in ("train", "test"):
         path = out / f"{split}.jsonl"
         rows = instruction_set(split, per_task if split == "train" else max(1, per_task // 10), seed)
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(asdict(e)) + "\n" for e in rows), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, "".join(json.dumps(asdict(e)) + "\n" for e in rows))
         paths.append(path)
     return paths

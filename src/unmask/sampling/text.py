@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from unmask.checkpoint import atomic_path
 from unmask.config import ConfigError, check
 from unmask.data.chat import chat_prompt
 from unmask.sampling.ar import AR_MAX_WINDOWS
@@ -172,7 +173,7 @@ def decode(
 def write_trace(path: str | Path, out: SampleOutput, start: torch.Tensor, tok) -> None:
     """JSONL: the starting canvas, then per step the positions committed in each sequence and their tokens."""
     final = out.tokens.cpu()
-    with open(path, "w") as f:
+    with atomic_path(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as f:  # whole or not at all
         f.write(json.dumps({"step": 0, "canvas": start.cpu().tolist()}) + "\n")
         for step, rows in enumerate(out.history, 1):
             tokens = [[int(final[b, p]) for p in pos] for b, pos in enumerate(rows)]
