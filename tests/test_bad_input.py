@@ -17,6 +17,7 @@ One tiny AR and one tiny MDM run are trained once for the module; each case dama
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -202,16 +203,27 @@ def train_pristine(root: Path, tiny_data_dir: Path) -> Pristine:
     return Pristine(root, data_dir, runs)
 
 
-@pytest.fixture(autouse=True)
-def no_internal_error(monkeypatch):
-    """Every line cli.main prints as an error is recorded; a case whose command reported an internal error fails,
-    whether or not the case itself looked at the output."""
+PRINT_ERROR = cli.print_error
+"""cli.main's error printer as the package defines it (internal_errors_fail wraps it)."""
+
+
+@contextlib.contextmanager
+def internal_errors_fail(monkeypatch):
+    """Every line cli.main prints as an error is recorded; if one reports an internal error, leaving the block
+    fails, whether or not the case itself looked at the output."""
     shown: list[str] = []
     print_error = cli.print_error
     monkeypatch.setattr(cli, "print_error", lambda message: (shown.append(str(message)), print_error(message)))
     yield shown
     bugs = [line for line in shown if line.startswith(INTERNAL)]
     assert not bugs, f"a command reported an internal error (a bug): {bugs[0][:300]}"
+
+
+@pytest.fixture(autouse=True)
+def no_internal_error(monkeypatch):
+    """Every case of the bad-input suites runs inside internal_errors_fail."""
+    with internal_errors_fail(monkeypatch) as shown:
+        yield shown
 
 
 @pytest.fixture(scope="module", autouse=True)
