@@ -479,3 +479,19 @@ def test_a_finetune_output_that_cannot_be_used_is_refused(ws, capsys, folders, s
     outcome = unmask(capsys, *args)
     assert_contract(outcome, "refused", " ".join(map(str, args[:2])))
     assert_unchanged(before, ws.snapshot(), outcome)
+
+
+@pytest.mark.parametrize("out", [".", ""], ids=["--out .", "--out ''"])
+@pytest.mark.parametrize("command", ["sft", "r2ft", "energy"])
+def test_a_run_into_the_empty_current_folder_trains_or_is_refused_never_a_crash(
+    ws, capsys, folders, sft_run, tmp_path, monkeypatch, command, out
+):
+    """--out naming the current folder: an empty one takes the run (a new run needs an empty folder), in one piece."""
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    args = WRITERS[command](ws, folders, sft_run, out)
+    outcome = unmask(capsys, *args)
+    assert_contract(outcome, "either", f"finetune {command} --out {out!r}")
+    if outcome.code == 0:
+        assert (here / "config.json").is_file() and (here / "last.safetensors").is_file()
