@@ -17,6 +17,7 @@ One tiny AR and one tiny MDM run are trained once for the module; each case dama
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -53,6 +54,8 @@ QUICK = 5
 """A request far beyond any bound must be refused within this many seconds (before allocating)."""
 HASHED_BYTES = 1 << 20
 """Snapshots hash files up to this size; larger ones (weights, checkpoints) by size and mtime."""
+INTERNAL = "internal error"
+"""What cli.main says of an exception nobody raised on purpose: a bug, never an answer to bad input."""
 
 # ---------------------------------------------------------------------------------------------
 # Running a command and checking the contract
@@ -106,7 +109,7 @@ def assert_contract(outcome: Outcome, expect: str, what: str) -> None:
     'either': that, or success. Never a traceback, never an internal error, never another exit code."""
     shown = f"{what}: exit {outcome.code}\nstderr: {outcome.err[-2000:]}"
     assert "Traceback" not in outcome.err + outcome.out, shown
-    assert "internal error" not in outcome.err, shown
+    assert INTERNAL not in outcome.err + outcome.out, shown
     assert outcome.code in ((2,) if expect == "refused" else (0, 2)), shown
     lines = [line for line in outcome.err.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("unmask: error: ")]
@@ -175,8 +178,12 @@ class Pristine:
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory, tiny_data_dir) -> Pristine:
+    return train_pristine(tmp_path_factory.mktemp("bad_input"), tiny_data_dir)
+
+
+def train_pristine(root: Path, tiny_data_dir: Path) -> Pristine:
+    """A copy of the tiny data and one tiny AR and one tiny MDM run on it (TRAINED's settings), under `root`."""
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("bad_input")
     data_dir = Path(shutil.copytree(tiny_data_dir, root / "data"))
     data = TokenData(data_dir)
     runs = {
@@ -194,6 +201,29 @@ def pristine(tmp_path_factory, tiny_data_dir) -> Pristine:
     assert saved["model"] == dataclasses.asdict(dataclasses.replace(TRAINED["model"], size=None))
     assert saved["train"] == dataclasses.asdict(TRAINED["train"])
     return Pristine(root, data_dir, runs)
+
+
+PRINT_ERROR = cli.print_error
+"""cli.main's error printer as the package defines it (internal_errors_fail wraps it)."""
+
+
+@contextlib.contextmanager
+def internal_errors_fail(monkeypatch):
+    """Every line cli.main prints as an error is recorded; if one reports an internal error, leaving the block
+    fails, whether or not the case itself looked at the output."""
+    shown: list[str] = []
+    print_error = cli.print_error
+    monkeypatch.setattr(cli, "print_error", lambda message: (shown.append(str(message)), print_error(message)))
+    yield shown
+    bugs = [line for line in shown if line.startswith(INTERNAL)]
+    assert not bugs, f"a command reported an internal error (a bug): {bugs[0][:300]}"
+
+
+@pytest.fixture(autouse=True)
+def no_internal_error(monkeypatch):
+    """Every case of the bad-input suites runs inside internal_errors_fail."""
+    with internal_errors_fail(monkeypatch) as shown:
+        yield shown
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -18,25 +18,58 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from unmask import __version__
-from unmask.config import ConfigError
+from unmask.config import ConfigError, UnmaskError, WriteError, os_reason
 
 CHECKPOINT_NAME = "step_{step:09d}.pt"
 
 
+@contextmanager
+def writing(path: Path, fix: str = "free space (or choose another folder) and run it again") -> Iterator[None]:
+    """Turn a writer's failure with an OS cause (disk full, no permission; torch, safetensors, pyarrow and
+    Python alike) into one WriteError naming the file, in the OS's own words."""
+    try:
+        yield
+    except UnmaskError:
+        raise
+    except Exception as e:
+        reason = os_reason(e)
+        if reason is None:
+            raise
+        raise WriteError(f"could not write {path}: {reason}; {fix}") from None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file + fsync + rename: readers see the old file or the new one, never half."""
+    """Write via a temporary file + fsync + rename: readers see the old file or the new one, never half (a failed
+    write leaves the old file and no temporary one: one WriteError naming the file)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` to write (any writer); renamed over `path` when the block ends, removed if it
+    fails. An OS refusal is one WriteError naming `path`."""
+    path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    with writing(path):
+        try:
+            yield tmp
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # never leave a half-written file behind
+            raise
     _fsync_dir(path.parent)
 
 

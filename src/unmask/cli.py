@@ -8,13 +8,23 @@ on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json as jsonlib
 import os
 import sys
 from pathlib import Path
 from typing import Literal
 
-from unmask.config import ConfigError, DataConfig, ModelConfig, TrainConfig, UnmaskError, check, check_output_file
+from unmask.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    UnmaskError,
+    check,
+    check_output_file,
+    os_reason,
+)
 from unmask.demo import DemoConfig
 from unmask.evaluation.config import LikelihoodConfig
 from unmask.finetune_cli import COMMANDS as FINETUNE_COMMANDS
@@ -320,7 +330,9 @@ def bench(
             result = bench_train(size, seq_len, batch_size, vocab_size, steps, threads, device, compile, against,
                                  repeats, peak_tflops=peak_tflops)  # fmt: skip
     if json:
-        Path(json).write_text(jsonlib.dumps(result, indent=2))
+        from unmask.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(json), jsonlib.dumps(result, indent=2))
     return result
 
 
@@ -532,7 +544,11 @@ def migrate_flags(argv: list[str]) -> list[str]:
     return out
 
 
-def _error(message: str) -> None:
+WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+"""OS errors that say the disk failed a write, not that a path given was wrong."""
+
+
+def print_error(message: str) -> None:
     """One bounded line on stderr, whatever the message holds."""
     line = "unmask: error: " + " ".join(str(message).split())
     if len(line) > MAX_ERROR_CHARS:
@@ -550,25 +566,36 @@ def main(argv: list[str] | None = None) -> int:
         fn, name, kwargs = _chosen(parser.instantiate(cfg), COMMANDS)
         fn(FLAT_CONFIGS[name](**kwargs)) if name in FLAT_CONFIGS else fn(**kwargs)
     except ArgumentError as e:
-        _error(_explain(" ".join(str(e).split()), parser, argv))
+        print_error(_explain(" ".join(str(e).split()), parser, argv))
         return 2
     except UnmaskError as e:  # ConfigError: bad input, nothing done (2); TrainingError: the run failed (1)
-        _error(str(e))
+        print_error(str(e))
         return 2 if isinstance(e, ConfigError) else 1
     except KeyboardInterrupt:
         print("unmask: interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # a path the user gave that the OS refuses (too long, not a directory, no permission)
-        _error(f"{e.strerror or type(e).__name__}: {e.filename}; check the path" if e.filename else str(e))
+        if e.errno in WRITE_FAILURES:  # the disk, not the input: the command failed
+            print_error(
+                f"could not write{f' {e.filename}' if e.filename else ''}: {os_reason(e)}; free space and retry"
+            )
+            return 1
+        reason = os_reason(e) or type(e).__name__
+        print_error(f"{reason}: {e.filename}; check the path" if e.filename else f"{reason} ({e})")
         return 2
     except Exception as e:
         if _training_stopped(e):  # SIGTERM/SIGINT honoured with a checkpoint: a clean exit
             print(f"unmask: {e}", file=sys.stderr)
             return 0
+        if os_reason(e):  # a writer (torch, safetensors, pyarrow) that wrapped the OS's own error
+            print_error(f"could not write or read a file: {os_reason(e)} ({type(e).__name__}: {e})")
+            return 1
         # a bug, not bad input: still one line; UNMASK_DEBUG=1 shows the traceback
         if os.environ.get("UNMASK_DEBUG"):
             raise
-        _error(f"internal error {type(e).__name__}: {e} (a bug: please report it; UNMASK_DEBUG=1 shows the traceback)")
+        print_error(
+            f"internal error {type(e).__name__}: {e} (a bug: please report it; UNMASK_DEBUG=1 shows the traceback)"
+        )
         return 1
     return 0
 

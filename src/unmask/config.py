@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -47,6 +48,26 @@ class UnmaskError(Exception):
 
 class ConfigError(UnmaskError, ValueError):
     """A configuration or input error: nothing was done (CLI exit code 2)."""
+
+
+class WriteError(UnmaskError):
+    """The operating system refused to write a file (disk full, no permission, ...); nothing half-written was
+    left behind (CLI exit code 1: the command failed, the input was fine)."""
+
+
+def os_reason(e: BaseException | None) -> str | None:
+    """The operating system's own words for a failed read or write ("No space left on device"), found in the
+    exception, its causes or its message (torch's zip writer and safetensors wrap the OSError); None if none."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and isinstance(e.errno, int) and e.errno > 0:
+            return os.strerror(e.errno)
+        found = re.search(r"(?:os error|errno) (\d+)", str(e), re.IGNORECASE)
+        if found and 0 < int(found[1]) < 4096:
+            return os.strerror(int(found[1]))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def check(condition: bool, message: str) -> None:

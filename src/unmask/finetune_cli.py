@@ -10,7 +10,7 @@ import json as jsonlib
 import math
 from pathlib import Path
 
-from unmask.config import ENERGY_DEFAULTS, R2FT_DEFAULTS, SFT_DEFAULTS, TrainConfig, check_output_file
+from unmask.config import ENERGY_DEFAULTS, R2FT_DEFAULTS, SFT_DEFAULTS, TrainConfig, check, check_output_file
 from unmask.sampling.config import SamplerConfig
 
 POOL = 2000  # unmask.finetune.tasks.POOL, repeated here to keep this module light (a test keeps them equal)
@@ -179,6 +179,8 @@ def evaluate(
     from unmask.finetune.evaluate import evaluate_instructions
     from unmask.runtime import resolve_device
 
+    check(bool(runs), "unmask finetune eval needs at least one run directory, e.g. unmask finetune eval runs/sft")
+    check(1 <= per_task <= POOL, f"per_task={per_task}: must be in [1, {POOL}] (test examples per task)")
     check_output_file("--out", out)
     rows, answers = [], {}
     for run in runs:
@@ -188,9 +190,9 @@ def evaluate(
         rows.append(row)
         answers[run] = [asdict(a) for a in run_answers]
     if out:
-        tmp = Path(out).with_suffix(".tmp")
-        tmp.write_text(jsonlib.dumps({"rows": rows, "answers": answers}, indent=1))
-        tmp.replace(out)
+        from unmask.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(out), jsonlib.dumps({"rows": rows, "answers": answers}, indent=1))
     if json:
         print(jsonlib.dumps(rows))
     else:

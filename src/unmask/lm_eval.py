@@ -79,6 +79,8 @@ class UnmaskLM(LM):
         self.scorer, self.tok, self.eod_id, self.objective = load_scorer(run, which, self._device, config)
         self.greedy, self.gen_length, self.seed = bool(greedy), gen_length, int(seed)
         self.sampler = SamplerConfig.from_flat(**sampler)  # model_args are flat: method=..., block_length=...
+        model_cfg = self.scorer.model.cfg  # bounds from the run itself, before any request is decoded
+        self.sampler.check_fits(model_cfg.seq_len, model_cfg.vocab_size)
 
     @property
     def tokenizer_name(self) -> str:
@@ -158,8 +160,49 @@ class UnmaskLM(LM):
         return [r.args if hasattr(r, "args") else r for r in requests]
 
 
-def main() -> None:
-    """`unmask-lm-eval`: every lm-eval option works unchanged; `--model unmask` is registered."""
+def main(argv: list[str] | None = None) -> None:
+    """`unmask-lm-eval`: every lm-eval option works unchanged; `--model unmask` is registered. A bad run or
+    model argument raises ConfigError (unmask.lm_eval_cli shows it as one line), the run checked before lm-eval
+    spends its seconds indexing tasks."""
+    import sys
+
     from lm_eval.__main__ import cli_evaluate
 
+    argv = sys.argv[1:] if argv is None else argv
+    check_model_args(argv)
+    sys.argv = [sys.argv[0] if sys.argv else "unmask-lm-eval", *argv]
     cli_evaluate()
+
+
+def check_model_args(argv: list[str]) -> None:
+    """For `--model unmask`: --model_args must be key=value pairs naming a run directory that opens."""
+    from lm_eval.utils import simple_parse_args_string
+
+    from unmask.run import Run
+
+    if _option(argv, "--model") != "unmask":
+        return
+    text = _option(argv, "--model_args")
+    try:
+        args = simple_parse_args_string(text or "")
+    except (ValueError, TypeError):
+        raise ConfigError(f"--model_args {text!r}: expected key=value pairs separated by commas, e.g. "
+                          "run=runs/mdm,mc_samples=128") from None  # fmt: skip
+    if not args.get("run"):
+        raise ConfigError("--model_args: name the run directory, e.g. --model_args run=runs/mdm")
+    given = [k for k in ("batch_size", "max_batch_size") if k in args]  # lm-eval passes these itself, always
+    given += ["device"] if "device" in args and _option(argv, "--device") is not None else []
+    if given:
+        raise ConfigError(f"--model_args {given[0]}=...: lm-eval sets it; give it as --{given[0]} instead")
+    Run(str(args["run"]))  # a missing or damaged run is one line now, not a traceback after the task index
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of `--name VALUE` or `--name=VALUE` (the last one given), else None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg[len(name) + 1 :]
+    return value

@@ -10,16 +10,22 @@ from __future__ import annotations
 import sys
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """lm-eval's command line; bad input to the `unmask` model (a run that is not one, a bad model argument) is
+    one line `unmask: error: ...` and exit code 2, as for `unmask` itself."""
+    from unmask.cli import print_error
+    from unmask.config import ConfigError, UnmaskError
+
     try:
         from unmask.lm_eval import main as lm_eval_main
     except ImportError as e:
-        print(
-            f"unmask-lm-eval: error: lm-evaluation-harness is not installed ({e.name}); pip install 'unmask[lmeval]'",
-            file=sys.stderr,
-        )
+        print_error(f"unmask-lm-eval needs lm-evaluation-harness ({e.name} is missing): pip install 'unmask[lmeval]'")
         sys.exit(2)
-    lm_eval_main()
+    try:
+        lm_eval_main(argv)
+    except UnmaskError as e:
+        print_error(str(e))
+        sys.exit(2 if isinstance(e, ConfigError) else 1)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unmask.config import ConfigError
+from unmask.config import ConfigError, os_reason
 from unmask.data.manifest import DTYPES, check_size, file_identity
 
 KIND = "instructions"
@@ -61,6 +61,8 @@ class InstructionData:
             raise ConfigError(f"{manifest_path}: {', '.join(ints)} must be integers >= 0; {REDO}")
         if m.get("dtype") not in DTYPES or not 2 <= m["seq_len"] or m["n_train"] < 1:
             raise ConfigError(f"{manifest_path}: dtype, seq_len or n_train is invalid; {REDO}")
+        if not m["vocab_size"] <= (2**16 if m["dtype"] == "uint16" else 2**32):  # write_instruction_folder's dtype
+            raise ConfigError(f"{manifest_path}: vocab_size {m['vocab_size']} does not fit dtype {m['dtype']}; {REDO}")
         if not all(0 <= m[k] < m["vocab_size"] for k in ("pad_id", "mask_id", "eod_id")):
             raise ConfigError(f"{manifest_path}: a special id is outside vocab_size {m['vocab_size']}; {REDO}")
         self.manifest, self._manifest_sha256 = m, hashlib.sha256(raw).hexdigest()
@@ -142,31 +144,37 @@ def write_instruction_folder(
     """Write the folder whole (into a temporary sibling, then renamed): a kill leaves no half folder."""
     dtype = "uint16" if vocab_size <= 2**16 else "uint32"
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)  # our own leftover of this very process id
-    tmp.mkdir(parents=True)
-    (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-    counts = {}
-    for split in SPLITS:
-        rows = splits[split]
-        tokens = np.full((len(rows), seq_len), specials["pad_id"], dtype=dtype)
-        learned = np.zeros((len(rows), seq_len), np.uint8)
-        for r, (ids, flags) in enumerate(rows):
-            tokens[r, : len(ids)], learned[r, : len(flags)] = ids, flags
-        tokens.tofile(tmp / f"{split}.bin")
-        learned.tofile(tmp / f"{split}.learned")
-        counts |= {f"n_{split}": len(rows), f"{split}_tokens": sum(len(ids) for ids, _ in rows)}
-    manifest = {
-        "format": 1,
-        "kind": KIND,
-        "seq_len": seq_len,
-        **specials,
-        "vocab_size": vocab_size,
-        "dtype": dtype,
-        **counts,
-        **extra,
-        "files": {name: file_identity(tmp / name) for name in CHECKED_FILES},
-    }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)  # our own leftover of this very process id
+        tmp.mkdir(parents=True)
+        (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+        counts = {}
+        for split in SPLITS:
+            rows = splits[split]
+            tokens = np.full((len(rows), seq_len), specials["pad_id"], dtype=dtype)
+            learned = np.zeros((len(rows), seq_len), np.uint8)
+            for r, (ids, flags) in enumerate(rows):
+                tokens[r, : len(ids)], learned[r, : len(flags)] = ids, flags
+            tokens.tofile(tmp / f"{split}.bin")
+            learned.tofile(tmp / f"{split}.learned")
+            counts |= {f"n_{split}": len(rows), f"{split}_tokens": sum(len(ids) for ids, _ in rows)}
+        manifest = {
+            "format": 1,
+            "kind": KIND,
+            "seq_len": seq_len,
+            **specials,
+            "vocab_size": vocab_size,
+            "dtype": dtype,
+            **counts,
+            **extra,
+            "files": {name: file_identity(tmp / name) for name in CHECKED_FILES},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    except OSError as e:  # a full disk: the half-written folder goes, nothing at --out changes
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(
+            f"writing {out} failed ({os_reason(e) or e}); nothing was written: free space and retry"
+        ) from None
     if out.exists():  # the caller checked it is empty, or an instruction folder to replace (--overwrite)
         shutil.rmtree(out) if is_instruction_folder(out) else out.rmdir()
     tmp.rename(out)

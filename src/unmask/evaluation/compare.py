@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from unmask.checkpoint import warn
+from unmask.checkpoint import atomic_path, atomic_write_text, warn
 from unmask.config import MAX_MC_PASSES, ConfigError
 from unmask.evaluation.config import LikelihoodConfig
 
@@ -96,11 +96,11 @@ def write_outputs(results: list[dict[str, Any]], out: str | Path) -> list[Path]:
     rows = [flat_metrics(r) for r in results]
     columns = list(dict.fromkeys(k for row in rows for k in row))
     csv_path, json_path = out.with_suffix(".csv"), out.with_suffix(".json")
-    with open(csv_path, "w", newline="") as f:
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:  # whole or not at all
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(rows)
-    json_path.write_text(json.dumps(results, indent=1))
+    atomic_write_text(json_path, json.dumps(results, indent=1))
     return [csv_path, json_path]
 
 

@@ -25,10 +25,12 @@ def read_conversations(path: str | Path) -> list[list[Message]]:
 def read_numbered(path: str | Path) -> list[tuple[str, list[Message]]]:
     """("file:line", conversation) of every non-blank line of a JSONL instruction file."""
     path = Path(path)
+    if path.is_dir():
+        raise InstructionDataError(f"instruction file {path} is a folder; give a JSONL file of conversations")
     if not path.is_file():
         raise InstructionDataError(f"instruction file {path} does not exist (JSONL: prompt/response or messages)")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+    try:  # lines end at \n alone: JSON strings may hold other line separators (U+2028, \x1c, ...) unescaped
+        lines = [line.rstrip("\r") for line in path.read_text(encoding="utf-8").split("\n")]
     except UnicodeDecodeError:
         raise InstructionDataError(f"instruction file {path} is not UTF-8 text; save it as UTF-8 JSONL") from None
     numbered = [(f"{path}:{n}", line) for n, line in enumerate(lines, 1) if line.strip()]
@@ -42,6 +44,9 @@ def _conversation(line: str, where: str) -> list[Message]:
         row = json.loads(line)
     except json.JSONDecodeError as e:
         raise InstructionDataError(f"{where}: not valid JSON ({e.msg}); write one JSON object per line") from None
+    except (ValueError, RecursionError) as e:  # a 5000-digit number; [[[[... nested past the parser's depth
+        what = "nested too deep" if isinstance(e, RecursionError) else "a number too long to read"
+        raise InstructionDataError(f"{where}: not valid JSON ({what}); write one flat JSON object per line") from None
     if not isinstance(row, dict):
         raise InstructionDataError(f"{where}: expected a JSON object with prompt/response or messages")
     if "messages" in row:
@@ -66,7 +71,7 @@ def _message(m: object, where: str) -> Message:
     if not isinstance(m, dict) or not isinstance(m.get("content"), str):
         raise InstructionDataError(f'{where}: expected {{"role": ..., "content": "text"}}')
     role = m.get("role")
-    if role not in ROLE_TOKENS:
+    if not isinstance(role, str) or role not in ROLE_TOKENS:
         raise InstructionDataError(f"{where}: unknown role {role!r}; use one of {', '.join(ROLE_TOKENS)}")
     if role == "assistant" and not m["content"].strip():
         raise InstructionDataError(f"{where}: empty assistant response; drop the line or write the response")

@@ -24,11 +24,12 @@ import torch
 from unmask.config import ConfigError, check
 from unmask.data.chat import chat_prompt
 from unmask.evaluation.metrics import repetition_rate, truncate_at_eos
-from unmask.finetune.tasks import TASKS, instruction_set, score
+from unmask.finetune.tasks import POOL, TASKS, instruction_set, score
 from unmask.run import Run
-from unmask.sampling.ar import left_pad, sample_ar
+from unmask.sampling.ar import AR_MAX_WINDOWS, left_pad, sample_ar
 from unmask.sampling.config import SamplerConfig
 from unmask.sampling.mdm import sample_mdm
+from unmask.sampling.text import MAX_SAMPLES
 
 DEFAULT_SAMPLER = SamplerConfig.from_flat(method="low_confidence", block_length=8)
 """Semi-autoregressive blocks of 8 with low-confidence remasking, one token per step (LLaDA's SFT advice)."""
@@ -77,10 +78,15 @@ def respond(
     blocks (at least MIN_WINDOW or one block; only a prompt longer than that is cut, from the left), decoded at
     the same tokens per step, so no prompt loses its instruction to a long answer window."""
     sampler = sampler or DEFAULT_SAMPLER
+    seq_len, is_mdm = run.model_config.seq_len, run.objective.decoder == "mdm"
+    longest = AR_MAX_WINDOWS * seq_len
+    check(1 <= length <= longest, f"length={length}: must be in [1, {longest}] for run {run.path} "
+          f"({AR_MAX_WINDOWS} windows of its seq_len {seq_len})")  # fmt: skip
+    check(1 <= batch_size <= MAX_SAMPLES, f"batch_size={batch_size}: must be in [1, {MAX_SAMPLES}]")
+    check(0 <= seed < 2**63, f"seed={seed}: must be in [0, 2**63)")
+    sampler.check_fits(seq_len, run.model_config.vocab_size, min(batch_size, max(len(prompts), 1)))
     tok, ids = run.tokenizer(), run.special_ids
     model = run.load_model(which, device)
-    seq_len, is_mdm = run.model_config.seq_len, run.objective.decoder == "mdm"
-    check(length >= 1, f"length={length}: must be >= 1")
     encoded = [prompt_tokens(tok, p, ids.eod_id) for p in prompts]
     if is_mdm:
         step = sampler.commit.block_length or 1  # a window holds whole blocks
@@ -132,8 +138,10 @@ def evaluate_instructions(
 ) -> tuple[dict, list[Answer]]:
     """The metrics row of `run` on the first `per_task` test examples of every shipped task (or of `tasks`),
     and its answers."""
+    check(1 <= per_task <= POOL, f"per_task={per_task}: must be in [1, {POOL}] (test examples per task)")
     opened = Run(run)
     examples = instruction_set("test", per_task, tasks=tasks)
+    check(bool(examples), f"tasks={tasks}: no test example to answer")
     responses, generated = respond(opened, [e.prompt for e in examples], length, sampler, seed, which, device)
     tok, eod = opened.tokenizer(), opened.special_ids.eod_id
     answers = []

@@ -73,6 +73,10 @@ def prepare_instructions(
 
     val: held-out conversations (default: a seeded val_share of the training file's, at least one).
     Returns the opened folder and what was dropped per split."""
+    if not 1 <= per_task <= POOL:
+        raise ConfigError(f"per_task={per_task}: must be in [1, {POOL}] (shipped examples per task)")
+    if not 0 <= seed < 2**63:
+        raise ConfigError(f"seed={seed}: must be in [0, 2**63)")
     base, out = Run(run), Path(out)
     _check_out(out, overwrite)
     if not 0 < val_share < 1:
@@ -142,6 +146,12 @@ def prepare_instructions(
 
 def _check_out(out: Path, overwrite: bool) -> None:
     """Never replace what this command did not write; replace what it did only when asked."""
+    target, cwd = out.resolve(), Path.cwd().resolve()
+    if target == cwd or target in cwd.parents or target == Path.home().resolve():
+        raise ConfigError(
+            f"--out {out} is {target}, the current folder, one above it or the home folder; an "
+            "instruction folder is written as a folder of its own: choose e.g. --out data/sft"
+        )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pick another --out")
     if out.is_dir() and any(out.iterdir()):

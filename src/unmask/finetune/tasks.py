@@ -189,14 +189,22 @@ def _first_unique(examples: Iterator[Example | None], n: int) -> Iterator[Exampl
 
 def write_instruction_set(out: str | Path, per_task: int = POOL, seed: int = 0) -> list[Path]:
     """train.jsonl and test.jsonl of {"task", "prompt", "response"} in `out`; returns their paths."""
+    from unmask.checkpoint import atomic_write_text  # (torch: only when the files are written)
+
+    if not 1 <= per_task <= POOL:
+        raise ConfigError(f"per_task={per_task}: must be in [1, {POOL}] (training examples per task)")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for train.jsonl and test.jsonl")
+    mine = ("train.jsonl", "test.jsonl")
+    others = sorted(p.name for p in out.iterdir() if p.name not in mine) if out.is_dir() else []
+    if others:
+        raise ConfigError(f"--out {out} holds other files ({', '.join(others[:3])}); give a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for split in ("train", "test"):
         path = out / f"{split}.jsonl"
         rows = instruction_set(split, per_task if split == "train" else max(1, per_task // 10), seed)
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(asdict(e)) + "\n" for e in rows), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, "".join(json.dumps(asdict(e)) + "\n" for e in rows))
         paths.append(path)
     return paths

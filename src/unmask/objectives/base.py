@@ -76,6 +76,9 @@ class Objective:
     MDM's samples (`unmask sample --energy_run`) and are never decoded themselves."""
     loss_name: str | None = None
     """What the validation loss is, when it is not a likelihood (default: NLL or ELBO, from `exact`)."""
+    conversations: bool = False
+    """The run trains on an instruction folder's templated conversations ((B, 2, T) batches: unmask finetune
+    prepare), not on a token data folder's sequences (unmask prepare)."""
     host_batches: bool = False
     """The training loss takes its batch and generator on the host and moves to the model's device only what the
     forward needs: its noise, masks and the positions it scores, whose number sets tensor shapes, are known without

@@ -177,6 +177,7 @@ R2FT = Objective(
     make_loss=_loss,
     n_targets=lambda x, pad_id: len(x),  # each conversation weighs the same: the mean over the batch
     real_tokens=conversation_tokens,
+    conversations=True,
     validate=loss_validation,
     loss_name="R2FT preference loss (not a likelihood)",
 )

@@ -86,6 +86,7 @@ SFT_MDM = Objective(
     make_loss=_mdm_loss,
     n_targets=lambda x, pad_id: len(x),  # each conversation weighs the same: the mean over the batch
     real_tokens=conversation_tokens,
+    conversations=True,
     validate=loss_validation,
     host_batches=True,
 )
@@ -97,5 +98,6 @@ SFT_AR = Objective(
     make_loss=_ar_loss,
     n_targets=lambda x, pad_id: int(x[:, 1, 1:].sum()),
     real_tokens=conversation_tokens,
+    conversations=True,
     validate=loss_validation,
 )

@@ -25,8 +25,12 @@ from collections.abc import Callable, Sequence
 import torch
 
 from unmask.config import check
+from unmask.sampling.config import MAX_LOGITS
 from unmask.sampling.gumbel import sample_categorical
 from unmask.sampling.mdm import SampleOutput, filter_logits
+
+AR_MAX_WINDOWS = 16
+"""AR decodes past its window by sliding it; at most this many windows (seq_len each) per call."""
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,6 +104,15 @@ def sample_ar(
     check(real.shape == prompt.shape, f"prompt_mask {tuple(real.shape)} must match the prompt {tuple(prompt.shape)}")
     check(bool(real[:, -1].all()), "prompt_mask: every prompt needs a real last token (padding goes on the left)")
     check(bool((real[:, 1:] >= real[:, :-1]).all()), "prompt_mask: padding must be on the left (see left_pad)")
+    longest = AR_MAX_WINDOWS * model.cfg.seq_len
+    check(
+        0 <= max_new_tokens <= longest,
+        f"length={max_new_tokens}: must be in [0, {longest}] ({AR_MAX_WINDOWS} windows of seq_len {model.cfg.seq_len})",
+    )
+    vocab = getattr(model.cfg, "vocab_size", 1)  # (a stand-in model in tests may not say)
+    logits = B * min(P + max_new_tokens, model.cfg.seq_len) * vocab  # the prefill's, the largest
+    check(logits <= MAX_LOGITS, f"{B} sequence(s) x vocabulary {vocab}: {logits:,} logits per forward pass, over "
+          f"{MAX_LOGITS:,}; ask for fewer samples")  # fmt: skip
     limit = model.cfg.seq_len - 1 if query_is_target else model.cfg.seq_len  # query positions stay in the table
     keep = max(1, 3 * limit // 4)
     padded = not bool(real.all())  # once: a window without padding may still pass its (all-True) mask

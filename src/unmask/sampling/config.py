@@ -14,6 +14,7 @@ before a model is loaded, with one line that names the option.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,6 +22,8 @@ from unmask.config import check, from_dict
 
 METHODS = ("ancestral", "low_confidence", "random", "threshold")
 MAX_STEPS = 2**20
+MAX_LOGITS = 2**32
+"""The most logits (rows x positions x vocabulary) one forward pass of a request may produce (16 GiB of float32)."""
 STEPS_PER_TOKEN = 16
 """A generation gets at most this many denoising steps per masked token (more only repeats empty steps)."""
 
@@ -79,7 +82,7 @@ class ConvConfig:
 
     def __post_init__(self) -> None:
         check(self.kernel >= 1 and self.kernel % 2 == 1, f"conv_kernel={self.kernel}: must be odd >= 1")
-        check(self.scale > 0, f"conv_scale={self.scale}: must be > 0")
+        check(0 < self.scale < math.inf, f"conv_scale={self.scale}: must be a finite number > 0")
 
 
 @dataclass
@@ -101,7 +104,7 @@ class EnergyConfig:
             0 <= self.t_end <= self.t_start <= 1,
             f"edlm_t_end={self.t_end}, edlm_t_start={self.t_start}: need 0 <= t_end <= t_start <= 1",
         )
-        check(self.temperature > 0, f"edlm_temperature={self.temperature}: must be > 0")
+        check(0 < self.temperature < math.inf, f"edlm_temperature={self.temperature}: must be a finite number > 0")
 
 
 # Flat name (before the grouping, and lm-eval's model_args) → (group, field); group None = SamplerConfig itself.
@@ -152,10 +155,10 @@ class SamplerConfig:
     """EDLM with an AR energy run."""
 
     def __post_init__(self) -> None:
-        check(self.temperature >= 0, f"temperature={self.temperature}: must be >= 0")
+        check(0 <= self.temperature < math.inf, f"temperature={self.temperature}: must be a finite number >= 0")
         check(self.top_k >= 0, f"top_k={self.top_k}: must be >= 0 (0 = off)")
         check(0 < self.top_p <= 1, f"top_p={self.top_p}: must be in (0, 1]")
-        check(self.cfg_scale >= 0, f"cfg_scale={self.cfg_scale}: must be >= 0 (0 = off)")
+        check(0 <= self.cfg_scale < math.inf, f"cfg_scale={self.cfg_scale}: must be a finite number >= 0 (0 = off)")
         check(
             self.cfg_scale == 0 or self.cache.kv == "none",
             f"cfg_scale={self.cfg_scale} with cache={self.cache.kv}: guidance needs full passes; use cache none",
@@ -189,6 +192,32 @@ class SamplerConfig:
         check(method == "ancestral", f"an energy run (EDLM) needs method ancestral, not {method}")
         check(self.commit.block_length is None, "an energy run (EDLM) scores whole sequences: leave block_length unset")
         check(self.temperature > 0, "an energy run (EDLM) needs temperature > 0 (argmax candidates are all equal)")
+
+    def check_fits(
+        self, seq_len: int, vocab_size: int, rows: int = 1, positions: int | None = None, energy: bool = False
+    ) -> None:
+        """The bounds that follow from the model, checked before anything is allocated: a block or a conv window
+        no longer than the sequence allows, and the logits of one forward pass over `rows` sequences of
+        `positions` tokens (default seq_len; times the EDLM candidates with an energy run) within MAX_LOGITS."""
+        c, conv = self.commit, self.conv
+        check(
+            c.block_length is None or c.block_length <= seq_len,
+            f"block_length={c.block_length}: must be <= the model's seq_len {seq_len}",
+        )
+        widest = 2 * seq_len - 1  # centred on any position, this window already covers the whole sequence
+        check(
+            not conv.enabled or conv.kernel <= widest,
+            f"conv_kernel={conv.kernel}: must be <= {widest} (2 x seq_len {seq_len} - 1 covers the whole sequence)",
+        )
+        candidates = self.energy.candidates if energy else 1
+        positions = seq_len if positions is None else positions
+        logits = rows * candidates * positions * vocab_size
+        check(
+            logits <= MAX_LOGITS,
+            f"{rows} sequence(s)" + (f" x {candidates} EDLM candidates" if energy else "")
+            + f" x {positions} positions x vocabulary {vocab_size} = {logits:,} logits per forward pass: over "
+            f"{MAX_LOGITS:,}; ask for fewer samples",
+        )  # fmt: skip
 
     def blocks(self, gen_len: int, n_masked: int) -> tuple[int, int]:
         """(number of blocks, steps per block) for a generation of gen_len appended tokens.

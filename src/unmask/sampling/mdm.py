@@ -283,10 +283,12 @@ def sample_mdm(
         cfg.check_energy()
         check(prompt_mask is None, "EDLM (an energy run) needs prompts of one length; pass them in separate batches")
     B, P = prompt.shape
-    x = torch.cat([prompt, torch.full((B, gen_len), mask_id, dtype=prompt.dtype, device=prompt.device)], dim=1)
     T = P + gen_len
     limit = model.cfg.seq_len
     check(T <= limit, f"prompt ({P} tokens) + length {gen_len} exceeds the model's seq_len {limit}; shorten either")
+    vocab = getattr(model.cfg, "vocab_size", 1)  # (a stand-in model in tests may not say)
+    cfg.check_fits(limit, vocab, B, T, energy_model is not None)  # before anything is allocated
+    x = torch.cat([prompt, torch.full((B, gen_len), mask_id, dtype=prompt.dtype, device=prompt.device)], dim=1)
     fixed = x != mask_id  # (B, T) never altered
     real = None
     if prompt_mask is not None:

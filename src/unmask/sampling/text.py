@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 
+from unmask.checkpoint import atomic_path
 from unmask.config import ConfigError, check
 from unmask.data.chat import chat_prompt
+from unmask.sampling.ar import AR_MAX_WINDOWS
 from unmask.sampling.config import SamplerConfig
 from unmask.sampling.mdm import SampleOutput
 
 BLANK = re.compile(r"_{4,}")
 MAX_SAMPLES = 4096  # bounds that keep a typo from allocating the machine away (or decoding for hours)
-AR_MAX_WINDOWS = 16
-"""AR decodes past its window by sliding it; at most this many windows (seq_len each) per call."""
 
 
 @dataclass
@@ -126,6 +126,8 @@ def decode(
     else:
         limit = AR_MAX_WINDOWS * seq_len
         check(length <= limit, f"length={length}: must be <= {limit} ({AR_MAX_WINDOWS} windows of seq_len {seq_len})")
+    positions = min(len(prompt_ids) + length, seq_len)
+    sampler.check_fits(seq_len, opened.model_config.vocab_size, n, positions, energy=energy_run is not None)
     dev = resolve_device(device)
     model = opened.load_model(which, dev)
     x = torch.tensor([prompt_ids] * n, device=dev)
@@ -171,7 +173,7 @@ def decode(
 def write_trace(path: str | Path, out: SampleOutput, start: torch.Tensor, tok) -> None:
     """JSONL: the starting canvas, then per step the positions committed in each sequence and their tokens."""
     final = out.tokens.cpu()
-    with open(path, "w") as f:
+    with atomic_path(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as f:  # whole or not at all
         f.write(json.dumps({"step": 0, "canvas": start.cpu().tolist()}) + "\n")
         for step, rows in enumerate(out.history, 1):
             tokens = [[int(final[b, p]) for p in pos] for b, pos in enumerate(rows)]

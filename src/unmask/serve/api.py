@@ -57,8 +57,9 @@ class Api:
             raise Refused(404, f"unknown model {name!r}; served runs: {', '.join(self.models)} (GET /v1/models)")
         return self.models[name]
 
-    def sampler(self, req, m: Model) -> SamplerConfig:
+    def sampler(self, req, m: Model, rows: int) -> SamplerConfig:
         sampler = SamplerConfig.from_flat(**req.sampler_options())  # the one validation of sampler options
+        sampler.check_fits(m.seq_len, m.net.cfg.vocab_size, rows)  # bounds from the run, before any allocation
         if m.decoder == "ar":
             extra = sampler.mdm_only_options_set()
             check(
@@ -99,7 +100,7 @@ class Api:
             req.max_tokens <= self.cfg.max_tokens,
             f"max_tokens={req.max_tokens}: over the server's maximum of {self.cfg.max_tokens}",
         )
-        sampler = self.sampler(req, m)
+        sampler = self.sampler(req, m, len(prompts) * req.n)
         if m.decoder == "ar":
             ids = [m.tok.encode(p).ids or [m.eod_id] for p in prompts]
             limit = AR_MAX_WINDOWS * m.seq_len
@@ -117,7 +118,7 @@ class Api:
         self.check_rows(1, req.n)
         utf8_text(req.text, "text", self.cfg.max_prompt_chars)
         check(1 <= req.blank_length <= m.seq_len, f"blank_length={req.blank_length}: must be in [1, {m.seq_len}]")
-        sampler = self.sampler(req, m)
+        sampler = self.sampler(req, m, req.n)
         check(sampler.commit.block_length is None, "block_length: infilling has no appended generation to split")
         ids = encode_prompt(m.tok, req.text, m.mask_id, m.eod_id, req.blank_length, req.mask_spans or [])
         check(m.mask_id in ids, "text: nothing to infill; mark blanks with ____ or give mask_spans")

@@ -23,7 +23,7 @@ SAMPLER_FIELDS = (
 class SamplerFields(BaseModel):
     """Decoding options: OpenAI's temperature / top_p, and unmask's sampler as extra fields (MDM runs)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # JSON's own types: true is no number, "3" no integer
 
     temperature: float = Field(1.0, description="Sampling temperature (0 = argmax); OpenAI's default 1.")
     top_p: float = Field(1.0, description="Nucleus: keep the smallest set of tokens with probability >= top_p.")
@@ -40,7 +40,9 @@ class SamplerFields(BaseModel):
     conv_kernel: int | None = Field(None, description="MDM conv window (odd).")
     conv_scale: float | None = Field(None, description="MDM conv scale c.")
     cfg_scale: float | None = Field(None, description="MDM: unsupervised classifier-free guidance; 0 = off.")
-    seed: int | None = Field(None, description="Seed of this request's draws (it is then decoded in its own batch).")
+    seed: int | None = Field(
+        None, ge=0, lt=2**63, description="Seed of this request's draws (decoded in its own batch)."
+    )
     n: int = Field(1, ge=1, description="Samples per prompt.")
     stream: bool = Field(False, description="Server-sent events: one per MDM denoising step, one per AR token.")
     user: str | None = Field(None, description="Accepted for OpenAI compatibility; ignored.")

@@ -191,10 +191,18 @@ def prepare_data(study: StudyConfig, quiet: bool = True) -> None:
     for U in study.unique_tokens:
         cfg = dataclasses.replace(study.data, unique_tokens=U)
         target = data_dir(study, U)
-        manifest = target / "manifest.json"
-        if manifest.is_file() and json.loads(manifest.read_text()).get("config") == to_dict(cfg):
+        if prepared_config(target) == to_dict(cfg):
             continue
         prepare(cfg, target, overwrite=target.exists(), quiet=quiet)
+
+
+def prepared_config(folder: Path) -> Any:
+    """The DataConfig a prepared folder's manifest records (None when it has none, or none that reads)."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return manifest.get("config") if isinstance(manifest, dict) else None
 
 
 def config_hash(config: dict) -> str:

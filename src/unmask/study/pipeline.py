@@ -20,6 +20,7 @@ import numpy as np
 
 from unmask.checkpoint import atomic_write_text
 from unmask.config import ConfigError
+from unmask.study.files import FAILURES, FIT, read_failures, read_fit, set_aside_damaged, study_rows
 from unmask.study.grid import StudyConfig, data_dir, jobs, load_study, prepare_data
 from unmask.study.results import results_table, write_table
 from unmask.study.stats import Paired, by_setting, paired, seed_summary, setting_key
@@ -46,10 +47,11 @@ def run_study(config: str | Path, retry: bool = False, workers: int | None = Non
     """Train every point of the study; returns {name: None or its error} for the points run now."""
     study = load_study(config)
     out = Path(study.out)
+    failed_before = read_failures(study)  # a damaged record is refused before any work
     out.mkdir(parents=True, exist_ok=True)
+    set_aside_damaged(study)  # what cannot be read or resumed is trained (or prepared) again; nothing is deleted
     prepare_data(study)
-    failures_path = out / "failures.json"
-    failed_before = json.loads(failures_path.read_text()) if failures_path.is_file() else {}
+    failures_path = out / FAILURES
     todo = [j for j in jobs(study) if retry or j.name not in failed_before]
     skipped = sorted(set(failed_before) - {j.name for j in todo})
     if study.runner == "ray":
@@ -61,7 +63,7 @@ def run_study(config: str | Path, retry: bool = False, workers: int | None = Non
 
         outcome = run_jobs(todo, workers if workers is not None else study.workers, quiet=quiet, raise_errors=False)
     failed = {n: e for n, e in outcome.items() if e} | {n: failed_before[n] for n in skipped}
-    failures_path.write_text(json.dumps(failed, indent=1))
+    atomic_write_text(failures_path, json.dumps(failed, indent=1))
     paths = write_table(results_table(study), out / "results")
     if not quiet:
         done = sum(e is None for e in outcome.values())
@@ -71,8 +73,9 @@ def run_study(config: str | Path, retry: bool = False, workers: int | None = Non
     return outcome
 
 
-def finished_rows(study: StudyConfig) -> list[dict[str, Any]]:
-    rows = [r for r in results_table(study) if r["status"] == "finished"]
+def finished_rows(study: StudyConfig, config: str | Path) -> list[dict[str, Any]]:
+    """The finished points' rows, once the folder is checked against results.csv (unmask.study.files)."""
+    rows = [r for r in study_rows(study, config) if r["status"] == "finished"]
     if not rows:
         raise ConfigError(f"study {study.name}: no finished run under {study.out}; run `unmask study run` first")
     return rows
@@ -111,7 +114,10 @@ def fit_study(config: str | Path, n_boot: int = 200, quiet: bool = False) -> dic
     from unmask.study.fit import FitError, Point, bootstrap, critical_compute, critical_compute_power_law, fit_law
 
     study = load_study(config)
-    rows = finished_rows(study)
+    target = Path(study.out, FIT)
+    if target.exists() and not target.is_file():
+        raise ConfigError(f"{target} is a folder, where the fit is written; move it away and fit again")
+    rows = finished_rows(study, config)
     result: dict[str, Any] = {"study": study.name, "N": "non-embedding parameters", "protocols": {}}
     for protocol in PROTOCOLS:
         loss = protocol_loss(protocol)
@@ -139,7 +145,7 @@ def fit_study(config: str | Path, n_boot: int = 200, quiet: bool = False) -> dic
             entry["critical_compute"] = _critical(fits, chosen, critical_compute, critical_compute_power_law)
         entry["observed"] = observed_crossover(chosen, loss)
         result["protocols"][protocol] = entry
-    Path(study.out, "fit.json").write_text(json.dumps(result, indent=1, default=_jsonable))
+    atomic_write_text(target, json.dumps(result, indent=1, default=_jsonable))
     if not quiet:
         print(fit_summary(result))
     return result
@@ -242,12 +248,14 @@ def report_study(config: str | Path, quiet: bool = False) -> Path:
     from unmask.study.stamp import STAMP, make_stamp, stamp_text
 
     study = load_study(config)
-    rows = finished_rows(study)
-    fit_path = Path(study.out) / "fit.json"
-    fitted = json.loads(fit_path.read_text()) if fit_path.is_file() else fit_study(config, quiet=True)
+    rows = finished_rows(study, config)
+    fitted = read_fit(study, config) if (Path(study.out) / FIT).exists() else fit_study(config, quiet=True)
+    try:
+        unigram = {U: unigram_cross_entropy(data_dir(study, U)) for U in sorted({r["unique_tokens"] for r in rows})}
+    except ConfigError as e:
+        raise ConfigError(f"{e}; `unmask study run {config}` prepares a damaged data folder again") from None
     out = Path(study.out) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    unigram = {U: unigram_cross_entropy(data_dir(study, U)) for U in sorted({r["unique_tokens"] for r in rows})}
     identical = protocol_rows(rows, study, "identical")
     provenance = Run(rows[0]["run"]).provenance()
     stamp = make_stamp(study, Path(config), rows, provenance, unigram)

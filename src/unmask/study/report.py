@@ -81,9 +81,12 @@ def to_html(blocks: list[Block], title: str) -> str:
 
 def save_figure(fig, out: Path, name: str) -> Path:
     """PNG (embedded in the HTML) and SVG (for papers) side by side; returns the PNG."""
+    from unmask.checkpoint import atomic_path
+
     png = out / f"{name}.png"
-    fig.savefig(png, dpi=130, bbox_inches="tight")
-    fig.savefig(out / f"{name}.svg", bbox_inches="tight")
+    for path, options in ((png, {"dpi": 130}), (out / f"{name}.svg", {})):
+        with atomic_path(path) as tmp:  # whole or not at all; a full disk is one line naming the file
+            fig.savefig(tmp, format=path.suffix[1:], bbox_inches="tight", **options)
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -102,7 +102,7 @@ def verify_study(
         study = study_from_dict(stamp["study"])
     except (ConfigError, TypeError) as e:
         raise ConfigError(f"{report_dir / 'stamp.json'}: its study config does not load ({e})") from None
-    rows = {r["name"]: r for r in read_table(report_dir / "results.csv")}
+    rows = {r["name"]: r for r in read_table(report_dir / "results.csv", "restore the report folder (git checkout)")}
     names = choose(list(rows.values()), study, points, seed)
     scratch = Path(tempfile.mkdtemp(prefix="unmask-verify-")) if work is None else Path(work)
     try:

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from unmask.checkpoint import Checkpoints, RunLock, check_output_dir
-from unmask.config import ConfigError, ModelConfig, TrainConfig, UnmaskError
+from unmask.config import ConfigError, ModelConfig, TrainConfig, UnmaskError, os_reason
 from unmask.data.dataset import open_data
+from unmask.data.instructions import InstructionData
 from unmask.model import Transformer, count_params, read_weights, save_model
 from unmask.objectives import Specials, get_objective
 from unmask.objectives.validation import ValidationLoss, token_byte_lengths, validation_loss
@@ -96,6 +97,7 @@ def train(
         cfg, data_set = train or TrainConfig(), open_data(data if data is not None else "data/austen")
         model_cfg = dataclasses.replace(model or ModelConfig())
     objective = get_objective(cfg.objective)
+    check_data_kind(objective, data_set)
     if resume and objective.energy:  # it samples from its base all along: the same base, unchanged
         check_base_unchanged(saved)
     if objective.energy and not cfg.init_from:
@@ -113,7 +115,11 @@ def train(
         causal=objective.causal,
         energy_head=objective.energy,
     )
-    if data_set.n_tokens("val") < data_set.seq_len:  # a loss "measured" on nothing would become the best
+    if isinstance(data_set, InstructionData) and data_set.n_sequences("val") < 1:
+        raise ConfigError(f"instruction folder {data_set.path} holds no validation conversation: prepare it again "
+                          "with a --val file or a larger --val_share")  # fmt: skip
+    if not isinstance(data_set, InstructionData) and data_set.n_tokens("val") < data_set.seq_len:
+        # a loss "measured" on nothing would become the best
         raise ConfigError(
             f"data {data_set.path} holds {data_set.n_tokens('val')} validation tokens, fewer than one sequence "
             f"({data_set.seq_len}): prepare it again with data.val_tokens >= {data_set.seq_len} and documents to draw "
@@ -149,6 +155,21 @@ def train(
         trainer = Trainer(out, data_set, cfg, budget, runtime, state, checkpoints, quiet, tensorboard, hooks)
         trainer.run()
     return out
+
+
+def check_data_kind(objective, data_set) -> None:
+    """Conversations for the fine-tuning objectives, token sequences for the others: the batches differ in shape."""
+    if objective.conversations and not isinstance(data_set, InstructionData):
+        raise ConfigError(
+            f"train.objective={objective.name} trains on conversations, but {data_set.path} is a token data folder "
+            f"(unmask prepare): prepare an instruction folder with unmask finetune prepare BASE_RUN --out DIR and "
+            f"pass it as --data"
+        )
+    if not objective.conversations and isinstance(data_set, InstructionData):
+        raise ConfigError(
+            f"train.objective={objective.name} trains on token sequences, but {data_set.path} is an instruction "
+            f"folder (unmask finetune prepare): pass a folder from unmask prepare, or fine-tune: unmask finetune sft"
+        )
 
 
 def intervals(cfg: TrainConfig, budget: Budget) -> tuple[int, int]:
@@ -418,7 +439,8 @@ class Trainer:
     def _disk_error(self, what: str, e: Exception) -> TrainingError:
         for tmp in [*self.out.glob("*.tmp"), *self.checkpoints.dir.glob("*.tmp")]:
             tmp.unlink(missing_ok=True)
-        reason = getattr(e, "strerror", None) or str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        # the OS's own words: torch's zip writer says "unexpected pos" and keeps the OSError as its context
+        reason = os_reason(e) or (str(e).splitlines()[0][:160] if str(e) else type(e).__name__)
         return TrainingError(
             f"could not save {what} in {self.out} ({reason}); last good checkpoint: {self.last_good()}; "
             f"free space, then: {self.resume_hint}"

@@ -1,0 +1,80 @@
+"""The bad-input catalogues of the newer surfaces (fine-tuning, study, sampling bounds, lm-eval, full disks) share
+tests/test_bad_input.py's contract and helpers: one tiny AR and one tiny MDM run, trained once for the session,
+each case working on its own copies; every error line a command prints is checked for an internal error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.test_bad_input import Pristine, _one_parser, no_internal_error, train_pristine, ws  # noqa: F401
+from unmask import finetune_cli
+from unmask.study import pipeline
+
+CONVERSATIONS = [{"prompt": f"say {w}", "response": f"{w} {w}"} for w in "abcdefghijklmnopqrstuvwxyz"]
+"""Short conversations (a dozen tokens) that fit the tiny runs' 32-token sequence."""
+
+
+@pytest.fixture(scope="session")
+def pristine(tmp_path_factory, tiny_data_dir) -> Pristine:
+    return train_pristine(tmp_path_factory.mktemp("bad_input_new"), tiny_data_dir)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def folders(pristine) -> dict[str, Path]:
+    """An instruction folder prepared for each tiny base run ('ar', 'mdm')."""
+    data = write_jsonl(pristine.root / "conversations.jsonl", CONVERSATIONS)
+    out = {objective: pristine.root / f"sft-data-{objective}" for objective in ("ar", "mdm")}
+    for objective, folder in out.items():
+        finetune_cli.prepare(str(pristine.runs[objective]), str(folder), data=str(data), val_share=0.2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sft_run(pristine, folders) -> Path:
+    """A tiny sft_mdm run of the MDM base (the start of R2FT)."""
+    from unmask.config import TrainConfig
+    from unmask.finetune.sft import sft
+
+    cfg = TrainConfig(epochs=1, batch_size=8, eval_mc_passes=1, final_mc_passes=1)
+    return sft(pristine.runs["mdm"], folders["mdm"], pristine.root / "sft-mdm", cfg, quiet=True, tensorboard=False)
+
+
+def copy(path: Path, to: Path) -> Path:
+    return Path(shutil.copytree(path, to))
+
+
+DOCS_FIT = Path(__file__).parents[2] / "docs" / "study" / "mini" / "fit.json"
+STUDY = """
+name: bad
+out: {out}
+data: {{vocab_size: 300, seq_len: 32, val_tokens: 512, tokenizer_train_bytes: 200000}}
+train: {{batch_size: 8, eval_mc_passes: 1, final_mc_passes: 2}}
+objectives: [ar, mdm]
+sizes: [tiny]
+unique_tokens: [2000]
+epochs: [1]
+workers: 1
+"""
+RUNS = ("ar-tiny-U2000-E1-s0", "mdm-tiny-U2000-E1-s0")
+
+
+@pytest.fixture(scope="session")
+def study_dir(tmp_path_factory) -> Path:
+    """A finished tiny study (its runs, table, failures.json) with a fit.json as rich as a real one: the committed
+    mini study's fit under this study's name (one point per objective fits nothing)."""
+    root = tmp_path_factory.mktemp("study")
+    config = root / "study.yaml"
+    config.write_text(STUDY.format(out=root / "out"))
+    pipeline.run_study(config, quiet=True)
+    fitted = json.loads(DOCS_FIT.read_text())
+    (root / "out" / "fit.json").write_text(json.dumps({**fitted, "study": "bad"}, indent=1))
+    return root / "out"
