@@ -68,11 +68,12 @@ if want edlm; then
     say "EDLM: NCE energy and bench sample"
     E=$P/edlm
     mkdir -p $E
-    $UNMASK finetune energy runs/demo/mdm-E64 --out $E/energy-E16 --train.epochs 16 --train.lr 1e-3 \
-        --resume "$([ -d $E/energy-E16 ] && echo true || echo false)"
+    [ -f $E/energy-E16/last.safetensors ] || $UNMASK finetune energy runs/demo/mdm-E64 --out $E/energy-E16 \
+        --train.epochs 16 --train.lr 1e-3 --resume "$([ -d $E/energy-E16 ] && echo true || echo false)"
     for seed in 0 1; do  # 64 samples x 63 tokens, 32 ancestral steps, window [0.8, 1], gen PPL under ar-E12
         common=(runs/demo/mdm-E64 --n 64 --length 63 --seed $seed --sampler.commit.method ancestral
-                --sampler.commit.steps 32 --metrics true --judge_run runs/demo/ar-E12 --json true)
+                --sampler.commit.steps 32 --sampler.temperature 1.0 --metrics true --judge_run runs/demo/ar-E12
+                --json true)
         $UNMASK sample "${common[@]}" > $E/none_seed$seed.json
         $UNMASK sample "${common[@]}" --energy_run runs/demo/ar-E4 --sampler.energy.candidates 8 > $E/ar_seed$seed.json
         $UNMASK sample "${common[@]}" --energy_run $E/energy-E16 --sampler.energy.candidates 8 > $E/nce_seed$seed.json
