@@ -78,6 +78,7 @@ FIT_SCHEMA = {
     "protocols": {
         str: {
             "points": int,
+            "loss": _opt(("final_val_loss", "best_val_loss")),
             "objectives": {str: ({"error": str, "points": int}, FIT_ENTRY)},
             "critical_compute": ({}, {
                 "per_U": {U_KEY: {"compute": (NUMBER, None), "reason": (str, None), "loss": _opt((NUMBER, None)),
@@ -85,15 +86,18 @@ FIT_SCHEMA = {
                 "power_law": ({"k": NUMBER, "coefficient": NUMBER}, {"error": str}),
             }),
             "observed": {
-                U_KEY: {"ar_best": NUMBER, "ar_best_epochs": int, "mdm_best": NUMBER,
-                        "mdm_beats_ar_from_epochs": (int, None), "mdm_beats_ar_from_flops": (NUMBER, None)}
+                U_KEY: {"ar_best": NUMBER, "ar_best_epochs": int, "mdm_best": NUMBER, "mdm_best_epochs": int,
+                        "seeds": int, "mdm_minus_ar": {"mean": NUMBER, "low": (NUMBER, None),
+                                                       "high": (NUMBER, None), "n": int},
+                        "mdm_beats_ar_from_epochs": (int, None), "mdm_beats_ar_from_flops": (NUMBER, None),
+                        "mdm_below_ar_in_the_mean_from_epochs": (int, None)}
             },
         }
     },
 }  # fmt: skip
 """What fit_study writes. A dict is a record whose keys must all be there (but those marked _opt; {} only an empty
 one), {str: X} / {U_KEY: X} a mapping of any (digit) keys to X; [X] a list of X, [X, Y] exactly two; a tuple is
-alternatives; NUMBER a JSON number."""
+alternatives; a string that exact value; NUMBER a JSON number."""
 
 
 def _mismatch(value: Any, schema: Any, where: str) -> str | None:
@@ -105,6 +109,8 @@ def _mismatch(value: Any, schema: Any, where: str) -> str | None:
         return None if None in misses else misses[-1]
     if schema is None:
         return None if value is None else f"{where} must be null"
+    if isinstance(schema, str):
+        return None if value == schema else f"{where} must be {schema!r}"
     if schema is NUMBER:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return None if ok else f"{where} must be a number"
@@ -140,6 +146,7 @@ def _fit_sense(fitted: dict) -> str | None:
     """What the schema cannot say: a fit's parameters come in the law's pairs around E, a crossover's epochs and
     FLOPs together."""
     from unmask.study.fit import PARAMS
+    from unmask.study.pipeline import PROTOCOLS
 
     for protocol, entry in fitted["protocols"].items():
         for objective, fit in entry["objectives"].items():
@@ -150,9 +157,17 @@ def _fit_sense(fitted: dict) -> str | None:
                 return f"{where}: values must hold E and only {', '.join(PARAMS)}; only_at only N or D"
             if ("A" in values) != ("alpha" in values) or ("B" in values) != ("beta" in values):
                 return f"{where}: A comes with alpha, B with beta"
+        if protocol not in PROTOCOLS:
+            return f"fit.json.protocols.{protocol}: not a protocol; choose from {', '.join(PROTOCOLS)}"
         for U, o in entry["observed"].items():
+            where = f"fit.json.protocols.{protocol}.observed.{U}"
             if (o["mdm_beats_ar_from_epochs"] is None) != (o["mdm_beats_ar_from_flops"] is None):
-                return f"fit.json.protocols.{protocol}.observed.{U}: the crossover's epochs and FLOPs go together"
+                return f"{where}: the crossover's epochs and FLOPs go together"
+            diff = o["mdm_minus_ar"]
+            if (diff["low"] is None) != (diff["high"] is None) or (diff["low"] is not None and diff["n"] < 2):
+                return f"{where}.mdm_minus_ar: an interval has both ends and needs two seeds or more"
+            if diff["n"] < 1 or o["seeds"] < 1:
+                return f"{where}: seeds and mdm_minus_ar.n must be >= 1"
     return None
 
 
