@@ -416,7 +416,8 @@ def test_fuzzed_fit_json_is_read_and_reported_or_refused_in_one_line(fuzz_study,
             event("refused")
             return
         event("read")
-        point = {"unique_tokens": 6250, "flops": 1e12, "non_embedding_params": 332448}
+        point = {"unique_tokens": 6250, "flops": 1e12, "non_embedding_params": 332448, "seed": 0, "size": "demo",
+                 "tuned": "{}"}  # fmt: skip
         rows = [{**point, "objective": o, "epochs": e, "final_val_loss": 5.0 + e / 10, "tokens_seen": 6250 * e}
                 for o in ("ar", "mdm") for e in (1, 4)]  # fmt: skip
         fit_summary(fitted)

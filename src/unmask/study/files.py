@@ -78,7 +78,7 @@ FIT_SCHEMA = {
     "protocols": {
         str: {
             "points": int,
-            "loss": _opt(("final_val_loss", "best_val_loss")),
+            "loss": _opt(str),
             "objectives": {str: ({"error": str, "points": int}, FIT_ENTRY)},
             "critical_compute": ({}, {
                 "per_U": {U_KEY: {"compute": (NUMBER, None), "reason": (str, None), "loss": _opt((NUMBER, None)),
@@ -97,7 +97,7 @@ FIT_SCHEMA = {
 }  # fmt: skip
 """What fit_study writes. A dict is a record whose keys must all be there (but those marked _opt; {} only an empty
 one), {str: X} / {U_KEY: X} a mapping of any (digit) keys to X; [X] a list of X, [X, Y] exactly two; a tuple is
-alternatives; a string that exact value; NUMBER a JSON number."""
+alternatives; NUMBER a JSON number."""
 
 
 def _mismatch(value: Any, schema: Any, where: str) -> str | None:
@@ -109,8 +109,6 @@ def _mismatch(value: Any, schema: Any, where: str) -> str | None:
         return None if None in misses else misses[-1]
     if schema is None:
         return None if value is None else f"{where} must be null"
-    if isinstance(schema, str):
-        return None if value == schema else f"{where} must be {schema!r}"
     if schema is NUMBER:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return None if ok else f"{where} must be a number"
@@ -148,6 +146,9 @@ def _fit_sense(fitted: dict) -> str | None:
     from unmask.study.fit import PARAMS
     from unmask.study.pipeline import PROTOCOLS
 
+    missing = [p for p in PROTOCOLS if p not in fitted["protocols"]]
+    if missing:
+        return f"fit.json.protocols lacks {', '.join(missing)}"
     for protocol, entry in fitted["protocols"].items():
         for objective, fit in entry["objectives"].items():
             if "error" in fit:
@@ -159,6 +160,8 @@ def _fit_sense(fitted: dict) -> str | None:
                 return f"{where}: A comes with alpha, B with beta"
         if protocol not in PROTOCOLS:
             return f"fit.json.protocols.{protocol}: not a protocol; choose from {', '.join(PROTOCOLS)}"
+        if entry.get("loss", "final_val_loss") not in ("final_val_loss", "best_val_loss"):
+            return f"fit.json.protocols.{protocol}.loss must be final_val_loss or best_val_loss"
         for U, o in entry["observed"].items():
             where = f"fit.json.protocols.{protocol}.observed.{U}"
             if (o["mdm_beats_ar_from_epochs"] is None) != (o["mdm_beats_ar_from_flops"] is None):
