@@ -222,7 +222,7 @@ def test_disk_full_while_checkpointing_names_the_last_good_checkpoint(tiny_data,
         (
             "train:\n  epoch: 3\n",
             "unknown option 'train.epoch' for unmask train; did you mean 'train.epochs'? "
-            "allowed: train.activation_checkpointing, train.batch_size,",
+            "allowed: train.activation_checkpointing, train.ar_input_noise,",
         ),
         ("train:\n  epochs: two\n", "train.epochs='two': expected int"),
         ("train:\n  objective: gpt\n", "train.objective='gpt': must be one of ar, mdm, ar_orderings"),

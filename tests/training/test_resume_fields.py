@@ -27,9 +27,9 @@ def candidates(value) -> list:
     if isinstance(value, float):
         return [value / 2 if value else 0.5, value + 0.05, value * 0.9, 0.5]
     if isinstance(value, str):
-        return ["ar", "mdm", "elsewhere"]
+        return ["ar", "mdm", "wsd", "random", "elsewhere"]
     if isinstance(value, list):
-        return [[7]]
+        return [[7], [2.0, 2.0]]
     return [1, "elsewhere"]  # None: an optional int or path
 
 
