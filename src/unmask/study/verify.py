@@ -130,7 +130,7 @@ def _compare(committed: dict[str, Any], got: dict[str, Any], tolerance: float) -
         problem = "the re-run did not finish"
     elif committed.get("config_hash") and got.get("config_hash") != committed["config_hash"]:
         problem = f"config hash {got['config_hash']} differs from the table's {committed['config_hash']}"
-    if abs(loss - committed["final_val_loss"]) > tolerance if loss is not None else True:
+    if loss is None or abs(loss - committed["final_val_loss"]) > tolerance:
         diff = "no result" if loss is None else f"{loss - committed['final_val_loss']:+.4f} nats"
         problem = "; ".join(filter(None, [problem, f"final loss {diff}"]))
     return Check(committed["name"], committed["final_val_loss"], loss, problem)

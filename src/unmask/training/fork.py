@@ -43,7 +43,9 @@ def fork_run(trunk: str | Path, out: str | Path, epochs: int) -> Path:
         raise ConfigError(f"a branch of {trunk} needs fewer epochs than its {cfg.epochs} (got {epochs})")
     if out.exists():
         raise ConfigError(f"{out} exists; a branch is written into a new folder")
-    step = branch_step(run, epochs)
+    data, branch = run.data(verify=False), dataclasses.replace(cfg, epochs=epochs)
+    budget = Budget.of(data, branch)
+    step = decay_start(budget, branch)
     latest = Checkpoints(trunk).latest()
     if latest is None or latest["step"] != step:
         at = "no checkpoint" if latest is None else f"its latest checkpoint at step {latest['step']}"
@@ -51,14 +53,12 @@ def fork_run(trunk: str | Path, out: str | Path, epochs: int) -> Path:
             f"run {trunk} has {at}; a {epochs}-epoch branch leaves it at step {step}: train it with "
             f"--train.stop_at_step {step} first"
         )
-    trunk_warmup = Budget.of(run.data(verify=False), cfg).warmup_steps
-    if Budget.of(run.data(verify=False), dataclasses.replace(cfg, epochs=epochs)).warmup_steps != trunk_warmup:
+    trunk_warmup = Budget.of(data, cfg).warmup_steps
+    if budget.warmup_steps != trunk_warmup:
         raise ConfigError(f"a {epochs}-epoch branch of {trunk} is shorter than its {trunk_warmup} warm-up steps")
     tmp = out.with_name(f".{out.name}.fork-tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # a fork of ours that a kill interrupted
     shutil.copytree(trunk, tmp, ignore=shutil.ignore_patterns(".lock", "tb"))
-    branch = dataclasses.replace(cfg, epochs=epochs)
-    budget = Budget.of(run.data(verify=False), branch)
     config = {**run.config, "train": {**run.config["train"], "epochs": epochs}}
     config["forked_from"] = {"run": str(trunk.resolve()), "step": step, "trunk_epochs": cfg.epochs}
     atomic_write_text(
