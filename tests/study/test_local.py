@@ -10,6 +10,7 @@ from tests.conftest import tiny_train_config
 from unmask.config import ConfigError, ModelConfig
 from unmask.run import Run
 from unmask.study import Job, run_jobs, same_run
+from unmask.study.local import prepare_jobs
 from unmask.training import train
 
 
@@ -40,6 +41,18 @@ def test_runs_in_parallel_then_skips_finished_runs(tiny_data_dir, tmp_path):
     before = {j.name: (Run(j.out).path / "last.safetensors").stat().st_mtime_ns for j in jobs}
     run_jobs(jobs, workers=2, quiet=True)  # nothing left to train
     assert before == {j.name: (Run(j.out).path / "last.safetensors").stat().st_mtime_ns for j in jobs}
+
+
+def test_the_runs_with_most_steps_start_first(tiny_data_dir, tmp_path):
+    """Packing on few cores: a run with fewer epochs but a bigger batch of steps (here: a smaller batch) goes first."""
+    model = ModelConfig(size="tiny")
+    few_epochs_many_steps = Job(
+        "a", str(tiny_data_dir), str(tmp_path / "a"), model, tiny_train_config(epochs=2, batch_size=1)
+    )
+    many_epochs_few_steps = Job(
+        "b", str(tiny_data_dir), str(tmp_path / "b"), model, tiny_train_config(epochs=3, batch_size=64)
+    )
+    assert [j.name for j in prepare_jobs([many_epochs_few_steps, few_epochs_many_steps])] == ["a", "b"]
 
 
 def test_an_unfinished_run_is_resumed_not_restarted(tiny_data_dir, tiny_data, tmp_path):

@@ -180,12 +180,13 @@ class _Direct:
 
 
 def prepare_jobs(jobs: list[Job]) -> list[Job]:
-    """Unique names; one thread per run unless set; longest first (better packing on few cores)."""
+    """Unique names; one thread per run unless set; most steps first (better packing on few cores: the
+    longest runs must not be the last to start)."""
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
         raise ConfigError(f"jobs: names must be unique, got {names}")
     jobs = [dataclasses.replace(j, train=_one_thread(j.train)) for j in jobs]
-    return sorted(jobs, key=lambda j: -j.train.epochs)
+    return sorted(jobs, key=lambda j: -total_steps(j))
 
 
 def total_steps(job: Job) -> int:
