@@ -4,12 +4,13 @@
 # training throughput, peak memory and MFU of AR and MDM at GPT-2 small (125M parameters, sequence 1024, bf16 +
 # compile) beside the reference GPT at the same shape, and the peak memory of the 350M preset's micro-batch
 # (configs/paper_350M.yaml: 8 x 2048 tokens; eager, to compare with `unmask bench memory`'s estimate of
-# 31.0 GiB, about 31,750 in bench train's 'peak MB' column, which counts MiB). Figures go to $OUT (8 files).
+# 31.0 GiB, about 31,750 in bench train's 'peak MB' column, which counts MiB), then where the 125M step's GPU
+# time goes (benchmarks/gpu_profile.py). Figures go to $OUT (7 files).
 #
 # The GPU image has PyTorch but not the pure-Python packages unmask's CLI needs; fetch them here first:
 #   bash benchmarks/gpu_wheels.sh            # -> .whl/ (git-ignored)
 # then run this there with .whl carried (the device tool: carry [".whl"], timeout 600 s):
-#   bash benchmarks/gpu_check.sh             # not yet run on a GPU; ~5-8 minutes expected, compilation included
+#   bash benchmarks/gpu_check.sh             # 6 min on an H200 (2026-12-04) before the profile step; ~8-9 with it
 # A failing step is recorded and the next one still runs; the script fails at the end if any step did.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +35,7 @@ step vs_reference_125M $PY -m unmask bench train --size 125M --seq_len 1024 --ba
     --steps 20 --device cuda --compile true --repeats 1 --against reference --json "$OUT/vs_reference_125M.json"
 step bench_350M $PY -m unmask bench train --size 350M --seq_len 2048 --batch_size 8 --vocab_size 50304 --steps 3 \
     --device cuda --compile false --repeats 1 --json "$OUT/bench_350M.json"
+step profile_125M $PY benchmarks/gpu_profile.py
 if [ ${#failed[@]} -gt 0 ]; then
     echo "failed steps: ${failed[*]}"
     exit 1

@@ -7,10 +7,9 @@ conditional scoring, generative perplexity and EDLM's energy all call it.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from unmask.config import TrainConfig
-from unmask.objectives.base import LossOutput, Objective, Specials, padding
+from unmask.objectives.base import LossOutput, Objective, Specials, padding, token_cross_entropy
 from unmask.runtime import model_device, to_device
 
 
@@ -35,7 +34,7 @@ def ar_token_nll(
     read = x if inputs is None else inputs
     logits = model(read[:, :-1], pos=pos, query_pos=query_pos, key_padding_mask=key_padding_mask, output_mask=scored)
     targets = x[:, 1:] if scored is None else x[:, 1:][scored]
-    nll = F.cross_entropy(logits.to(dtype).flatten(0, -2), targets.flatten(), reduction="none")
+    nll = token_cross_entropy(model, logits.flatten(0, -2), targets.flatten(), dtype)
     return nll.view(targets.shape), logits
 
 

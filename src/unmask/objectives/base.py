@@ -6,6 +6,7 @@ names, so a new objective is one record in one module, registered with `register
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -109,3 +110,37 @@ def padding(x: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor | 
     real = x != pad_id
     # one bool per micro-batch, so full batches keep the fast SDPA path: free on the host, a sync on a device
     return real, (None if bool(real.all()) else real)
+
+
+def token_cross_entropy(
+    model: torch.nn.Module, logits: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype = torch.float32,
+    excluded_id: int | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Per-token cross-entropy (N,) of logits (N, V) in `dtype`, the class excluded_id given no mass.
+
+    Eager: the logits are copied to `dtype` and torch's softmax kernels run on the copy. Under a compiled model on
+    a GPU the loss head is compiled too, so that inductor's fused log-softmax reads the bf16 logits once instead
+    of materialising fp32 copies and their gradients: at 125M x 1024 tokens on an H200 the eager head was ~10 ms
+    of AR's 41 ms step (softmax forward and backward, two fp32 copies), the gap to the reference GPT.
+    """
+    if logits.is_cuda and hasattr(model, "_orig_mod"):
+        return _compiled_cross_entropy()(logits, targets, dtype, excluded_id)
+    logits = logits.to(dtype)
+    if excluded_id is not None:
+        logits[:, excluded_id] = float("-inf")
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+
+
+@functools.cache
+def _compiled_cross_entropy() -> Callable:
+    return torch.compile(_out_of_place_cross_entropy, dynamic=True)  # built on first use: importing dynamo costs
+
+
+def _out_of_place_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype, excluded_id: int | None
+) -> torch.Tensor:
+    logits = logits.to(dtype)
+    if excluded_id is not None:  # out of place: the logits are a graph input
+        excluded = torch.arange(logits.shape[-1], device=logits.device) == excluded_id
+        logits = logits.masked_fill(excluded, float("-inf"))
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="none")

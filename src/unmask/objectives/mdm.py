@@ -7,10 +7,9 @@ validation ELBO both call it.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from unmask.config import TrainConfig
-from unmask.objectives.base import LossOutput, Objective, Specials, padding
+from unmask.objectives.base import LossOutput, Objective, Specials, padding, token_cross_entropy
 from unmask.runtime import model_device, to_device
 
 
@@ -89,9 +88,9 @@ def masked_token_ce(
         to_device(t, device) for t in (x.masked_fill(masked, mask_id), at, x.flatten()[at], row_weight[row])
     )
     kpm = None if key_padding_mask is None else to_device(key_padding_mask, device)
-    logits = model(x_t, key_padding_mask=kpm, output_mask=at_d).float()  # (M, V)
-    logits[:, mask_id] = float("-inf")  # the clean data never contains the mask token
-    return F.cross_entropy(logits, targets, reduction="none") * weight, row
+    logits = model(x_t, key_padding_mask=kpm, output_mask=at_d)  # (M, V)
+    # the clean data never contains the mask token
+    return token_cross_entropy(model, logits, targets, excluded_id=mask_id) * weight, row
 
 
 def mdm_loss(
