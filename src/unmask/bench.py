@@ -7,14 +7,17 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from unmask.config import DataConfig, ModelConfig, TrainConfig
 from unmask.model import Transformer, count_params
-from unmask.objectives import Specials, get_objective
+from unmask.objectives import LossOutput, Specials, get_objective
+from unmask.runtime import Runtime
 from unmask.training import make_optimizer
+from unmask.training.step import accumulate_gradients, apply_update
 
 PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
     # Dense bf16 tensor-core peaks from the vendors' datasheets, matched as a substring of the device name
@@ -61,48 +64,19 @@ def time_side(
     """One side's training step timed in this process: forward, backward, clip, AdamW, on a fixed batch.
 
     Every side gets the same process settings (threads, allocator, seed, warm-up): the process is set up before
-    the side is known. Each side builds AdamW (same hyper-parameters) as its own code does: unmask's make_optimizer
-    (fused, also on CPUs) and the reference's nanoGPT rule (fused on CUDA only, foreach on CPUs).
-    """
+    the side is known."""
     import resource
 
     from unmask.model import flops_per_token
-    from unmask.reference_gpt import ReferenceGPT, reference_optimizer
-    from unmask.runtime import Runtime
 
-    runtime = Runtime.create(device, threads, compile)
-    torch.manual_seed(0)
-    x = torch.randint(3, vocab_size, (batch_size, seq_len), device=runtime.device)
-    cfg = ModelConfig(size=size, vocab_size=vocab_size, seq_len=seq_len, causal=side != "mdm")
-    if side == "reference":
-        model = ReferenceGPT(vocab_size, seq_len, cfg.d_model, cfg.n_layer, cfg.n_head).to(runtime.device)
-        reference_loss = torch.compile(model.loss) if runtime.compile else model.loss
-
-        def loss() -> torch.Tensor:
-            return reference_loss(x)
-    else:
-        model = Transformer(cfg).to(runtime.device)
-        step_model = runtime.prepare_model(model)
-        objective = get_objective(side)
-        loss_fn = objective.make_loss(TrainConfig(objective=side), seq_len)
-        generator = torch.Generator(objective.noise_device(runtime.device)).manual_seed(1)
-        sp = Specials(mask_id=1, pad_id=2)
-        batch = x.cpu() if objective.host_batches else x  # as the training loop hands it over
-
-        def loss() -> torch.Tensor:
-            return loss_fn(step_model, batch, sp, generator).loss_sum / x.numel()
-
-    cfg_train = TrainConfig()
-    if side == "reference":  # nanoGPT's optimiser set-up; unmask's own (fused AdamW on CPUs too) for AR and MDM
-        optimizer = reference_optimizer(model, cfg_train.lr, (cfg_train.beta1, cfg_train.beta2), cfg_train.weight_decay)
-    else:
-        optimizer = make_optimizer(model, cfg_train)
+    step, runtime, cfg = build_side(side=side, size=size, seq_len=seq_len, batch_size=batch_size,
+                                    vocab_size=vocab_size, threads=threads, device=device, compile=compile)  # fmt: skip
     sync = torch.cuda.synchronize if runtime.device.type == "cuda" else (lambda: None)
     for i in range(warmup + steps):
         if i == warmup:
             sync()
             start, cpu_start = time.perf_counter(), time.process_time()
-        optimiser_step(model, optimizer, loss, runtime.autocast())
+        step(i)
     sync()
     seconds = (time.perf_counter() - start) / steps
     cpu_seconds = (time.process_time() - cpu_start) / steps  # this process's CPU time: robust to other load
@@ -113,21 +87,67 @@ def time_side(
     # Executed FLOPs: MDM projects only its masked positions to the vocabulary (E[p] = 1/2 of them); the
     # reference's learned positions are a lookup, so it does the AR side's work.
     fpt = flops_per_token(cfg, head_fraction=0.5 if side == "mdm" else 1.0)
+    tokens = batch_size * seq_len
     return {
-        "ms_per_step": 1000 * seconds, "tokens_per_s": x.numel() / seconds, "flops_per_token": fpt,
-        "tokens_per_cpu_s": x.numel() / cpu_seconds,
+        "ms_per_step": 1000 * seconds, "tokens_per_s": tokens / seconds, "flops_per_token": fpt,
+        "tokens_per_cpu_s": tokens / cpu_seconds,
         "peak_memory_mb": peak_mb, "device_name": _device_name(runtime.device),
     }  # fmt: skip
 
 
-def optimiser_step(model: torch.nn.Module, optimizer, loss, autocast) -> None:
-    """One training step as the loop takes it: loss() under `autocast`, backward, clipping at 1, the optimiser."""
-    with autocast:
-        value = loss()
-    value.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+def build_side(
+    *, side: str, size: str, seq_len: int, batch_size: int, vocab_size: int, threads: int, device: str,
+    compile: bool,
+) -> tuple[Callable[[int], None], Runtime, ModelConfig]:  # fmt: skip
+    """(step(i): one training step of `side` on a fixed random batch, the runtime, the model config).
+
+    Each side builds AdamW (same hyper-parameters) as its own code does: unmask's make_optimizer (fused, also on
+    CPUs) and the reference's nanoGPT rule (fused on CUDA only, foreach on CPUs)."""
+    from unmask.reference_gpt import ReferenceGPT, reference_optimizer
+
+    runtime = Runtime.create(device, threads, compile)
+    torch.manual_seed(0)
+    x = torch.randint(3, vocab_size, (batch_size, seq_len), device=runtime.device)
+    cfg = ModelConfig(size=size, vocab_size=vocab_size, seq_len=seq_len, causal=side != "mdm")
+    train_cfg = TrainConfig(objective="ar" if side == "reference" else side)
+    if side == "reference":
+        model = ReferenceGPT(vocab_size, seq_len, cfg.d_model, cfg.n_layer, cfg.n_head).to(runtime.device)
+        reference_loss = torch.compile(model.loss) if runtime.compile else model.loss
+
+        def loss_fn(model, tokens, sp, generator) -> LossOutput:  # its mean loss as a sum, as unmask's losses give
+            return LossOutput(reference_loss(tokens) * tokens.numel(), tokens.numel())
+
+        step_model, batch = model, x
+        optimizer = reference_optimizer(model, train_cfg.lr, (train_cfg.beta1, train_cfg.beta2), train_cfg.weight_decay)
+    else:
+        model = Transformer(cfg).to(runtime.device)
+        step_model = runtime.prepare_model(model)
+        objective = get_objective(side)
+        loss_fn = objective.make_loss(train_cfg, seq_len)
+        batch = x.cpu() if objective.host_batches else x  # as the training loop hands it over
+        optimizer = make_optimizer(model, train_cfg)
+    generator = torch.Generator(get_objective(train_cfg.objective).noise_device(runtime.device))
+    sp = Specials(mask_id=1, pad_id=2)
+
+    def step(i: int) -> None:
+        timed_step(step_model=step_model, model=model, optimizer=optimizer, loss_fn=loss_fn, batch=batch, sp=sp,
+                   generator=generator, runtime=runtime, step=i)  # fmt: skip
+
+    return step, runtime, cfg
+
+
+def timed_step(
+    *, step_model: torch.nn.Module, model: torch.nn.Module, optimizer, loss_fn, batch: torch.Tensor, sp: Specials,
+    generator: torch.Generator, runtime: Runtime, step: int, check_finite: bool = True,
+) -> None:  # fmt: skip
+    """One training step as the loop takes it (unmask.training.step): the loss under the runtime's autocast,
+    backward, the loss read for the log and the finite check (check_finite), clipping at 1, the optimiser."""
+    loss_sum = accumulate_gradients(
+        model=step_model, micro_batches=[(0, 1.0, batch)], loss_fn=loss_fn, specials=sp, generator=generator,
+        runtime=runtime, seed=0, step=step, n_step=batch.numel(),
+    )  # fmt: skip
+    loss = float(loss_sum) / batch.numel() if check_finite else None
+    apply_update(parameters=list(model.parameters()), optimizer=optimizer, grad_clip=1.0, loss=loss)
 
 
 def _device_name(device: torch.device) -> str:
@@ -259,15 +279,16 @@ def step_memory(model: torch.nn.Module, objective: str, batch_size: int, seq_len
     x = torch.randint(3, model.cfg.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(0))
     device = model_device(model)
 
-    def loss() -> torch.Tensor:
-        return loss_fn(model, x, Specials(mask_id=1, pad_id=2), torch.Generator().manual_seed(0)).loss_sum / x.numel()
-
+    runtime = Runtime(device, compile=False, bf16=True)  # the GPU's precision, traced on any device
+    generator, sp = torch.Generator(), Specials(mask_id=1, pad_id=2)
     tracker = MemTracker()
     tracker.track_external(model, optimizer)
     with tracker:
         for _ in range(2):
             tracker.reset_mod_stats()  # per-module figures are per step; the peak is kept
-            optimiser_step(model, optimizer, loss, torch.autocast(device.type, torch.bfloat16))
+            # fake tensors cannot be read: no finite check (the real step reads one scalar)
+            timed_step(step_model=model, model=model, optimizer=optimizer, loss_fn=loss_fn, batch=x, sp=sp,
+                       generator=generator, runtime=runtime, step=0, check_finite=False)  # fmt: skip
     peak = tracker.get_tracker_snapshot("peak")[device]
     by_kind = {MEMORY_KINDS[kind.value]: n for kind, n in peak.items() if kind != "Total"}
     return {**by_kind, "total": peak["Total"]}

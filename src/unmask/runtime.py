@@ -86,6 +86,8 @@ class Runtime:
     world_size: int = 1
     parallel: str = "ddp"
     """How processes share the model when world_size > 1: 'ddp' (replicas) or 'fsdp' (FSDP2 shards)."""
+    bf16: bool | None = None
+    """bf16 autocast; None: on CUDA only (a CPU can trace the GPU's precision: `unmask bench memory`)."""
 
     @classmethod
     def create(
@@ -114,8 +116,8 @@ class Runtime:
 
     @property
     def autocast_enabled(self) -> bool:
-        """bf16 autocast on CUDA (fp32 master weights, fp32 losses); full fp32 on the CPU."""
-        return self.device.type == "cuda"
+        """bf16 autocast on CUDA (fp32 master weights, fp32 losses); full fp32 on the CPU unless bf16 is set."""
+        return self.device.type == "cuda" if self.bf16 is None else self.bf16
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast_enabled)

@@ -82,10 +82,10 @@ def test_verify_fails_when_the_study_config_changes(report, tmp_path, capsys):
 
 def test_verify_fails_when_the_codes_training_noise_changes(report, monkeypatch):
     """A change to how MDM draws its masks moves the MDM points and only them."""
-    import unmask.training.loop as loop
+    import unmask.training.step as step
 
-    seed_of = loop.noise_seed
-    monkeypatch.setattr(loop, "noise_seed", lambda seed, step, k: seed_of(seed, step, k) + 1)
+    seed_of = step.noise_seed
+    monkeypatch.setattr(step, "noise_seed", lambda seed, step, k: seed_of(seed, step, k) + 1)
     checks = {c.name: c for c in verify_study(report, points="all", workers=1, quiet=True)}  # in-process: patched
     assert {n for n, c in checks.items() if c.problem} == {"mdm-tiny-U2000-E1-s0", "mdm-tiny-U2000-E2-s0"}
 

@@ -2,8 +2,9 @@
 the resumable state (state.py), metrics (metrics.py), stop signals (signals.py), run
 directories (rundir.py)."""
 
-from unmask.training.loop import Hook, StepInfo, Trainer, TrainingError, checkpoint_bytes, train
+from unmask.training.loop import Hook, StepInfo, Trainer, train
 from unmask.training.optim import Budget, learning_rate, make_optimizer
+from unmask.training.saving import TrainingError, checkpoint_bytes
 from unmask.training.signals import TrainingStopped
 from unmask.training.state import TrainState
 

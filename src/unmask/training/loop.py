@@ -20,25 +20,23 @@ from pathlib import Path
 import torch
 
 from unmask.checkpoint import Checkpoints, RunLock, check_output_dir
-from unmask.config import ConfigError, ModelConfig, TrainConfig, UnmaskError, os_reason
-from unmask.data.dataset import open_data
+from unmask.config import ConfigError, ModelConfig, TrainConfig
+from unmask.data.dataset import TokenData, open_data
 from unmask.data.instructions import InstructionData
-from unmask.model import Transformer, count_params, read_weights, save_model
+from unmask.model import Transformer
 from unmask.objectives import Specials, get_objective
 from unmask.objectives.validation import ValidationLoss, token_byte_lengths, validation_loss
 from unmask.progress import progress_bar
 from unmask.run import Run
 from unmask.runtime import Runtime, launched_world
 from unmask.training.init import check_base_unchanged, start_from
-from unmask.training.metrics import MetricsWriter, truncate_metrics
+from unmask.training.metrics import MetricsWriter
 from unmask.training.optim import Budget, learning_rate, make_optimizer
 from unmask.training.rundir import check_resumable, create_run_dir, resume_config
+from unmask.training.saving import RunSaver, TrainingError, checkpoint_bytes, restore
 from unmask.training.signals import StopSignals, TrainingStopped
-from unmask.training.state import TrainState, noise_seed
-
-
-class TrainingError(UnmaskError):
-    """The run could not go on (numerical blow-up, disk full); the message names the last good checkpoint."""
+from unmask.training.state import TrainState
+from unmask.training.step import accumulate_gradients, apply_update
 
 
 @dataclass
@@ -148,12 +146,13 @@ def train(
         state = TrainState(net, make_optimizer(net, cfg), runtime, budget.steps_per_epoch, cfg.seed)
         checkpoints = Checkpoints(out, cfg.keep_checkpoints)
         if resume:
-            _restore(state, checkpoints, out, intervals(cfg, budget)[1])
+            restore(state, checkpoints, out, intervals(cfg, budget)[1])
         elif runtime.is_main:
             create_run_dir(out, data_set, model_cfg, cfg, budget)
         runtime.barrier()
-        trainer = Trainer(out, data_set, cfg, budget, runtime, state, checkpoints, quiet, tensorboard, hooks)
-        trainer.run()
+        saver = RunSaver(out=out, runtime=runtime, checkpoints=checkpoints)
+        Trainer(data=data_set, cfg=cfg, budget=budget, runtime=runtime, state=state, saver=saver, quiet=quiet,
+                tensorboard=tensorboard, hooks=hooks).run()  # fmt: skip
     return out
 
 
@@ -201,37 +200,15 @@ def _has_content(out: Path) -> bool:
     return out.is_dir() and any(p.name != ".lock" for p in out.iterdir())
 
 
-def _restore(state: TrainState, checkpoints: Checkpoints, out: Path, first_checkpoint: int) -> None:
-    """Load the newest verified checkpoint; refuse to restart a run that made progress but lost them all.
-
-    A run killed before (or while) writing its first checkpoint has none and logged at most
-    `first_checkpoint` steps: it starts again from step 0, which, everything being seeded, is the same run.
-    """
-    loaded = checkpoints.load_latest()
-    if loaded is None:
-        logged = [r["step"] for r in Run(out).metrics()]
-        if logged and max(logged) > first_checkpoint:
-            raise ConfigError(
-                f"run {out} logged {max(logged)} steps but has no checkpoint to resume from "
-                f"(checkpoints/ was deleted?); it cannot continue, start it again with a new --out"
-            )
-    else:
-        state.load_state_dict(*loaded)
-    truncate_metrics(out, state.step)  # drop what was logged after the checkpoint
-
-
 class Trainer:
     """The loop and its parts: the objective's loss, validation, checkpoints, metrics, hooks."""
 
-    def __init__(self, out, data, cfg, budget, runtime, state, checkpoints, quiet, tensorboard, hooks):
-        self.out, self.data, self.cfg, self.budget, self.runtime = out, data, cfg, budget, runtime
-        self.state, self.checkpoints, self.quiet, self.tensorboard, self.hooks = (
-            state,
-            checkpoints,
-            quiet,
-            tensorboard,
-            hooks,
-        )
+    def __init__(
+        self, *, data: TokenData | InstructionData, cfg: TrainConfig, budget: Budget, runtime: Runtime,
+        state: TrainState, saver: RunSaver, quiet: bool = False, tensorboard: bool = True, hooks: Sequence[Hook] = (),
+    ) -> None:  # fmt: skip
+        self.out, self.data, self.cfg, self.budget, self.runtime = saver.out, data, cfg, budget, runtime
+        self.state, self.saver, self.quiet, self.tensorboard, self.hooks = state, saver, quiet, tensorboard, hooks
         objective = get_objective(cfg.objective)
         self.objective, self.specials = objective, Specials(data.mask_id, data.pad_id, data.eod_id)
         self.model = runtime.prepare_model(state.model)  # DDP-wrapped, compiled or not; state.model keeps the weights
@@ -252,7 +229,6 @@ class Trainer:
         )
         self.eval_every, self.checkpoint_every = intervals(cfg, budget)
         self.stop_at = min(cfg.stop_at_step or budget.total_steps, budget.total_steps)
-        self.resume_hint = f"unmask train --out {out} --resume true"
         self.bad_in_a_row, self.order, self.order_epoch = 0, None, -1
         self.next_batch: StepBatch | None = None
 
@@ -288,10 +264,10 @@ class Trainer:
                     if self.runtime.all_sum([float(bool(stop.received))])[0]:  # checked last: a signal may
                         # arrive at any point of the step; under torchrun every process stops at the same step
                         if not saved:
-                            self.checkpoint()
+                            self.saver.checkpoint(s)
                         raise TrainingStopped(
                             f"{stop.received}: stopped at step {s.step}/{total} with a checkpoint; "
-                            f"continue with: {self.resume_hint}"
+                            f"continue with: {self.saver.resume_hint}"
                         )
         finally:
             self.metrics.close()
@@ -332,27 +308,19 @@ class Trainer:
         lr = learning_rate(s.step, self.budget, cfg)
         for group in s.optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = torch.zeros((), device=self.runtime.device)
-        for j, (k, weight, xm) in enumerate(batch.micro_batches):
-            self.generator.manual_seed(noise_seed(cfg.seed, s.step, k))
-            with self.runtime.no_grad_sync(self.model, last=j == len(batch.micro_batches) - 1):
-                with self.runtime.autocast():
-                    out = self.loss_fn(self.model, xm, self.specials, self.generator)
-                # DDP and FSDP2 average gradients over processes; scaling by world makes the sum exact.
-                (out.loss_sum * (weight * self.runtime.world_size / batch.n_step)).backward()
-            loss_sum += out.loss_sum.detach() * weight
+        loss_sum = accumulate_gradients(
+            model=self.model, micro_batches=batch.micro_batches, loss_fn=self.loss_fn, specials=self.specials,
+            generator=self.generator, runtime=self.runtime, seed=cfg.seed, step=s.step, n_step=batch.n_step,
+        )  # fmt: skip
         if s.step + 1 < self.stop_at:  # the next batch is read (copied too, unless host_batches) as kernels finish
             self.next_batch = self.load_batch(s.step + 1)
         n_real, n_step = batch.n_real, batch.n_step
-        grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip or float("inf"))
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
         loss = self.runtime.all_sum([float(loss_sum)])[0] / n_step  # host-device sync: one per step, for the log
-        finite = math.isfinite(loss) and bool(torch.isfinite(grad_norm))
-        if finite:  # the weights and Adam moments stay clean
-            s.optimizer.step()
+        grad_norm, finite = apply_update(
+            parameters=list(s.model.parameters()), optimizer=s.optimizer, grad_clip=cfg.grad_clip, loss=loss
+        )
         s.skipped_steps += not finite
         self.bad_in_a_row = 0 if finite else self.bad_in_a_row + 1
-        s.optimizer.zero_grad(set_to_none=True)
         s.step += 1
         s.tokens_seen += n_real
         self.metrics.log(
@@ -370,7 +338,7 @@ class Trainer:
             raise TrainingError(
                 f"loss or gradient was non-finite for {self.bad_in_a_row} steps in a row "
                 f"(steps {s.step - self.bad_in_a_row + 1}-{s.step}, all skipped); last good checkpoint: "
-                f"{self.last_good()}; lower --train.lr or check the data, then resume or restart"
+                f"{self.saver.last_good()}; lower --train.lr or check the data, then resume or restart"
             )
         return StepInfo(s.step, self.budget.total_steps, loss if finite else math.nan, lr), n_real
 
@@ -380,7 +348,7 @@ class Trainer:
         val = self.runtime.from_main(self.validate(self.model))  # every process validates (FSDP2 needs all)
         if val.loss < s.best_val:
             s.best_val = val.loss
-            self._save_weights("best")
+            self.saver.save_weights(s.model, "best")
         record = {
             "step": s.step,
             "epoch": s.step / self.budget.steps_per_epoch,
@@ -410,54 +378,12 @@ class Trainer:
         periodic = step % self.checkpoint_every == 0 and self.bad_in_a_row == 0  # not mid-way through a blow-up
         saved = periodic or step in (self.stop_at, self.budget.total_steps)
         if saved:
-            self.checkpoint()
+            self.saver.checkpoint(self.state)
         return saved
-
-    def checkpoint(self) -> None:
-        step = self.state.step
-        try:
-            # last.safetensors first: a kill between the two leaves the previous checkpoint listed, and its
-            # resume redoes the step, so the final weights are never older than the newest checkpoint.
-            self._save_weights("last")
-            state = self.state.state_dict()  # every process: FSDP2 gathers the shards
-            if self.runtime.is_main:
-                self.checkpoints.save(step, state)
-        except TrainingError:
-            raise
-        except Exception as e:  # disk full: OSError, or torch.save's RuntimeError from its C++ writer
-            raise self._disk_error(f"the checkpoint of step {step}", e) from None
-
-    def _save_weights(self, which: str) -> None:
-        weights = self.runtime.full_model_state(self.state.model)  # every process: FSDP2 gathers the shards
-        if not self.runtime.is_main:
-            return
-        try:
-            save_model(self.state.model, self.out / f"{which}.safetensors", weights)
-        except Exception as e:  # safetensors raises its own error types on a full disk
-            raise self._disk_error(f"{which}.safetensors", e) from None
-
-    def _disk_error(self, what: str, e: Exception) -> TrainingError:
-        for tmp in [*self.out.glob("*.tmp"), *self.checkpoints.dir.glob("*.tmp")]:
-            tmp.unlink(missing_ok=True)
-        # the OS's own words: torch's zip writer says "unexpected pos" and keeps the OSError as its context
-        reason = os_reason(e) or (str(e).splitlines()[0][:160] if str(e) else type(e).__name__)
-        return TrainingError(
-            f"could not save {what} in {self.out} ({reason}); last good checkpoint: {self.last_good()}; "
-            f"free space, then: {self.resume_hint}"
-        )
-
-    def last_good(self) -> str:
-        latest = self.checkpoints.latest()
-        return (
-            f"{self.checkpoints.dir / latest['file']} (step {latest['step']})" if latest else "none (no checkpoint yet)"
-        )
 
     def finish(self) -> None:
         """A finished run resumed: repair what a kill after the last checkpoint may have left incomplete."""
-        weights = self.runtime.full_model_state(self.state.model)
-        last = self.out / "last.safetensors"
-        if not self.runtime.from_main(self.runtime.is_main and _holds_weights(last, weights)):
-            self._save_weights("last")  # the final step's weights, from its checkpoint
+        self.saver.repair_last_weights(self.state.model)
         if not any("final_val_loss" in r for r in Run(self.out).metrics()):
             self.metrics = self.metrics_writer()
             try:
@@ -474,17 +400,3 @@ class NullMetrics:
 
     def close(self) -> None:
         pass
-
-
-def _holds_weights(path: Path, state: dict[str, torch.Tensor]) -> bool:
-    """Does the safetensors file at `path` hold exactly these weights?"""
-    try:
-        saved = read_weights(path)
-    except ConfigError:  # missing or torn: it does not
-        return False
-    return saved.keys() == state.keys() and all(torch.equal(saved[k], v.cpu()) for k, v in state.items())
-
-
-def checkpoint_bytes(model_cfg: ModelConfig) -> int:
-    """Disk one checkpoint needs: fp32 weights + two AdamW moments, plus last/best safetensors, + 10%."""
-    return int(count_params(model_cfg) * 4 * (3 + 2) * 1.1) + (1 << 20)
