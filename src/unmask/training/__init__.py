@@ -1,6 +1,6 @@
-"""Training: the loop shared by every objective (loop.py), budgets and schedules (optim.py),
-the resumable state (state.py), metrics (metrics.py), stop signals (signals.py), run
-directories (rundir.py)."""
+"""Training: the loop shared by every objective (loop.py), its optimiser step (step.py), budgets and schedules
+(optim.py), the resumable state (state.py), weights and checkpoints on disk (saving.py), metrics (metrics.py), stop
+signals (signals.py), run directories (rundir.py)."""
 
 from unmask.training.loop import Hook, StepInfo, Trainer, train
 from unmask.training.optim import Budget, learning_rate, make_optimizer
