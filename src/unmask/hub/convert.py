@@ -77,7 +77,7 @@ def import_checkpoint(
         tok, specials = import_tokenizer(folder, hf, cfg, layout, mask_id, pad_id)
         out.mkdir(parents=True, exist_ok=True)
         recipes = {p.unmask: _joiner(shards, p, dt) for p, (_, _, dt) in zip(pieces, entries, strict=True)}
-        write_streamed(out / "last.safetensors", entries, stream(recipes), {"format": "pt"})
+        write_streamed(out / "last.safetensors", entries, stream(recipes, shards.release), {"format": "pt"})
     finally:
         shards.close()
     _link_or_copy(out / "last.safetensors", out / "best.safetensors")

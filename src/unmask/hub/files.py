@@ -8,9 +8,9 @@ listed by model.safetensors.index.json ({"weight_map": {tensor name: shard file}
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -36,27 +36,42 @@ def read_json(path: Path, what: str) -> dict:
 
 
 class Shards:
-    """The tensors of a checkpoint folder, by name, each read on demand from its memory-mapped shard."""
+    """The tensors of a checkpoint folder, by name, each a view into its memory-mapped shard (no copy), whose pages
+    are handed back to the OS once used (`release`): a conversion holds about one tensor, never the model."""
 
     def __init__(self, folder: Path):
-        from safetensors import SafetensorError, safe_open
-
-        self.folder, self._stack = folder, ExitStack()
-        files = self._shard_files()
-        self.where: dict[str, object] = {}  # tensor name -> its open shard
-        for file in sorted(set(files)):
+        self.folder = folder
+        self.where: dict[str, tuple[mmap.mmap, dict]] = {}  # tensor name -> (its shard's map, its header entry)
+        self._maps: list[mmap.mmap] = []
+        self._used: list[tuple[mmap.mmap, int, int]] = []
+        for file in sorted(set(self._shard_files())):
             path = folder / file
             if not path.is_file():
                 raise ConfigError(f"{path} is missing ({INDEX} lists it); copy the checkpoint folder whole")
+            self._open(path)
+
+    def _open(self, path: Path) -> None:
+        """Map one shard: an 8-byte header length, a JSON header {name: {dtype, shape, data_offsets}}, the data."""
+        size = path.stat().st_size
+        with open(path, "rb") as f:
             try:
-                shard = self._stack.enter_context(safe_open(str(path), framework="pt", device="cpu"))
-            except (SafetensorError, OSError) as e:
-                reason = (str(e).splitlines() or [type(e).__name__])[0][:120]
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n)) if 8 + n <= size else None
+            except (struct.error, ValueError, RecursionError):
+                header = None
+            if not isinstance(header, dict):
+                raise ConfigError(f"{path} is not readable safetensors (no valid header); it is damaged: copy it again")
+            header.pop("__metadata__", None)
+            ends = [e.get("data_offsets", [0, 0])[1] if isinstance(e, dict) else -1 for e in header.values()]
+            if any(not isinstance(end, int) or end < 0 for end in ends) or 8 + n + max(ends, default=0) > size:
                 raise ConfigError(
-                    f"{path} is not readable safetensors ({reason}); it is damaged: copy it again"
-                ) from None
-            for name in shard.keys():
-                self.where[name] = shard
+                    f"{path} is not readable safetensors (its data ends before the header says); it is damaged or "
+                    f"truncated: copy it again"
+                )
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: writable views, file pages
+        self._maps.append(mapped)
+        for name, entry in header.items():
+            self.where[name] = (mapped, {**entry, "start": 8 + n + entry["data_offsets"][0]})
 
     def _shard_files(self) -> list[str]:
         if (self.folder / INDEX).is_file():
@@ -69,32 +84,54 @@ class Shards:
         raise ConfigError(f"{self.folder} holds neither {SINGLE} nor {INDEX}: not a safetensors checkpoint folder")
 
     def __contains__(self, name: str) -> bool:
-        return name in self.where
+        return self._resolve(name) in self.where
 
     def shape(self, name: str) -> list[int]:
-        return list(self._get(name).get_slice(self._resolve(name)).get_shape())
+        return list(self._entry(name)[1]["shape"])
 
     def dtype(self, name: str) -> torch.dtype | str:
         """The tensor's dtype (its safetensors name when it is not a float dtype)."""
-        found = self._get(name).get_slice(self._resolve(name)).get_dtype()
+        found = self._entry(name)[1]["dtype"]
         return {v: k for k, v in DTYPES.items()}.get(found, found)
 
     def get(self, name: str) -> torch.Tensor:
-        return self._get(self._resolve(name)).get_tensor(self._resolve(name))
+        """The tensor as a view into the mapped file (valid until `release`)."""
+        mapped, entry = self._entry(name)
+        begin, end = entry["data_offsets"]
+        dtype = self.dtype(name)
+        if not isinstance(dtype, torch.dtype):
+            raise ConfigError(f"{self.folder}: tensor {name} is {dtype}; unmask imports float weights only")
+        self._used.append((mapped, entry["start"], end - begin))
+        if end == begin:
+            return torch.empty(entry["shape"], dtype=dtype)
+        raw = torch.frombuffer(mapped, dtype=torch.uint8, count=end - begin, offset=entry["start"])
+        return raw.view(dtype).reshape(entry["shape"])
+
+    def release(self) -> None:
+        """Hand the pages of every tensor read so far back to the OS (they are read again if used again)."""
+        for mapped, start, length in self._used:
+            page = start - start % mmap.PAGESIZE
+            if hasattr(mapped, "madvise"):  # Linux, macOS
+                mapped.madvise(mmap.MADV_DONTNEED, page, start + length - page)
+        self._used.clear()
 
     def _resolve(self, name: str) -> str:
         # GPT-2's published file was saved from GPT2Model, without the "transformer." of GPT2LMHeadModel's names
         bare = name.removeprefix("transformer.")
         return bare if name not in self.where and bare in self.where else name
 
-    def _get(self, name: str):
-        name = self._resolve(name)
-        if name not in self.where:
+    def _entry(self, name: str):
+        if self._resolve(name) not in self.where:
             raise ConfigError(f"{self.folder}: the checkpoint lacks tensor {name}; the folder is incomplete or damaged")
-        return self.where[name]
+        return self.where[self._resolve(name)]
 
     def close(self) -> None:
-        self._stack.close()
+        self._used.clear()
+        for mapped in self._maps:
+            try:
+                mapped.close()
+            except BufferError:  # a tensor still views it (an error on the way): the map closes when that goes
+                pass
 
 
 def write_streamed(
@@ -122,10 +159,11 @@ def write_streamed(
     tmp.replace(path)
 
 
-def stream(recipes: dict[str, Callable[[], torch.Tensor]]) -> Iterator[torch.Tensor]:
-    """The tensors of `recipes`, built one at a time in order."""
+def stream(recipes: dict[str, Callable[[], torch.Tensor]], done: Callable[[], None] = lambda: None):
+    """The tensors of `recipes`, built one at a time in order; `done` runs after each has been written."""
     for build in recipes.values():
         yield build()
+        done()
 
 
 def _numel(shape: list[int]) -> int:
