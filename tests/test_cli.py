@@ -30,7 +30,7 @@ def leaves(commands: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...]
 
 def test_command_table_matches_the_python_functions():
     parser = cli.build_parser()
-    commands = {"prepare", "train", "eval", "sample", "demo", "bench", "study", "serve", "finetune"}
+    commands = {"prepare", "train", "eval", "sample", "demo", "bench", "study", "serve", "finetune", "import", "export"}
     assert set(parser._subcommands_action.choices) == set(cli.COMMANDS) == commands
     finetune = parser._subcommands_action.choices["finetune"]._subcommands_action.choices
     assert set(finetune) == set(cli.COMMANDS["finetune"]) == {"prepare", "sft", "r2ft", "energy", "eval", "tasks"}

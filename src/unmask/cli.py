@@ -29,6 +29,7 @@ from unmask.demo import DemoConfig
 from unmask.evaluation.config import LikelihoodConfig
 from unmask.finetune_cli import COMMANDS as FINETUNE_COMMANDS
 from unmask.finetune_cli import announced
+from unmask.hub_cli import FLAG_ALIASES, export, import_checkpoint
 from unmask.sampling.config import SamplerConfig
 
 
@@ -454,6 +455,8 @@ COMMANDS = {
     "study": study,
     "serve": serve,
     "finetune": FINETUNE_COMMANDS,
+    "import": import_checkpoint,
+    "export": export,
 }
 GROUP_HELP = {"finetune": "Fine-tuning: instruction folders, SFT, R2FT, task metrics, the shipped instruction set."}
 FLAT_CONFIGS = {"demo": DemoConfig}
@@ -538,6 +541,7 @@ def migrate_flags(argv: list[str]) -> list[str]:
     out = []
     for arg in argv:
         flag, eq, value = arg.partition("=")
+        arg = FLAG_ALIASES.get(flag, flag) + eq + value  # unmask import --as → --kind (a Python keyword)
         name = flag.removeprefix("--sampler.") if flag.startswith("--sampler.") else None
         group, key = FLAT_NAMES.get(name, (None, None)) if name else (None, None)
         out.append(f"--sampler.{group}.{key}{eq}{value}" if group else arg)

@@ -156,6 +156,27 @@ class ModelConfig:
     every other key (so a masked position can read its neighbours from step 0; see docs/study.md); 0 = off."""
     qk_norm: bool = False
     """RMSNorm on each head's queries and keys before RoPE (logits O(1) at any init); false = the original model."""
+    n_kv_head: int | None = None
+    """Key/value heads shared by groups of query heads (grouped-query attention: Llama 3, Qwen2); None = n_head."""
+    d_mlp: int | None = None
+    """MLP hidden width; None = 8/3·d_model rounded up to 32 (SwiGLU) or 4·d_model (GELU)."""
+    mlp: str = "swiglu"
+    """'swiglu' (gate, up, down) or 'gelu' (up, tanh-approximated GELU, down: GPT-2)."""
+    norm: str = "rmsnorm"
+    """'rmsnorm' or 'layernorm' (GPT-2; with a bias when `bias`)."""
+    norm_eps: float = 1e-6
+    """The epsilon of every RMSNorm/LayerNorm of the residual stream (open checkpoints use 1e-5 or 1e-6)."""
+    positions: str = "rope"
+    """'rope' (rotary, base rope_base) or 'learned' (an embedding row per position, seq_len rows: GPT-2)."""
+    rope_scaling: dict[str, float] = field(default_factory=dict)
+    """Llama 3's RoPE frequency scaling: keys factor, low_freq_factor, high_freq_factor,
+    original_max_position_embeddings; {} = none."""
+    bias: bool = False
+    """Biases on every linear layer of the blocks (GPT-2)."""
+    qkv_bias: bool = False
+    """Biases on the query, key and value projections only (Qwen2, Dream)."""
+    tie_embeddings: bool = True
+    """The output projection is the input embedding; false = its own `head` matrix (Llama, LLaDA)."""
     causal: bool = True
     """Causal attention (AR) or bidirectional (MDM); set from the objective."""
     energy_head: bool = False
@@ -173,10 +194,46 @@ class ModelConfig:
             f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}",
         )
         check((self.d_model // self.n_head) % 2 == 0, "model: head_dim = d_model / n_head must be even for RoPE")
+        kv = self.n_kv_head
+        check(
+            kv is None or (kv > 0 and self.n_head % kv == 0),
+            f"model.n_kv_head={kv}: must divide model.n_head={self.n_head} (or null = n_head)",
+        )
+        check(self.d_mlp is None or self.d_mlp > 0, f"model.d_mlp={self.d_mlp}: must be > 0 (or null)")
+        check(self.mlp in ("swiglu", "gelu"), f"model.mlp={self.mlp!r}: must be 'swiglu' or 'gelu'")
+        check(self.norm in ("rmsnorm", "layernorm"), f"model.norm={self.norm!r}: must be 'rmsnorm' or 'layernorm'")
+        check(0 < self.norm_eps < 1, f"model.norm_eps={self.norm_eps}: must be in (0, 1)")
+        check(self.positions in ("rope", "learned"), f"model.positions={self.positions!r}: must be 'rope' or 'learned'")
+        scaling = sorted(self.rope_scaling)
+        check(
+            scaling in ([], sorted(LLAMA3_ROPE_SCALING)),
+            f"model.rope_scaling={self.rope_scaling}: must be {{}} or Llama 3's {{{', '.join(LLAMA3_ROPE_SCALING)}}}",
+        )
         check(0.0 <= self.dropout < 1.0, f"model.dropout={self.dropout}: must be in [0, 1)")
         check(0 < self.init_std < math.inf, f"model.init_std={self.init_std}: must be a finite number > 0")
         check(0 < self.rope_base < math.inf, f"model.rope_base={self.rope_base}: must be a finite number > 0")
         check(0 <= self.local_prior < math.inf, f"model.local_prior={self.local_prior}: must be a finite number >= 0")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: n_kv_head, or n_head without grouped-query attention."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        """The MLP's hidden width: d_mlp, else SwiGLU's 8/3·d_model rounded up to 32 (the parameters of a 4x GELU
+        MLP) or GELU's 4·d_model."""
+        if self.d_mlp is not None:
+            return self.d_mlp
+        return 4 * self.d_model if self.mlp == "gelu" else 32 * math.ceil(8 * self.d_model / 3 / 32)
+
+
+LLAMA3_ROPE_SCALING = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+"""The keys of ModelConfig.rope_scaling (Llama 3.1's "rope_type": "llama3")."""
 
 
 USER_MODEL_FIELDS = tuple(

@@ -4,6 +4,9 @@ Decoder-only, pre-norm RMSNorm, SwiGLU MLP, rotary position embeddings, no biase
 tied input/output embeddings, PyTorch SDPA attention. AR and MDM differ only in
 `causal` (the study's control: never fork this file).
 
+Open checkpoints (unmask.hub) need a few options, all off by default: grouped-query attention, biases, an
+untied output head, Llama 3's RoPE scaling, and GPT-2's learned positions, LayerNorm and GELU MLP.
+
 Shapes: B batch, T sequence, D d_model, H heads, Dh head_dim, V vocab.
 """
 
@@ -22,18 +25,20 @@ from torch.utils.checkpoint import checkpoint
 from unmask.config import SIZES, ConfigError, ModelConfig, from_dict, to_dict  # noqa: F401  (SIZES: re-exported)
 
 
-def mlp_hidden(d_model: int) -> int:
-    """SwiGLU width: 8/3 · d_model (same parameters as a 4x GELU MLP), rounded up to 32."""
-    return 32 * math.ceil(8 * d_model / 3 / 32)
-
-
 def count_params(cfg: ModelConfig) -> int:
-    """Closed-form parameter count (tied embeddings, no biases)."""
-    d, h = cfg.d_model, mlp_hidden(cfg.d_model)
-    per_block = 4 * d * d + 3 * d * h + 2 * d  # attention, SwiGLU, two RMSNorms
-    per_block += 2 * (d // cfg.n_head) if cfg.qk_norm else 0  # the q and k RMSNorms (one head_dim gain each)
+    """Closed-form parameter count."""
+    d, h, dh, bias = cfg.d_model, cfg.mlp_width, cfg.head_dim, cfg.bias
+    q, kv = cfg.n_head * dh, cfg.kv_heads * dh
+    attention = d * (q + 2 * kv) + q * d + (q + 2 * kv) * (bias or cfg.qkv_bias) + d * bias
+    n_in = 2 if cfg.mlp == "swiglu" else 1  # SwiGLU's gate and up, or GELU's up
+    mlp = (n_in + 1) * d * h + (n_in * h + d) * bias
+    norm = d * (1 + (cfg.norm == "layernorm" and bias))  # a gain (and a LayerNorm's bias)
+    per_block = attention + mlp + 2 * norm
+    per_block += 2 * dh if cfg.qk_norm else 0  # the q and k RMSNorms (one head_dim gain each)
+    embeddings = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)  # input (+ an untied output head)
+    embeddings += cfg.seq_len * d if cfg.positions == "learned" else 0
     head = d + 1 if cfg.energy_head else 0  # the energy head's weight and bias
-    return cfg.vocab_size * d + cfg.n_layer * per_block + d + head  # + final norm
+    return embeddings + cfg.n_layer * per_block + norm + head  # + final norm
 
 
 def flops_per_token(cfg: ModelConfig, head_fraction: float = 1.0) -> float:
@@ -84,6 +89,13 @@ class _CPURMSNorm(torch.autograd.Function):
         return dx, dw, None
 
 
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    """The residual stream's norm: RMSNorm, or LayerNorm (GPT-2, with a bias when cfg.bias)."""
+    if cfg.norm == "layernorm":
+        return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+    return RMSNorm(cfg.d_model, cfg.norm_eps)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -96,12 +108,35 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # fused on GPUs; inductor fuses it when compiled
 
 
-def rope_table(seq_len: int, head_dim: int, base: float) -> torch.Tensor:
+def rope_table(seq_len: int, head_dim: int, base: float, scaling: dict[str, float] | None = None) -> torch.Tensor:
     """Rotations e^{i·pos·θ_k} as (T, Dh/2, 2) float32 (cos, sin) pairs: a complex table read as real
-    numbers (computed in float64), so torch.compile, which cannot generate complex kernels, can fuse it."""
+    numbers (computed in float64), so torch.compile, which cannot generate complex kernels, can fuse it.
+
+    scaling: Llama 3's frequency scaling (ModelConfig.rope_scaling), or None/{} for plain RoPE."""
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    if scaling:
+        inv_freq = llama3_frequencies(inv_freq, **scaling)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)  # (T, Dh/2)
     return torch.stack([angles.cos(), angles.sin()], -1).float()
+
+
+def llama3_frequencies(
+    inv_freq: torch.Tensor,
+    factor: float,
+    low_freq_factor: float,
+    high_freq_factor: float,
+    original_max_position_embeddings: float,
+) -> torch.Tensor:
+    """Llama 3.1's RoPE scaling (its published rope_type "llama3"): wavelengths longer than the original context
+    / low_freq_factor are stretched by `factor`, those shorter than context / high_freq_factor kept, and the band
+    between interpolated smoothly."""
+    wavelength = 2 * math.pi / inv_freq
+    context = original_max_position_embeddings
+    smooth = (context / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    scaled = torch.where(wavelength > context / low_freq_factor, inv_freq / factor, inv_freq)
+    medium = (wavelength >= context / high_freq_factor) & (wavelength <= context / low_freq_factor)
+    return torch.where(medium, smoothed, scaled)
 
 
 def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
@@ -121,9 +156,10 @@ def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        q, kv = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        self.qkv = nn.Linear(cfg.d_model, q + 2 * kv, bias=cfg.bias or cfg.qkv_bias)  # rows: q, then k, then v
+        self.proj = nn.Linear(q, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
         # QK-norm (OLMo 2, Gemma 3 style, per head): the logits q·k/√Dh are O(1) whatever the init,
         # so RoPE's relative-position structure reaches the softmax from the first step.
@@ -131,22 +167,29 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim) if cfg.qk_norm else None
 
     def qkv_heads(self, x, rope_q, rope_k):
-        """Queries and keys (normed if qk_norm, then rotated) and values of x (B, T, D), each (B, H, T, Dh)."""
+        """Queries (B, H, T, Dh), keys and values (B, Hkv, T, Dh) of x (B, T, D); queries and keys normed if
+        qk_norm, then rotated (unless positions are learned: rope None)."""
         B, T, D = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, Dh)
-        q, k, v = qkv
+        Dh, Hkv = self.head_dim, self.n_kv_head
+        q, k, v = self.qkv(x).split([self.n_head * Dh, Hkv * Dh, Hkv * Dh], -1)
+        q, k, v = (t.unflatten(-1, (-1, Dh)).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, Dh)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        if rope_k is None:
+            return q, k, v
         return apply_rope(q, rope_q), apply_rope(k, rope_k), v
 
     def forward(self, x, rope_q, rope_k, is_causal: bool, attn_mask, past=None):
-        """Output (B, T, D) and this call's own (k, v), each (B, H, T, Dh), keys rotated.
+        """Output (B, T, D) and this call's own (k, v), each (B, Hkv, T, Dh), keys rotated.
 
-        past: cached (k, v) of earlier tokens, (B, H, Tp, Dh) each, attended to before the own keys.
+        past: cached (k, v) of earlier tokens, (B, Hkv, Tp, Dh) each, attended to before the own keys.
         """
         B, T, D = x.shape
-        q, k, v = self.qkv_heads(x, rope_q, rope_k)  # (B, H, T, Dh)
+        q, k, v = self.qkv_heads(x, rope_q, rope_k)  # (B, H, T, Dh), (B, Hkv, T, Dh) x 2
         keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+        if self.n_kv_head != self.n_head:  # grouped-query attention: each key/value head serves H / Hkv queries
+            group = self.n_head // self.n_kv_head
+            keys, values = keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1)
         y = F.scaled_dot_product_attention(
             q,
             keys,
@@ -155,26 +198,40 @@ class Attention(nn.Module):
             is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0,
         )
-        return self.proj(y.transpose(1, 2).reshape(B, T, D)), (k, v)
+        return self.proj(y.transpose(1, 2).flatten(2)), (k, v)
 
 
 class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) · up(x)), gate and up as one matrix (rows: gate, then up)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        hidden = mlp_hidden(cfg.d_model)
-        self.gate_up = nn.Linear(cfg.d_model, 2 * hidden, bias=False)
-        self.down = nn.Linear(hidden, cfg.d_model, bias=False)
+        hidden = cfg.mlp_width
+        self.gate_up = nn.Linear(cfg.d_model, 2 * hidden, bias=cfg.bias)
+        self.down = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x):
         gate, up = self.gate_up(x).chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)
 
 
+class GeluMLP(nn.Module):
+    """GPT-2's MLP: down(gelu(up(x))), GELU in its tanh approximation ("gelu_new")."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.mlp_width, bias=cfg.bias)
+        self.down = nn.Linear(cfg.mlp_width, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x), approximate="tanh"))
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.attn_norm, self.attn = RMSNorm(cfg.d_model), Attention(cfg)
-        self.mlp_norm, self.mlp = RMSNorm(cfg.d_model), MLP(cfg)
+        self.attn_norm, self.attn = make_norm(cfg), Attention(cfg)
+        self.mlp_norm, self.mlp = make_norm(cfg), (GeluMLP if cfg.mlp == "gelu" else MLP)(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, rope_q, rope_k, is_causal, attn_mask, past=None):
@@ -191,13 +248,27 @@ class Transformer(nn.Module):
         """Recompute each block's activations in backward instead of storing them (set by the runtime)."""
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm = RMSNorm(cfg.d_model)
+        self.norm = make_norm(cfg)
         if cfg.energy_head:  # EDLM's energy model: see `energy`
             self.energy_head = nn.Linear(cfg.d_model, 1)
-        self.register_buffer(
-            "rope", rope_table(cfg.seq_len, cfg.d_model // cfg.n_head, cfg.rope_base), persistent=False
-        )
+        if not cfg.tie_embeddings:
+            self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.positions == "learned":
+            self.pos_embed = nn.Embedding(cfg.seq_len, cfg.d_model)
+        self.register_buffer("rope", self.rope_rotations(), persistent=False)
         self.reset_parameters()
+
+    def rope_rotations(self) -> torch.Tensor | None:
+        """The RoPE table of `_rope` (None with learned positions)."""
+        cfg = self.cfg
+        if cfg.positions != "rope":
+            return None
+        return rope_table(cfg.seq_len, cfg.head_dim, cfg.rope_base, cfg.rope_scaling)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """The output projection (V, D): the input embedding when tied."""
+        return self.embed.weight if self.cfg.tie_embeddings else self.head.weight
 
     def reset_parameters(self) -> None:
         # 0.02 (GPT-2) at every size by default; init_std is a config field because the MDM/AR
@@ -208,8 +279,13 @@ class Transformer(nn.Module):
                 # Output projections scaled down with depth (GPT-2), so the residual stream stays O(1).
                 scale = 1 / math.sqrt(2 * self.cfg.n_layer) if name.endswith(("proj.weight", "down.weight")) else 1
                 nn.init.normal_(p, std=std * scale)
+        for module in self.blocks.modules():  # the biases of the open-model options (GPT-2, Qwen2) start at 0
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
 
-    def _rope(self, pos: torch.Tensor | None, T: int, offset: int = 0) -> torch.Tensor:
+    def _rope(self, pos: torch.Tensor | None, T: int, offset: int = 0) -> torch.Tensor | None:
+        if self.rope is None:
+            return None  # learned positions: added to the embeddings in `_hidden`
         if pos is None:
             return self.rope[offset : offset + T]  # (T, Dh/2, 2), broadcast over B, H
         return self.rope[pos].unsqueeze(1)  # (B, 1, T, Dh/2, 2)
@@ -281,7 +357,7 @@ class Transformer(nn.Module):
             return self.energy(h, energy_mask)
         if output_mask is not None:
             h = select_positions(h, output_mask)  # (M, D)
-        logits = F.linear(h, self.embed.weight)  # tied output embedding
+        logits = F.linear(h, self.output_weight)  # (B, T, V) or (M, V)
         return (logits, kv) if return_kv else logits
 
     def _hidden(self, idx, pos=None, query_pos=None, key_padding_mask=None, past_kv=None, key_pos=None):
@@ -297,6 +373,10 @@ class Transformer(nn.Module):
         if self.cfg.local_prior:
             attn_mask, is_causal = self._local_prior(attn_mask, is_causal, T, Tp, pos, key_pos, idx.device), False
         x = self.embed(idx)
+        if self.cfg.positions == "learned":
+            if query_pos is not None:
+                raise ConfigError("query_pos (ar_orderings) needs rotary positions; this model's are learned")
+            x = x + self.pos_embed(torch.arange(Tp, Tp + T, device=idx.device) if pos is None else pos)
         kv = []
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer, block in enumerate(self.blocks):

@@ -47,7 +47,9 @@ def start_from(base_path: str, data, objective: Objective) -> tuple[ModelConfig,
         raise ConfigError(f"train.objective={objective.name} starts from an MDM run; {base.path} is a "
                           f"{base.objective.name} run")  # fmt: skip
     weights = read_weights(base.weights("last"))
-    weights["embed.weight"] = grow_rows(weights["embed.weight"], data.vocab_size)
+    for name in ("embed.weight", "head.weight"):  # head: an untied output projection (an imported Llama, LLaDA)
+        if name in weights:
+            weights[name] = grow_rows(weights[name], data.vocab_size)
     if objective.energy:  # a zero head: E = 0 at the start, every candidate weighs the same (plain sampling)
         weights |= {"energy_head.weight": torch.zeros(1, base_cfg.d_model), "energy_head.bias": torch.zeros(1)}
     return dataclasses.replace(base_cfg, vocab_size=data.vocab_size, energy_head=objective.energy), weights
