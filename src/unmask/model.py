@@ -431,11 +431,13 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise ConfigError(f"{path} is not readable safetensors ({reason}); it is damaged") from None
 
 
-def load_weights(model: Transformer, path: Path, state: dict[str, torch.Tensor] | None = None) -> None:
-    """Load safetensors weights (or their already read `state`) into `model`; a torn or foreign file is one
-    ConfigError naming it."""
+def load_weights(
+    model: Transformer, path: Path, state: dict[str, torch.Tensor] | None = None, assign: bool = False
+) -> None:
+    """Load safetensors weights (or their already read `state`) into `model` (assign: the tensors become its
+    parameters, no copy); a torn or foreign file is one ConfigError naming it."""
     try:
-        model.load_state_dict(read_weights(path) if state is None else state)
+        model.load_state_dict(read_weights(path) if state is None else state, assign=assign)
     except RuntimeError:
         raise ConfigError(f"{path} does not match the model's config (other shapes or names); it is damaged") from None
 
@@ -450,8 +452,11 @@ def model_with_weights(cfg: ModelConfig, path: Path) -> Transformer:
             f"{path} holds {n_file:,} parameters but the model config describes {n_cfg:,} (n_layer, d_model, "
             f"vocab_size); the weights or the config are damaged"
         )
-    model = Transformer(cfg)
-    load_weights(model, path, state)
+    with torch.device("meta"):  # no random init of weights about to be replaced, and no second copy of them
+        model = Transformer(cfg)
+    state = {k: v.float() for k, v in state.items()}  # float32 parameters, as a trained model's (a no-op for those)
+    load_weights(model, path, state, assign=True)
+    model.rope = model.rope_rotations()  # the one buffer not in the file, built for real
     return model
 
 
