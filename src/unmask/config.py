@@ -177,6 +177,9 @@ class ModelConfig:
     """Biases on the query, key and value projections only (Qwen2, Dream)."""
     tie_embeddings: bool = True
     """The output projection is the input embedding; false = its own `head` matrix (Llama, LLaDA)."""
+    shift_logits: bool = False
+    """Dream's convention (an MDM adapted from an AR model): the output at position i predicts token i + 1, so the
+    logits of token j are read at j - 1 (token 0's at its own position). Decoded without a KV cache."""
     causal: bool = True
     """Causal attention (AR) or bidirectional (MDM); set from the objective."""
     energy_head: bool = False

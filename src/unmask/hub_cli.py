@@ -26,7 +26,7 @@ def import_checkpoint(
     Args:
         folder: The checkpoint folder: config.json, model.safetensors or its shards with their index, tokenizer.json.
         out: The run directory to create (it must not exist, or be empty).
-        kind: --as: 'ar' (Llama, Qwen2, GPT-2) or 'llada' (an MDM); none = detected from config.json's model_type.
+        kind: --as: 'ar' (Llama, Qwen2, GPT-2), 'llada' or 'dream' (MDMs); none = from config.json's model_type.
         mask_id: The mask token id (an MDM's: LLaDA-8B's is 126336); none = config.json's mask_token_id or the
             tokenizer's <|mdm_mask|>, else (AR) unmask's own <|mask|> in a spare embedding row.
         pad_id: The padding id; none = unmask's own <|pad|> in a spare embedding row.

@@ -353,6 +353,11 @@ class Transformer(nn.Module):
             instead of logits, x_t being idx with these positions masked (see `energy`).
         """
         h, kv = self._hidden(idx, pos, query_pos, key_padding_mask, past_kv, key_pos)
+        if self.cfg.shift_logits:  # Dream: token j's prediction sits at position j - 1 (token 0's at 0)
+            if past_kv is not None:  # the first new token's would sit in the cache, which keeps no hidden states
+                raise ConfigError("this run (Dream's shifted logits) decodes without a KV cache; pass "
+                                  "--sampler.cache.kv none")  # fmt: skip
+            h = torch.cat([h[:, :1], h[:, :-1]], 1)
         if energy_mask is not None:
             return self.energy(h, energy_mask)
         if output_mask is not None:

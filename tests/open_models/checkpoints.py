@@ -131,3 +131,26 @@ def llada_reference(w: dict[str, torch.Tensor], cfg: dict, idx: torch.Tensor) ->
         h = rms(x, w[b + "ff_norm.weight"])
         x = x + (F.silu(h @ w[b + "ff_proj.weight"].T) * (h @ w[b + "up_proj.weight"].T)) @ w[b + "ff_out.weight"].T
     return rms(x, w["model.transformer.ln_f.weight"]) @ w["model.transformer.ff_out.weight"].T
+
+
+# ---- Dream ---------------------------------------------------------------------------------------------------
+# Dream (Dream-org's Dream-v0 7B) is Qwen2.5 adapted into an MDM: Qwen2's parameters and config keys under
+# model_type "Dream", attention without a causal mask, and the AR model's shift kept: the logits at position i
+# predict token i + 1, which its generation code applies as cat([logits[:, :1], logits[:, :-1]], 1). The reference
+# is transformers' own Qwen2 given an all-visible 4-D attention mask, then that shift.
+
+
+def write_dream(folder: Path, mask_token_id: int = VOCAB - 3):
+    """A tiny random Qwen2 saved with Dream's config.json keys; returns the transformers model."""
+    model = write_hf("qwen2", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"model_type": "Dream", "architectures": ["DreamModel"], "mask_token_id": mask_token_id}
+    (folder / "config.json").write_text(json.dumps(config))
+    return model
+
+
+def dream_reference(model, idx: torch.Tensor) -> torch.Tensor:
+    """Dream's logits for idx (B, T): the Qwen2 read bidirectionally, then shifted by one position."""
+    B, T = idx.shape
+    logits = model(idx, attention_mask=torch.ones(B, 1, T, T, dtype=torch.bool)).logits
+    return torch.cat([logits[:, :1], logits[:, :-1]], 1)

@@ -3,11 +3,14 @@ bitwise; an exported AR run loads in transformers with equal logits."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.open_models.checkpoints import LLADA_CONFIG, VOCAB, llada_reference, write_hf, write_llada
+from unmask.config import ConfigError
 from unmask.hub import export_run, import_checkpoint
 from unmask.run import Run
 
@@ -129,3 +132,33 @@ def test_exported_unmask_mdm_run_is_llada(tmp_path):
     weights["model.transformer.ff_out.weight"] = weights["model.transformer.wte.weight"]
     with torch.no_grad():
         torch.testing.assert_close(llada_reference(weights, cfg, IDS), model(IDS), atol=1e-5, rtol=1e-5)
+
+
+def test_dream_import_matches_qwen2_read_bidirectionally_and_shifted(tmp_path):
+    pytest.importorskip("transformers")
+    from tests.open_models.checkpoints import dream_reference, write_dream
+
+    reference = write_dream(tmp_path / "hf")
+    run = Run(import_checkpoint(tmp_path / "hf", tmp_path / "run"))  # detected from model_type "Dream"
+    assert run.objective.name == "mdm" and run.model_config.shift_logits and run.special_ids.mask_id == VOCAB - 3
+    with torch.no_grad():
+        expected = dream_reference(reference, IDS)
+        torch.testing.assert_close(run.load_model()(IDS), expected, atol=1e-5, rtol=1e-5)
+        masked = torch.zeros_like(IDS, dtype=torch.bool)
+        masked[:, [0, 3, 7]] = True  # token 0 reads its own position, the others the one before
+        torch.testing.assert_close(run.load_model()(IDS, output_mask=masked), expected[masked], atol=1e-5, rtol=1e-5)
+    back = export_run(tmp_path / "run", tmp_path / "exported")
+    assert json.loads((back / "config.json").read_text())["model_type"] == "Dream"
+    original, exported = load_file(tmp_path / "hf" / "model.safetensors"), load_file(back / "model.safetensors")
+    assert original.keys() == exported.keys() and all(torch.equal(original[k], exported[k]) for k in original)
+
+
+def test_a_dream_run_refuses_a_kv_cache_in_one_line(tmp_path):
+    pytest.importorskip("transformers")
+    from tests.open_models.checkpoints import write_dream
+
+    write_dream(tmp_path / "hf")
+    model = Run(import_checkpoint(tmp_path / "hf", tmp_path / "run")).load_model()
+    _, kv = model(IDS[:, :4], return_kv=True)
+    with pytest.raises(ConfigError, match="decodes without a KV cache; pass --sampler.cache.kv none"):
+        model(IDS[:, 4:], past_kv=kv)

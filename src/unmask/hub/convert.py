@@ -22,7 +22,7 @@ from unmask.hub.files import DTYPES, Shards, read_json, stream, write_streamed
 from unmask.hub.layouts import LAYOUTS, Layout, Piece
 from unmask.model import Transformer, count_params
 
-KINDS = {"ar": ("llama", "qwen2", "gpt2"), "llada": ("llada",), "dream": ()}
+KINDS = {"ar": ("llama", "qwen2", "gpt2"), "llada": ("llada",), "dream": ("dream",)}
 """--as: the layouts each kind of import accepts."""
 LLADA_MASK = "<|mdm_mask|>"
 """The mask token of LLaDA's tokenizer (id 126336 in LLaDA-8B)."""
@@ -33,9 +33,7 @@ def detect_layout(hf: dict, folder: Path, kind: str | None) -> Layout:
     """The layout of config.json's model_type (its `architectures` named in the error), checked against --as."""
     model_type = hf.get("model_type")
     name = model_type.lower() if isinstance(model_type, str) else None
-    supported = "llama, qwen2, gpt2 (--as ar) and llada (--as llada)"
-    if name == "dream" or kind == "dream":
-        raise ConfigError(f"{folder}: Dream checkpoints are not imported yet (issue #22); supported: {supported}")
+    supported = "llama, qwen2, gpt2 (--as ar), llada (--as llada) and dream (--as dream)"
     if name not in LAYOUTS:
         raise ConfigError(
             f"{folder / 'config.json'}: model_type {model_type!r} (architectures {hf.get('architectures')}) is not "
@@ -203,11 +201,12 @@ KEEP_ON_EXPORT = ("size", "dropout", "init_std")
 
 
 def export_layout(run) -> Layout:
-    """The published layout that expresses the run's model exactly: LLaDA for an MDM; GPT-2 (learned positions),
+    """The published layout that expresses the run's model exactly: LLaDA for an MDM (Dream with shifted logits);
+    GPT-2 (learned positions),
     Qwen2 (q/k/v biases) or Llama for an AR run."""
     cfg, objective = run.model_config, run.objective
     if objective.decoder == "mdm" and not objective.energy:
-        layout = LAYOUTS["llada"]
+        layout = LAYOUTS["dream" if cfg.shift_logits else "llada"]
     elif objective.causal and not objective.query_is_target:
         layout = LAYOUTS["gpt2" if cfg.positions == "learned" else "qwen2" if cfg.qkv_bias else "llama"]
     else:

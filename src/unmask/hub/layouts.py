@@ -10,6 +10,7 @@ were.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -285,6 +286,18 @@ def llada_hf_config(cfg: ModelConfig, ids: dict) -> dict:
     }
 
 
+def dream_config(hf: dict) -> ModelConfig:
+    """Dream's config.json (Qwen2's keys, model_type 'Dream'): Qwen2's structure read bidirectionally, with the
+    shifted logits it kept from the AR model it was adapted from."""
+    return dataclasses.replace(llama_config(hf, qkv_bias=True), causal=False, shift_logits=True)
+
+
+def dream_hf_config(cfg: ModelConfig, ids: dict) -> dict:
+    """Dream's config.json for an unmask run (the auto_map to Dream's own modeling code is left out)."""
+    hf = llama_hf_config(dataclasses.replace(cfg, qkv_bias=True), ids)
+    return {**hf, "architectures": ["DreamModel"], "model_type": "Dream", "mask_token_id": ids["mask_id"]}
+
+
 def gpt2_config(hf: dict) -> ModelConfig:
     refuse(hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"), "activation_function")
     refuse(bool(hf.get("scale_attn_by_inverse_layer_idx")), "scale_attn_by_inverse_layer_idx")
@@ -344,5 +357,6 @@ LAYOUTS = {
                     lambda c: rotary_pieces(c, LLAMA_NAMES)),
     "gpt2": Layout("gpt2", "ar", gpt2_config, gpt2_hf_config, gpt2_pieces),
     "llada": Layout("llada", "mdm", llada_config, llada_hf_config, lambda c: rotary_pieces(c, LLADA_NAMES)),
+    "dream": Layout("dream", "mdm", dream_config, dream_hf_config, lambda c: rotary_pieces(c, LLAMA_NAMES)),
 }  # fmt: skip
 """model_type (config.json) -> its layout."""
