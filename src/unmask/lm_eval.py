@@ -109,10 +109,11 @@ class UnmaskLM(LM):
 
     @torch.no_grad()
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from unmask.sampling import sample_ar, sample_mdm
+        from unmask.objectives import Specials
+        from unmask.sampling import generate
 
         model, seq_len = self.scorer.model, self.scorer.model.cfg.seq_len
-        banned = (self.scorer.mask_id, self.scorer.pad_id)
+        specials = Specials(self.scorer.mask_id, self.scorer.pad_id, self.eod_id)
         out = []
         for i, (context, kwargs) in enumerate(self._args(requests)):
             kwargs = dict(kwargs or {})
@@ -123,28 +124,17 @@ class UnmaskLM(LM):
             if not kwargs.get("do_sample", temperature > 0):
                 temperature = 0.0
             ids = self.tok.encode(context).ids or [self.eod_id]
+            if self.objective.decoder == "mdm":  # prompt and answer share one window of seq_len
+                length = min(self.gen_length or min(max_new, seq_len // 2), seq_len - 1)
+                room = seq_len - length
+            else:  # the window slides: all max_gen_toks, after at most seq_len - 1 prompt tokens
+                length, room = max_new, seq_len - 1
+            prompt = torch.tensor([ids[-room:]], device=self._device)
             g = torch.Generator(self._device).manual_seed(self.seed + i)
-            if self.objective.decoder == "mdm":
-                gen = min(self.gen_length or min(max_new, seq_len // 2), seq_len - 1)
-                prompt = torch.tensor([ids[-(seq_len - gen) :]], device=self._device)
-                cfg = dataclasses.replace(self.sampler, temperature=temperature)
-                tokens = sample_mdm(model, prompt, gen, self.scorer.mask_id, cfg, banned, g).tokens[
-                    0, prompt.shape[1] :
-                ]
-            else:
-                prompt = torch.tensor([ids[-(seq_len - 1) :]], device=self._device)
-                tokens = sample_ar(
-                    model,
-                    prompt,
-                    max_new,
-                    temperature,
-                    self.sampler.top_k,
-                    self.sampler.top_p,
-                    self.eod_id,
-                    banned,
-                    g,
-                    query_is_target=self.objective.query_is_target,
-                ).tokens[0, prompt.shape[1] :]
+            sampler = dataclasses.replace(self.sampler, temperature=temperature)
+            tokens = generate(
+                model, prompt, length=length, objective=self.objective, sampler=sampler, specials=specials, generator=g
+            ).tokens[0, prompt.shape[1] :]
             ids_out = tokens.tolist()
             if self.eod_id in ids_out:
                 ids_out = ids_out[: ids_out.index(self.eod_id)]

@@ -17,7 +17,7 @@ from unmask.finetune.energy import nce_loss, train_energy
 from unmask.model import Transformer, count_params, select_positions
 from unmask.objectives import Specials, get_objective
 from unmask.objectives.energy import model_samples
-from unmask.objectives.validation import loss_validation
+from unmask.objectives.validation import validation_loss
 from unmask.run import Run
 from unmask.sampling.config import EnergyConfig, SamplerConfig
 from unmask.sampling.mdm import candidate_energies, resample_by_energy, sample_mdm
@@ -171,7 +171,7 @@ def test_the_nce_loss_falls_and_the_run_opens_as_an_energy_run(energy_run, base_
     assert run.objective.energy and run.model_config.energy_head and run.train_config.init_from
     run.load_model("last"), run.load_model("best")  # safetensors, parameter count checked
     start = model_with_zero_head(run)
-    before = loss_validation(start, tiny_data.split("val"), run.objective, run.specials, run.train_config, 2)
+    before = validation_loss(start, tiny_data.split("val"), run.objective, run.specials, run.train_config, mc_passes=2)
     vals = [r["val_loss"] for r in run.metrics() if "val_loss" in r]
     losses = [r["loss"] for r in run.metrics() if "loss" in r]
     print(f"NCE validation loss: start {before.loss:.4f} (2 ln 2), curve {[round(v, 3) for v in vals]}")

@@ -14,7 +14,7 @@ from torch import nn
 from unmask.config import ConfigError, ModelConfig
 from unmask.model import Transformer
 from unmask.sampling.ar import left_pad, next_token, sample_ar
-from unmask.sampling.mdm import filter_logits
+from unmask.sampling.base import filter_logits
 
 
 def random_model(

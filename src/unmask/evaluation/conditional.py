@@ -21,7 +21,10 @@ MDM has no exact likelihood; four estimators of log p(a | c), the context never 
   (one token per step) reproduces the answer (`is_greedy`).
 
 The first two are unbiased for the ELBO, an upper bound on −log p (reported as a lower bound
-on log p). Optional unsupervised classifier-free guidance (MDM): logits = u + (w+1)(c − u),
+on log p). Their noise is the MDM objective's (`count_masks`, `mask_rate` of
+unmask.objectives.mdm, which validation draws too) and so is the cross-entropy; what is
+scoring's own is the layout: one request's samples stratified together, the context never masked.
+Optional unsupervised classifier-free guidance (MDM): logits = u + (w+1)(c − u),
 u computed with the context replaced by mask tokens; w = 0 (default) is plain scoring.
 
 Noise is drawn per request from a generator seeded by (seed, tokens of the request), so a
@@ -44,7 +47,8 @@ from unmask.config import ConfigError
 from unmask.evaluation.config import LikelihoodConfig
 from unmask.objectives import Objective, get_objective
 from unmask.objectives.ar import ar_token_nll, left_to_right
-from unmask.objectives.mdm import guided_logits
+from unmask.objectives.base import token_cross_entropy
+from unmask.objectives.mdm import count_masks, guided_logits, mask_rate
 
 
 @dataclass
@@ -183,15 +187,13 @@ class ConditionalScorer:
             masked = torch.arange(L)[None, :] >= torch.arange(L)[:, None]  # row j: positions j.. masked
             return masked, torch.eye(L, dtype=torch.bool), torch.ones(L, dtype=torch.float64)
         g = _request_generator(cfg.seed, ctx, ans)
-        if est == "stratified":
+        if est == "stratified":  # the validation ELBO's count estimator, over the answer's positions
             n = 1 if L == 1 else cfg.mc_samples
             u = torch.rand((), generator=g, dtype=torch.float64)
-            count = (1 + torch.floor(L * ((u + torch.arange(n, dtype=torch.float64) / n) % 1.0))).long().clamp_(1, L)
-            rank = torch.rand(n, L, generator=g).argsort(dim=1).argsort(dim=1)  # a uniform random permutation
-            masked = rank < count[:, None]  # exactly l_i positions
-            return masked, masked, (L / count.double()) / n
-        n = cfg.mc_samples  # random_t
-        p = (1 - cfg.eps) * torch.rand(n, generator=g, dtype=torch.float64) + cfg.eps
+            masked, weight = count_masks(L, u, torch.rand(n, L, generator=g))  # exactly l_i positions, L/l_i
+            return masked, masked, weight / n
+        n = cfg.mc_samples  # random_t: the training loss's noise levels, drawn i.i.d.
+        p = mask_rate(torch.rand(n, generator=g, dtype=torch.float64), cfg.eps)
         masked = torch.rand(n, L, generator=g, dtype=torch.float64) < p[:, None]
         return masked, masked, (1.0 / p) / n
 
@@ -263,8 +265,8 @@ class ConditionalScorer:
         Rows are right-padded with pad_id, which is never attended to.
         """
         x_t, clean, scored = x_t.to(self.device), clean.to(self.device), scored.to(self.device)
-        logits = self._logits(x_t, scored, prompt)  # (M, V)
-        nll = -logits.log_softmax(-1).gather(1, clean[scored][:, None]).squeeze(1).double()
+        logits = self._logits(x_t, scored, prompt)  # (M, V), the mask id excluded
+        nll = token_cross_entropy(self.model, logits, clean[scored]).double()  # the objectives' CE, float32
         row = scored.nonzero()[:, 0]
         w = weight.to(self.device)[row]
         return torch.zeros(len(x_t), dtype=torch.float64, device=self.device).index_add_(0, row, w * nll).cpu()

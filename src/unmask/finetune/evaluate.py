@@ -26,9 +26,9 @@ from unmask.data.chat import chat_prompt
 from unmask.evaluation.metrics import repetition_rate, truncate_at_eos
 from unmask.finetune.tasks import POOL, TASKS, instruction_set, score
 from unmask.run import Run
-from unmask.sampling.ar import AR_MAX_WINDOWS, left_pad, sample_ar
+from unmask.sampling.ar import AR_MAX_WINDOWS, left_pad
 from unmask.sampling.config import SamplerConfig
-from unmask.sampling.mdm import sample_mdm
+from unmask.sampling.decoder import generate
 from unmask.sampling.text import MAX_SAMPLES
 
 DEFAULT_SAMPLER = SamplerConfig.from_flat(method="low_confidence", block_length=8)
@@ -98,19 +98,16 @@ def respond(
         encoded = [e[-(seq_len - 1) :] for e in encoded]  # the first answer token reads the whole prompt
     g = torch.Generator(device).manual_seed(seed)
     generated: list[list[int]] = [[] for _ in prompts]
-    banned = (ids.pad_id, ids.mask_id)
     for window in sorted(set(windows_of)):  # one answer window per batch
         rows = [i for i, w in enumerate(windows_of) if w == window]
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             x, real = left_pad([encoded[i] for i in chunk], ids.pad_id)
             x, real = x.to(device), real.to(device)
-            if is_mdm:
-                out = sample_mdm(model, x, window, ids.mask_id, _scaled(sampler, window, length), banned, g,
-                                 prompt_mask=real)  # fmt: skip
-            else:
-                out = sample_ar(model, x, window, sampler.temperature, sampler.top_k, sampler.top_p, ids.eod_id,
-                                banned, g, run.objective.query_is_target, prompt_mask=real)  # fmt: skip
+            out = generate(
+                model, x, length=window, objective=run.objective, sampler=_scaled(sampler, window, length),
+                specials=run.specials, generator=g, prompt_mask=real,
+            )  # fmt: skip
             for i, row in zip(chunk, out.tokens[:, x.shape[1] :].tolist(), strict=True):
                 generated[i] = row
     return truncate_at_eos(generated, ids.eod_id), generated

@@ -69,9 +69,10 @@ class Objective:
     real_tokens: Callable[[torch.Tensor, int], int] | None = None
     """real_tokens(x, pad_id): the tokens a batch holds, counted as seen (default: those != pad_id); an
     objective whose batches are not (B, T) token ids (fine-tuning's (B, 2, T)) says how to count them."""
-    validate: Callable | None = None
-    """The validation of an objective whose batches are not plain sequences: called with
-    validation_loss's arguments in place of it (fine-tuning validates on held-out conversations)."""
+    validation: Literal["tokens", "own_loss"] = "tokens"
+    """What validation_loss scores: 'tokens', every real token but each sequence's first, the same for every
+    objective (the study's protocol); or 'own_loss', the training loss normalised by n_targets, for batches that
+    are not plain sequences (fine-tuning's held-out conversations) or a loss that is no likelihood (R2FT, NCE)."""
     energy: bool = False
     """The model ends in a scalar energy head (EDLM's E(x0, x_t), ModelConfig.energy_head): its runs weight an
     MDM's samples (`unmask sample --energy_run`) and are never decoded themselves."""

@@ -1,7 +1,9 @@
 """Masked diffusion (MDLM / LLaDA): the ELBO as a training loss and as a batched validation estimator.
 
 `masked_token_ce` is the one masked cross-entropy core; the training loss and the K-pass
-validation ELBO both call it.
+validation ELBO both call it. The noise of the two ELBO estimators, `mask_rate` (a noise level t,
+weight 1/p) and `count_masks` (LLaDA's count l, weight L/l), is drawn here for validation and for
+zero-shot scoring (unmask.evaluation.conditional) alike.
 """
 
 from __future__ import annotations
@@ -24,7 +26,28 @@ def mask_probability(
     """
     u = torch.rand(() if passes is None else (passes, 1), generator=generator, device=device)
     t = (u + torch.arange(B, device=device) / B) % 1.0
+    return mask_rate(t, eps)
+
+
+def mask_rate(t: torch.Tensor, eps: float) -> torch.Tensor:
+    """p = (1 − eps)·t + eps: the mask probability at noise level t, never 0, so the weight 1/p stays bounded."""
     return (1 - eps) * t + eps
+
+
+def count_masks(L: torch.Tensor | int, u: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noise of LLaDA's count estimator (2502.09992 eq. 6): (masked (..., n, T), weight (..., n)).
+
+    Draw i of n masks exactly l_i positions, those of its smallest keys (..., n, T), and weighs their
+    cross-entropies by L/l_i; l_i = 1 + ⌊L·((u + i/n) mod 1)⌋ ∈ 1..L is stratified over the n draws (u: a uniform,
+    () or (..., 1)). Uniform keys choose a uniformly random set; keys above 1 (positions that cannot be masked)
+    are chosen last. L: the positions that can be masked, an int or one per draw (n,); L = 0 weighs 0.
+    Since ∫₀¹ (1/t) P(l masked | t) dt = 1/l, the expectation is the ELBO of the noise-level estimator.
+    """
+    n = keys.shape[-2]
+    stratum = (u + torch.arange(n, device=u.device, dtype=u.dtype) / n) % 1.0  # (..., n)
+    count = torch.minimum(1 + (L * stratum).long(), torch.as_tensor(L, device=u.device).clamp_min(1))
+    rank = keys.argsort(-1).argsort(-1)  # each position's place in its draw's random order
+    return rank < count[..., None], L / count.to(u.dtype)
 
 
 def noise_levels(
@@ -61,7 +84,7 @@ def noise_levels(
     else:
         t = t_min + (1 - t_min) * u
         density = torch.full_like(t, 1.0 / (1 - t_min))
-    p = (1 - eps) * t + eps
+    p = mask_rate(t, eps)
     return p.float(), (1.0 / (p * density)).float()
 
 
@@ -130,12 +153,11 @@ def elbo_pass_sums(
     """(K,) summed weighted CE of each of K MC passes over `batches` (CPU (B, T) tensors): the ELBO of
     every real token but the first of each sequence, given the first (the tokens AR scores).
 
-    The count estimator (LLaDA, 2502.09992 eq. 6) instead of sampling a noise level: with L scored
-    tokens in a sequence, draw a count l ∈ {1..L}, mask exactly l of them uniformly, and weight the
-    masked cross-entropies by L/l. Since ∫₀¹ (1/t) P(l masked | t) dt = 1/l, its expectation is the
-    ELBO of the t-sampling estimator, with lower variance (no pass masks nothing, no weight exceeds L).
-    Pass k stratifies l across the batch: l_kb = 1 + ⌊L_b · ((u_k + b/B) mod 1)⌋. Row r = k·B + b; forwards
-    of at most max_batch_tokens tokens.
+    The count estimator (`count_masks`) instead of sampling a noise level: with L scored tokens in a
+    sequence, draw a count l ∈ {1..L}, mask exactly l of them uniformly, and weight the masked
+    cross-entropies by L/l: the same expectation, lower variance (no pass masks nothing, no weight
+    exceeds L). Pass k stratifies l across the batch: l_kb = 1 + ⌊L_b · ((u_k + b/B) mod 1)⌋. Row
+    r = k·B + b; forwards of at most max_batch_tokens tokens.
     """
     device = next(model.parameters()).device
     K = passes
@@ -149,12 +171,9 @@ def elbo_pass_sums(
         x, scoreable = x.to(device), scoreable.to(device)
         L = scoreable.sum(1)  # (B,)
         u = torch.rand(K, 1, generator=generator, device=device)
-        frac = (u + torch.arange(B, device=device) / B) % 1.0  # (K, B) stratified
-        count = torch.minimum(1 + (L * frac).long(), L.clamp_min(1))  # (K, B) l in 1..L
         keys = torch.rand(K, B, T, generator=generator, device=device).masked_fill(~scoreable, 2.0)
-        rank = keys.argsort(-1).argsort(-1)  # a uniform random order of the scoreable positions first
-        masked = (rank < count[..., None]) & scoreable  # (K, B, T) exactly l_kb positions
-        weight = (L / count).float()  # (K, B): L/l (0 for a sequence with nothing to score)
+        masked, weight = count_masks(L, u, keys)  # (K, B, T) exactly l_kb positions, (K, B) L/l float32
+        masked &= scoreable  # a sequence with nothing to score (L = 0, weight 0) masks nothing
         masked, weight = masked.flatten(0, 1), weight.flatten()  # (K·B, T), (K·B,)
         xk = x.repeat(K, 1)  # (K·B, T)
         rows = max(1, max_batch_tokens // T)

@@ -21,7 +21,7 @@ the region (the factorised MDM likelihood of a continuation given the prefix), t
 
 averaged over conversations; β_w = β_l = 1, β_a = 0.1, γ = 0 by default (the authors' scripts).
 
-Validation is this same loss on the held-out conversations with a fixed seed (loss_validation), not
+Validation is this same loss on the held-out conversations with a fixed seed (validation_loss, own_loss), not
 the SFT ELBO: it is what the run optimises, so best.safetensors is the best R2FT model; the ELBO cannot
 see the margin against repetition (a model that spreads mass onto tiled phrases can keep its ELBO), and
 the β_a term already tracks the winner's likelihood. It is not a likelihood, so it is reported by its name.
@@ -37,7 +37,6 @@ import torch.nn.functional as F
 from unmask.config import ConfigError, TrainConfig
 from unmask.objectives.base import LossOutput, Objective, Specials
 from unmask.objectives.sft import conversation_tokens, planes, with_eos_padding
-from unmask.objectives.validation import loss_validation
 
 
 @dataclass
@@ -178,6 +177,6 @@ R2FT = Objective(
     n_targets=lambda x, pad_id: len(x),  # each conversation weighs the same: the mean over the batch
     real_tokens=conversation_tokens,
     conversations=True,
-    validate=loss_validation,
+    validation="own_loss",
     loss_name="R2FT preference loss (not a likelihood)",
 )

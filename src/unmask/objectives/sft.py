@@ -23,7 +23,6 @@ from unmask.config import TrainConfig
 from unmask.objectives.ar import ar_token_nll
 from unmask.objectives.base import LossOutput, Objective, Specials
 from unmask.objectives.mdm import mask_probability, masked_token_ce
-from unmask.objectives.validation import loss_validation
 
 
 def planes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +86,7 @@ SFT_MDM = Objective(
     n_targets=lambda x, pad_id: len(x),  # each conversation weighs the same: the mean over the batch
     real_tokens=conversation_tokens,
     conversations=True,
-    validate=loss_validation,
+    validation="own_loss",
     host_batches=True,
 )
 SFT_AR = Objective(
@@ -99,5 +98,5 @@ SFT_AR = Objective(
     n_targets=lambda x, pad_id: int(x[:, 1, 1:].sum()),
     real_tokens=conversation_tokens,
     conversations=True,
-    validate=loss_validation,
+    validation="own_loss",
 )

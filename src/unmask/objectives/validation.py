@@ -7,7 +7,8 @@ objectives (MDM) give the mean per-token ELBO of those tokens given the first, a
 on their NLL, averaged over K Monte Carlo passes whose noise is fixed by a seed so that curves
 compare; its standard error is the spread of the K pass means (the passes are i.i.d.). A bound
 objective without a batched estimator (`mc_pass_sums`) is validated with K passes of its own
-training loss, over the tokens its `n_targets` counts.
+training loss, over the tokens its `n_targets` counts. Objectives whose validation is their own
+training loss (fine-tuning, R2FT, NCE: `Objective.validation`) are validated by the same function.
 
 Bits per byte divide the summed NLL by ln 2 times the UTF-8 bytes of the scored tokens, so
 runs with different tokenizers compare.
@@ -70,6 +71,7 @@ def validation_loss(
     objective: Objective,
     specials: Specials,
     train_cfg: TrainConfig | None = None,
+    *,
     mc_passes: int = 32,
     seed: int = 0,
     batch_size: int = 64,
@@ -77,27 +79,60 @@ def validation_loss(
     max_batch_tokens: int = 16_384,
     byte_lengths: np.ndarray | None = None,
 ) -> ValidationLoss:
-    """Mean NLL (exact objectives) or ELBO ± standard error (bound objectives), with bits per byte.
+    """Mean NLL (exact objectives) or the mean of K fixed-seed Monte Carlo passes ± their standard error
+    (bound objectives), with bits per byte.
 
-    sequences: `unmask.data.Sequences` (n_sequences(), batch(indices) -> (B, T) CPU tensor).
+    What is scored follows `objective.validation`, because two questions get two estimators:
+    'tokens' (the study's protocol): every real token but the first of each sequence, the same tokens for
+        every objective, so AR's NLL and MDM's ELBO compare (MDM: its batched count estimator, mc_pass_sums);
+    'own_loss': the objective's training loss normalised by its n_targets, for batches that are not plain
+        sequences (fine-tuning's conversations) or a loss that is no likelihood (R2FT's preference, NCE),
+        where "the same tokens" has no meaning; no bits per byte.
+
+    sequences: `unmask.data.Sequences` or any n_sequences(), batch(indices) -> CPU batch, seq_len.
     train_cfg: the run's config (objective options: MDM's eps, the orderings' seed).
     batch_size: sequences per batch; MDM noise levels are stratified across them.
     byte_lengths: token_byte_lengths of the tokenizer; None = no bits per byte.
     """
-    if objective.validate is not None:
-        return objective.validate(
-            model, sequences, objective, specials, train_cfg, mc_passes=mc_passes, seed=seed, batch_size=batch_size,
-            autocast=autocast,
-        )  # fmt: skip
     cfg = train_cfg or TrainConfig(objective=objective.name)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     n_seq = sequences.n_sequences()
     batches = [sequences.batch(np.arange(s, min(s + batch_size, n_seq))) for s in range(0, n_seq, batch_size)]
+    own_loss = objective.validation == "own_loss"
+    if own_loss:
+        denominator = sum(objective.n_targets(x, specials.pad_id) for x in batches)
+        n_tokens, n_bytes = sum(objective.count_real(x, specials.pad_id) for x in batches), 0
+    else:
+        denominator, n_bytes = _protocol_tokens(objective, batches, specials, byte_lengths)
+        n_tokens = denominator
+    generator = torch.Generator(device).manual_seed(seed)  # exact objectives read left to right: no noise
+
+    def one_pass(loss_fn) -> torch.Tensor:
+        return sum(loss_fn(model, x.to(device), specials, generator).loss_sum for x in batches)
+
+    with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
+        if objective.exact:
+            pass_sums = one_pass((objective.make_eval_loss or objective.make_loss)(cfg, sequences.seq_len))[None]
+        elif objective.mc_pass_sums is not None and not own_loss:
+            pass_sums = objective.mc_pass_sums(model, batches, mc_passes, generator, specials, cfg, max_batch_tokens)
+        else:  # K passes of the training loss
+            loss_fn = objective.make_loss(cfg, sequences.seq_len)
+            pass_sums = torch.stack([one_pass(loss_fn) for _ in range(mc_passes)])
+    model.train(was_training)
+    passes = len(pass_sums)
+    pass_means = pass_sums.double().cpu().numpy() / max(denominator, 1)  # host-device sync: once per evaluation
+    mean = float(pass_means.mean())
+    stderr = float(pass_means.std(ddof=1) / math.sqrt(passes)) if passes > 1 else None
+    bpb = mean * n_tokens / (math.log(2) * n_bytes) if n_bytes else None
+    return ValidationLoss(mean, stderr, n_tokens, passes, objective.bound_name, bpb, n_bytes)
+
+
+def _protocol_tokens(objective, batches, specials, byte_lengths) -> tuple[int, int]:
+    """(tokens, UTF-8 bytes) the protocol scores: every real token but the first of each sequence (a bound
+    objective without a batched estimator whose loss covers all real tokens, as its n_targets says: all of them)."""
     real = [x != specials.pad_id for x in batches]
-    # The protocol: every real token but the first of each sequence (a training loss without a batched
-    # estimator may cover all real tokens instead; its n_targets says which).
     all_real = (
         not objective.exact
         and objective.mc_pass_sums is None
@@ -106,72 +141,6 @@ def validation_loss(
     scored = real if all_real else [r[:, 1:] for r in real]
     targets = batches if all_real else [x[:, 1:] for x in batches]
     n_tokens = sum(int(s.sum()) for s in scored)
-    n_bytes = (
-        0
-        if byte_lengths is None
-        else sum(int(byte_lengths[t.numpy()][s.numpy()].sum()) for t, s in zip(targets, scored, strict=True))
-    )
-    with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
-        if objective.exact:
-            loss_fn = (objective.make_eval_loss or objective.make_loss)(cfg, sequences.seq_len)
-            pass_sums = sum(loss_fn(model, x.to(device), specials, None).loss_sum for x in batches)[None]
-        else:
-            generator = torch.Generator(device).manual_seed(seed)
-            pass_sums = _pass_sums(objective, model, batches, mc_passes, generator, specials, cfg, max_batch_tokens)
-    model.train(was_training)
-    passes = len(pass_sums)
-    pass_means = pass_sums.double().cpu().numpy() / max(n_tokens, 1)  # host-device sync: once per evaluation
-    mean = float(pass_means.mean())
-    stderr = float(pass_means.std(ddof=1) / math.sqrt(passes)) if passes > 1 else None
-    bpb = mean * n_tokens / (math.log(2) * n_bytes) if n_bytes else None
-    return ValidationLoss(mean, stderr, n_tokens, passes, objective.bound_name, bpb, n_bytes)
-
-
-def _pass_sums(objective, model, batches, K, generator, specials, cfg, max_batch_tokens) -> torch.Tensor:
-    """(K,) summed loss of each MC pass: the objective's batched estimator, or K loops of its loss."""
-    if objective.mc_pass_sums is not None:
-        return objective.mc_pass_sums(model, batches, K, generator, specials, cfg, max_batch_tokens)
-    device = next(model.parameters()).device
-    loss_fn = objective.make_loss(cfg, batches[0].shape[1])
-    return torch.stack(
-        [sum(loss_fn(model, x.to(device), specials, generator).loss_sum for x in batches) for _ in range(K)]
-    )
-
-
-@torch.no_grad()
-def loss_validation(
-    model: torch.nn.Module,
-    sequences,
-    objective: Objective,
-    specials: Specials,
-    train_cfg: TrainConfig | None = None,
-    mc_passes: int = 32,
-    seed: int = 0,
-    batch_size: int = 64,
-    autocast: bool = False,
-) -> ValidationLoss:
-    """An objective's own training loss on held-out batches, normalised by its n_targets: one pass when exact,
-    else K passes of fixed-seed noise with the standard error of their means. The validation of objectives
-    whose batches are not plain sequences (fine-tuning's conversations) or whose loss is no likelihood (R2FT's
-    preference, NCE): `Objective.validate`.
-
-    sequences: n_sequences(), batch(indices) -> a CPU batch the loss takes, seq_len."""
-    cfg = train_cfg or TrainConfig(objective=objective.name)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    n = sequences.n_sequences()
-    batches = [sequences.batch(np.arange(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
-    loss_fn = objective.make_loss(cfg, sequences.seq_len)
-    denominator = sum(objective.n_targets(x, specials.pad_id) for x in batches)
-    passes = 1 if objective.exact else mc_passes
-    generator = torch.Generator(device).manual_seed(seed)
-    with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
-        sums = torch.stack(
-            [sum(loss_fn(model, x.to(device), specials, generator).loss_sum for x in batches) for _ in range(passes)]
-        )
-    model.train(was_training)
-    means = sums.double().cpu().numpy() / max(denominator, 1)  # host-device sync: once per evaluation
-    stderr = float(means.std(ddof=1) / math.sqrt(passes)) if passes > 1 else None
-    n_tokens = sum(objective.count_real(x, specials.pad_id) for x in batches)
-    return ValidationLoss(float(means.mean()), stderr, n_tokens, passes, objective.bound_name)
+    if byte_lengths is None:
+        return n_tokens, 0
+    return n_tokens, sum(int(byte_lengths[t.numpy()][s.numpy()].sum()) for t, s in zip(targets, scored, strict=True))

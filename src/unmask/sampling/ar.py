@@ -25,9 +25,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from unmask.config import check
+from unmask.sampling.base import SampleOutput, filter_logits
 from unmask.sampling.config import MAX_LOGITS
 from unmask.sampling.gumbel import sample_categorical
-from unmask.sampling.mdm import SampleOutput, filter_logits
 
 AR_MAX_WINDOWS = 16
 """AR decodes past its window by sliding it; at most this many windows (seq_len each) per call."""

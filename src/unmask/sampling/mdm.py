@@ -20,7 +20,6 @@ run); unsupervised CFG; the Fast-dLLM prefix / dual KV cache; MDLM's no-change c
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -28,39 +27,15 @@ import torch.nn.functional as F
 from unmask.config import check
 from unmask.objectives.ar import ar_token_nll, left_to_right
 from unmask.objectives.mdm import guided_logits
+from unmask.sampling.base import SampleOutput, filter_logits
 from unmask.sampling.config import SamplerConfig
 from unmask.sampling.gumbel import confidence, sample_categorical, sample_with_confidence
-
-
-@dataclass
-class SampleOutput:
-    tokens: torch.Tensor
-    """(B, P + L) prompt followed by the generated tokens."""
-    history: list[list[list[int]]] = field(default_factory=list)
-    """Per step, per sequence: the positions committed at that step (their tokens are in `tokens`)."""
-    forward_passes: int = 0
-    """Denoiser calls over the batch (a cached call over a block counts 1; CFG's two halves count 2)."""
-    energy_passes: int = 0
-    """EDLM: energy model calls (AR or NCE energy) over the batch's candidates."""
 
 
 def commit_schedule(n_masked: int, steps: int) -> list[int]:
     """Tokens committed at each step: ~M/S each, the remainder to the first steps."""
     base, extra = divmod(n_masked, steps)
     return [base + (1 if s < extra else 0) for s in range(steps)]
-
-
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Logits (..., V) with the tokens outside the top-k and the top-p nucleus set to -inf."""
-    if top_k and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs >= top_p  # the mass before a token already reaches top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return logits
 
 
 def confidence_of(logits: torch.Tensor, x0: torch.Tensor | None, rule: str) -> torch.Tensor:

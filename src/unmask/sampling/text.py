@@ -19,8 +19,8 @@ from unmask.checkpoint import atomic_path
 from unmask.config import ConfigError, check
 from unmask.data.chat import chat_prompt
 from unmask.sampling.ar import AR_MAX_WINDOWS
+from unmask.sampling.base import SampleOutput
 from unmask.sampling.config import SamplerConfig
-from unmask.sampling.mdm import SampleOutput
 
 BLANK = re.compile(r"_{4,}")
 MAX_SAMPLES = 4096  # bounds that keep a typo from allocating the machine away (or decoding for hours)
@@ -97,8 +97,7 @@ def decode(
     assistant's answer up to its end-of-text."""
     from unmask.run import Run
     from unmask.runtime import resolve_device
-    from unmask.sampling.ar import sample_ar
-    from unmask.sampling.mdm import sample_mdm
+    from unmask.sampling.decoder import generate
 
     sampler = sampler or SamplerConfig()
     check(1 <= n <= MAX_SAMPLES, f"n={n}: must be in [1, {MAX_SAMPLES}]")
@@ -126,36 +125,24 @@ def decode(
     else:
         limit = AR_MAX_WINDOWS * seq_len
         check(length <= limit, f"length={length}: must be <= {limit} ({AR_MAX_WINDOWS} windows of seq_len {seq_len})")
-    positions = min(len(prompt_ids) + length, seq_len)
-    sampler.check_fits(seq_len, opened.model_config.vocab_size, n, positions, energy=energy_run is not None)
-    dev = resolve_device(device)
-    model = opened.load_model(which, dev)
-    x = torch.tensor([prompt_ids] * n, device=dev)
-    g = torch.Generator(dev).manual_seed(seed)
-    banned = (ids.pad_id, ids.mask_id)
-    start = time.perf_counter()
-    if objective.decoder == "mdm":
-        energy = load_energy(energy_run, opened.model_config.vocab_size, dev) if energy_run else None
-        out = sample_mdm(model, x, length, ids.mask_id, sampler, banned, g, energy)
-    else:
         extra = sampler.mdm_only_options_set() + (["energy_run"] if energy_run else [])
         check(
             not extra,
             f"{objective.name} run {run}: {', '.join(extra)}: MDM-only (AR runs take temperature, top_k, top_p)",
         )
         check(ids.mask_id not in prompt_ids, f"{objective.name} run {run}: blanks / mask_spans need an MDM run")
-        out = sample_ar(
-            model,
-            x,
-            length,
-            sampler.temperature,
-            sampler.top_k,
-            sampler.top_p,
-            eod_id=ids.eod_id,
-            banned_ids=banned,
-            generator=g,
-            query_is_target=objective.query_is_target,
-        )
+    positions = min(len(prompt_ids) + length, seq_len)
+    sampler.check_fits(seq_len, opened.model_config.vocab_size, n, positions, energy=energy_run is not None)
+    dev = resolve_device(device)
+    model = opened.load_model(which, dev)
+    x = torch.tensor([prompt_ids] * n, device=dev)
+    g = torch.Generator(dev).manual_seed(seed)
+    energy = load_energy(energy_run, opened.model_config.vocab_size, dev) if energy_run else None
+    start = time.perf_counter()
+    out = generate(
+        model, x, length=length, objective=objective, sampler=sampler, specials=opened.specials, generator=g,
+        energy_model=energy,
+    )  # fmt: skip
     if dev.type == "cuda":
         torch.cuda.synchronize()  # host-device sync: the timing covers the GPU work
     seconds = time.perf_counter() - start

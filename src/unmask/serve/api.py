@@ -64,7 +64,7 @@ class Api:
             extra = sampler.mdm_only_options_set()
             check(
                 not extra,
-                f"{m.name} is an {m.objective} run: {', '.join(extra)}: MDM-only "
+                f"{m.name} is an {m.objective.name} run: {', '.join(extra)}: MDM-only "
                 "(AR runs take temperature, top_k, top_p)",
             )
         return sampler
@@ -114,7 +114,7 @@ class Api:
 
     def infill_job(self, req: InfillRequest, emit, deadline: float) -> Job:
         m = self.model(req.model)
-        check(m.decoder == "mdm", f"infilling needs an MDM run; {m.name} is an {m.objective} run (left to right)")
+        check(m.decoder == "mdm", f"infilling needs an MDM run; {m.name} is an {m.objective.name} run (left to right)")
         self.check_rows(1, req.n)
         utf8_text(req.text, "text", self.cfg.max_prompt_chars)
         check(1 <= req.blank_length <= m.seq_len, f"blank_length={req.blank_length}: must be in [1, {m.seq_len}]")

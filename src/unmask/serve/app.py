@@ -176,7 +176,7 @@ def create_app(
                     "object": "model",
                     "created": int((m.path / "config.json").stat().st_mtime),
                     "owned_by": "unmask",
-                    "objective": m.objective,
+                    "objective": m.objective.name,
                     "decoder": m.decoder,
                     "seq_len": m.seq_len,
                     "parameters": m.parameters,
@@ -225,8 +225,9 @@ def serve(runs: list[str], cfg: ServeConfig) -> None:
     sock = listen(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"unmask serve: {', '.join(f'{m.name} ({m.objective})' for m in models.values())} on http://{shown}:{port}/ "
-          "(page at /, API at /v1, schema at /openapi.json); Ctrl-C stops", flush=True)  # fmt: skip
+    names = ", ".join(f"{m.name} ({m.objective.name})" for m in models.values())
+    print(f"unmask serve: {names} on http://{shown}:{port}/ (page at /, API at /v1, schema at /openapi.json); "
+          "Ctrl-C stops", flush=True)  # fmt: skip
     config = uvicorn.Config(create_app(models, cfg, device=device), log_level="warning", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
 

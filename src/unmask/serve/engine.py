@@ -27,10 +27,11 @@ from typing import Any
 import torch
 
 from unmask.config import ConfigError, check
+from unmask.objectives import Objective, Specials
 from unmask.run import Run
-from unmask.sampling.ar import left_pad, sample_ar
+from unmask.sampling.ar import left_pad
 from unmask.sampling.config import SamplerConfig
-from unmask.sampling.mdm import sample_mdm
+from unmask.sampling.decoder import generate
 from unmask.serve.config import ServeConfig
 
 
@@ -48,17 +49,24 @@ class Model:
 
     name: str
     path: Path
-    objective: str
-    decoder: str
-    """'ar' (left to right, KV cache) or 'mdm' (any MDM sampler)."""
+    objective: Objective
+    """The run's objective: it chooses the decoder (`unmask.sampling.generate`)."""
     net: torch.nn.Module
     tok: Any
     eod_id: int
     mask_id: int
     pad_id: int
     seq_len: int
-    query_is_target: bool
     parameters: int
+
+    @property
+    def decoder(self) -> str:
+        """'ar' (left to right, KV cache) or 'mdm' (any MDM sampler)."""
+        return self.objective.decoder
+
+    @property
+    def specials(self) -> Specials:
+        return Specials(self.mask_id, self.pad_id, self.eod_id)
 
     def piece(self, token: int) -> str:
         """The text of one token (byte-level pieces of a multi-byte character show as U+FFFD)."""
@@ -81,15 +89,13 @@ def load_models(paths: list[str], which: str = "last", device: torch.device | st
         models[run.name] = Model(
             name=run.name,
             path=run.path,
-            objective=run.objective.name,
-            decoder=run.objective.decoder,
+            objective=run.objective,
             net=net,
             tok=run.tokenizer(),
             eod_id=ids.eod_id,
             mask_id=ids.mask_id,
             pad_id=ids.pad_id,
             seq_len=run.model_config.seq_len,
-            query_is_target=run.objective.query_is_target,
             parameters=sum(p.numel() for p in net.parameters()),
         )
     return models
@@ -340,16 +346,11 @@ class Engine:
         seed = next(self._seeds) if jobs[0].seed is None else jobs[0].seed
         g = torch.Generator(dev).manual_seed(seed)
         mask = real.to(dev) if not bool(real.all()) else None
-        banned = (m.pad_id, m.mask_id)
         try:
-            if m.decoder == "mdm":
-                out = sample_mdm(m.net, tokens.to(dev), gen_len, m.mask_id, jobs[0].sampler, banned, g,
-                                 prompt_mask=mask, on_step=on_step)  # fmt: skip
-            else:
-                s = jobs[0].sampler
-                out = sample_ar(m.net, tokens.to(dev), gen_len, s.temperature, s.top_k, s.top_p, eod_id=m.eod_id,
-                                banned_ids=banned, generator=g, query_is_target=m.query_is_target,
-                                prompt_mask=mask, on_step=on_step)  # fmt: skip
+            out = generate(
+                m.net, tokens.to(dev), length=gen_len, objective=m.objective, sampler=jobs[0].sampler,
+                specials=m.specials, generator=g, prompt_mask=mask, on_step=on_step,
+            )  # fmt: skip
         except _BatchOver:
             out = None
         except ConfigError as e:  # a combination the app's checks let through: still the user's input
