@@ -431,6 +431,9 @@ SFT_DEFAULTS = TrainConfig(epochs=3, batch_size=32, lr=1e-3, warmup_frac=0.05)
 """`unmask finetune sft`: a few epochs over the conversations at half pre-training's peak rate."""
 R2FT_DEFAULTS = TrainConfig(epochs=1, batch_size=32, lr=2e-4, warmup_frac=0.05)
 """`unmask finetune r2ft`: one gentle epoch from the SFT run."""
+ADAPT_DEFAULTS = TrainConfig(objective="mdm_adapt", epochs=16, warmup_frac=0.05)
+"""`unmask finetune adapt`: MDM pre-training's settings over the base's data, a short warm-up (the weights are
+trained already)."""
 ENERGY_DEFAULTS = TrainConfig(epochs=8, batch_size=16, lr=3e-4, warmup_frac=0.05, final_mc_passes=8)
 """`unmask finetune energy`: a few epochs over the base's data at a low rate (the trunk starts as the MDM's);
 each validation pass samples from the frozen MDM, so the final estimate takes 8 passes, not 32."""

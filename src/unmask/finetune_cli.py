@@ -10,7 +10,15 @@ import json as jsonlib
 import math
 from pathlib import Path
 
-from unmask.config import ENERGY_DEFAULTS, R2FT_DEFAULTS, SFT_DEFAULTS, TrainConfig, check, check_output_file
+from unmask.config import (
+    ADAPT_DEFAULTS,
+    ENERGY_DEFAULTS,
+    R2FT_DEFAULTS,
+    SFT_DEFAULTS,
+    TrainConfig,
+    check,
+    check_output_file,
+)
 from unmask.sampling.config import SamplerConfig
 
 POOL = 2000  # unmask.finetune.tasks.POOL, repeated here to keep this module light (a test keeps them equal)
@@ -110,6 +118,33 @@ def r2ft(
     from unmask.finetune.r2ft import r2ft as run_r2ft
 
     path = run_r2ft(sft_run, data, out, train, resume=resume, tensorboard=tensorboard)
+    return announced(path)
+
+
+def adapt(
+    base: str,
+    out: str = "runs/adapt",
+    data: str | None = None,
+    train: TrainConfig = ADAPT_DEFAULTS,
+    resume: bool = False,
+    tensorboard: bool = True,
+) -> str:
+    """AR -> diffusion adaptation: continue an AR run (trained or imported) as an MDM, Dream's recipe.
+
+    The attention turns bidirectional and the logits keep the AR shift (position i predicts token i + 1); the loss
+    is MDM's ELBO. Decode the result without a KV cache (--sampler.cache.kv none, the default).
+
+    Args:
+        base: The 'ar' run to start from (its last weights).
+        out: Run directory to create (or to continue with --resume true).
+        data: A token data folder of the base's tokenizer (unmask prepare); none = the base run's own data.
+        train: Epochs, optimiser and schedule (the objective is 'mdm_adapt').
+        resume: Continue the run in --out from its newest checkpoint.
+        tensorboard: Also write TensorBoard scalars to OUT/tb.
+    """
+    from unmask.finetune.adapt import adapt as run_adapt
+
+    path = run_adapt(base, data, out, train, resume=resume, tensorboard=tensorboard)
     return announced(path)
 
 
@@ -235,4 +270,5 @@ def tasks(out: str = "data/instructions", per_task: int = POOL) -> list[str]:
     return paths
 
 
-COMMANDS = {"prepare": prepare, "sft": sft, "r2ft": r2ft, "energy": energy, "eval": evaluate, "tasks": tasks}
+COMMANDS = {"prepare": prepare, "sft": sft, "r2ft": r2ft, "adapt": adapt, "energy": energy, "eval": evaluate,
+            "tasks": tasks}  # fmt: skip

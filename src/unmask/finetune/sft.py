@@ -14,7 +14,7 @@ from pathlib import Path
 from unmask.config import SFT_DEFAULTS, ConfigError, TrainConfig
 from unmask.run import Run
 
-SFT_OBJECTIVES = {"mdm": "sft_mdm", "ar": "sft_ar"}
+SFT_OBJECTIVES = {"mdm": "sft_mdm", "mdm_adapt": "sft_mdm", "ar": "sft_ar"}
 """Base objective → its fine-tuning objective."""
 
 

@@ -18,11 +18,13 @@ from unmask.config import ConfigError
 from unmask.objectives.ar import AR, AR_ORDERINGS, make_orderings, run_orderings
 from unmask.objectives.base import LossOutput, Objective, Specials
 from unmask.objectives.energy import ENERGY
-from unmask.objectives.mdm import MDM, mask_probability
+from unmask.objectives.mdm import MDM, MDM_ADAPT, mask_probability
 from unmask.objectives.r2ft import R2FT
 from unmask.objectives.sft import SFT_AR, SFT_MDM
 
-OBJECTIVES: dict[str, Objective] = {o.name: o for o in (AR, MDM, AR_ORDERINGS, SFT_MDM, SFT_AR, R2FT, ENERGY)}
+OBJECTIVES: dict[str, Objective] = {
+    o.name: o for o in (AR, MDM, AR_ORDERINGS, SFT_MDM, SFT_AR, R2FT, ENERGY, MDM_ADAPT)
+}
 
 
 def register(objective: Objective) -> Objective:

@@ -73,6 +73,9 @@ class Objective:
     """What validation_loss scores: 'tokens', every real token but each sequence's first, the same for every
     objective (the study's protocol); or 'own_loss', the training loss normalised by n_targets, for batches that
     are not plain sequences (fine-tuning's held-out conversations) or a loss that is no likelihood (R2FT, NCE)."""
+    from_ar: bool = False
+    """Starts from an AR run's weights (AR -> diffusion adaptation, `unmask finetune adapt`): the attention turns
+    bidirectional and the logits keep the AR model's shift (ModelConfig.shift_logits, Dream's recipe)."""
     energy: bool = False
     """The model ends in a scalar energy head (EDLM's E(x0, x_t), ModelConfig.energy_head): its runs weight an
     MDM's samples (`unmask sample --energy_run`) and are never decoded themselves."""

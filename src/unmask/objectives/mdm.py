@@ -8,6 +8,8 @@ zero-shot scoring (unmask.evaluation.conditional) alike.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from unmask.config import TrainConfig
@@ -208,6 +210,8 @@ MDM = Objective(
     host_batches=True,
     mc_pass_sums=lambda model, batches, K, g, sp, cfg, max_tokens: elbo_pass_sums(model, batches, K, g, sp, max_tokens),
 )
+MDM_ADAPT = dataclasses.replace(MDM, name="mdm_adapt", from_ar=True)
+"""MDM's loss on an AR run's weights: AR -> diffusion adaptation (Dream: bidirectional attention, shifted logits)."""
 
 
 def guided_logits(

@@ -24,8 +24,9 @@ from unmask.run import Run
 def start_from(base_path: str, data, objective: Objective) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """(model config, initial weights) of an `objective` run on `data` starting from the base run's last weights."""
     base = Run(base_path)
-    if base.objective.causal != objective.causal or base.objective.query_is_target:
-        want = "a left-to-right AR" if objective.causal else "an MDM (bidirectional)"
+    base_causal = objective.causal or objective.from_ar  # adaptation starts from a left-to-right model
+    if base.objective.causal != base_causal or base.objective.query_is_target:
+        want = "a left-to-right AR" if base_causal else "an MDM (bidirectional)"
         raise ConfigError(
             f"train.objective={objective.name} fine-tunes {want} run, but {base.path} is a "
             f"{base.objective.name} run; pick a base run of that kind"
@@ -52,7 +53,9 @@ def start_from(base_path: str, data, objective: Objective) -> tuple[ModelConfig,
             weights[name] = grow_rows(weights[name], data.vocab_size)
     if objective.energy:  # a zero head: E = 0 at the start, every candidate weighs the same (plain sampling)
         weights |= {"energy_head.weight": torch.zeros(1, base_cfg.d_model), "energy_head.bias": torch.zeros(1)}
-    return dataclasses.replace(base_cfg, vocab_size=data.vocab_size, energy_head=objective.energy), weights
+    shift = base_cfg.shift_logits or objective.from_ar  # an adapted model reads token j's logits at j - 1
+    return dataclasses.replace(base_cfg, vocab_size=data.vocab_size, energy_head=objective.energy,
+                               shift_logits=shift), weights  # fmt: skip
 
 
 def grow_rows(embedding: torch.Tensor, rows: int) -> torch.Tensor:
