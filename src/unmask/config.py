@@ -497,6 +497,21 @@ def _type_name(hint: Any) -> str:
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's docstring (the string under it, as `unmask CMD --help` shows it), read from the source."""
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {
+        node.target.id: doc.value.value
+        for node, doc in zip(body, body[1:], strict=False)  # a field, then the statement after it
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+        if isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)
+    }
+
+
 def check_output_file(option: str, path: str | None, make_parents: bool = False) -> None:
     """Fail before any work when the file `option` names could not be written at the end: a folder is
     there, a file stands where a folder should, or (unless the command creates it) its folder is missing."""

@@ -152,7 +152,7 @@ class UnmaskLM(LM):
 
 def main(argv: list[str] | None = None) -> None:
     """`unmask-lm-eval`: every lm-eval option works unchanged; `--model unmask` is registered. A bad run or
-    model argument raises ConfigError (unmask.lm_eval_cli shows it as one line), the run checked before lm-eval
+    model argument raises ConfigError (unmask.cli.lm_eval shows it as one line), the run checked before lm-eval
     spends its seconds indexing tasks."""
     import sys
 

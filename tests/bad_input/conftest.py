@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_bad_input import Pristine, _one_parser, no_internal_error, train_pristine, ws  # noqa: F401
-from unmask import finetune_cli
+from unmask.cli import finetune as finetune_commands
 from unmask.study import pipeline
 
 CONVERSATIONS = [{"prompt": f"say {w}", "response": f"{w} {w}"} for w in "abcdefghijklmnopqrstuvwxyz"]
@@ -34,7 +34,7 @@ def folders(pristine) -> dict[str, Path]:
     data = write_jsonl(pristine.root / "conversations.jsonl", CONVERSATIONS)
     out = {objective: pristine.root / f"sft-data-{objective}" for objective in ("ar", "mdm")}
     for objective, folder in out.items():
-        finetune_cli.prepare(str(pristine.runs[objective]), str(folder), data=str(data), val_share=0.2)
+        finetune_commands.prepare(str(pristine.runs[objective]), str(folder), data=str(data), val_share=0.2)
     return out
 
 

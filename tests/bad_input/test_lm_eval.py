@@ -47,7 +47,7 @@ def lm_eval_stops_at_the_model(monkeypatch):
 
 
 def unmask_lm_eval(capsys, *args: str) -> Outcome:
-    from unmask.lm_eval_cli import main
+    from unmask.cli.lm_eval import main
 
     start = time.perf_counter()
     try:
@@ -101,7 +101,7 @@ def test_the_real_entry_point_refuses_a_missing_run_before_indexing_tasks(tmp_pa
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-c", "from unmask.lm_eval_cli import main; main()", "--model", "unmask",
+        [sys.executable, "-c", "from unmask.cli.lm_eval import main; main()", "--model", "unmask",
          "--model_args", "run=DOES_NOT_EXIST", "--tasks", "lambada_openai"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
     )  # fmt: skip

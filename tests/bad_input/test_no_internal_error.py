@@ -17,6 +17,7 @@ import pytest
 
 from tests.test_bad_input import INTERNAL, PRINT_ERROR, internal_errors_fail
 from unmask import cli
+from unmask.cli.parser import Command
 
 SUITES = ["tests/test_bad_input.py", "tests/bad_input", "tests/serve/test_bad_requests.py"]
 
@@ -25,7 +26,7 @@ def test_the_guard_fails_a_case_whose_command_reported_an_internal_error(monkeyp
     def a_bug(**kwargs):
         raise ZeroDivisionError("a bug, not bad input")
 
-    monkeypatch.setitem(cli.COMMANDS, "bench", a_bug)
+    monkeypatch.setitem(cli.COMMANDS, "bench", Command(a_bug))
     monkeypatch.setattr(cli, "print_error", PRINT_ERROR)  # this case's own guard only: the bug is deliberate
     monkeypatch.delenv("UNMASK_DEBUG", raising=False)
     with pytest.raises(AssertionError, match="internal error ZeroDivisionError"):

@@ -307,8 +307,8 @@ def test_lm_eval_adapter_gives_the_same_numbers_as_unmask_eval(request, tmp_path
     import json
     import sys
 
+    from unmask.cli.lm_eval import main as lm_eval_main
     from unmask.evaluation.zeroshot import evaluate_tasks
-    from unmask.lm_eval_cli import main as lm_eval_main
 
     run = request.getfixturevalue(f"tiny_{objective}_run")
     mine = evaluate_tasks(run, [str(DATA / "austen_mc.jsonl")], "last", LikelihoodConfig(mc_samples=16), progress=False)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.test_cli import assert_one_line_error, unmask
-from unmask import finetune_cli
+from unmask.cli import finetune as finetune_commands
 from unmask.config import DataConfig, ModelConfig, TrainConfig
 from unmask.data import prepare
 from unmask.data.instructions import InstructionData
@@ -41,7 +41,7 @@ def bases(tmp_path_factory) -> dict[str, str]:
 def folder(bases, tmp_path_factory) -> str:
     """The shipped set (40 conversations per task) prepared for the MDM base."""
     out = tmp_path_factory.mktemp("sft") / "data"
-    assert finetune_cli.prepare(bases["mdm"], str(out), per_task=40) == str(out)
+    assert finetune_commands.prepare(bases["mdm"], str(out), per_task=40) == str(out)
     return str(out)
 
 
@@ -190,7 +190,7 @@ def test_the_metrics_table_has_one_row_per_run(bases, folder, tmp_path, capsys):
 
 
 def test_the_cli_pool_is_the_tasks_pool():
-    assert finetune_cli.POOL == tasks.POOL
+    assert finetune_commands.POOL == tasks.POOL
 
 
 @pytest.mark.slow

@@ -1,45 +1,65 @@
 """Request and response bodies of the HTTP API (pydantic: the published OpenAPI schema).
 
-The request models check shapes and types only; the sampler's values and their combinations are
-checked by `SamplerConfig.from_flat`, the one place that knows them, and lengths by the app
-against the run and the server's limits.
+The sampler's request fields are generated from `SamplerConfig` (its flat names, defaults and field
+docstrings), so an option added there is served without an edit here. The request models check
+shapes and JSON types only; the sampler's values and their combinations are checked by
+`SamplerConfig.from_flat`, the one place that knows them, and lengths by the app against the run and
+the server's limits.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import typing
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from unmask.sampling.config import METHODS
+from unmask.config import field_docs
+from unmask.sampling.config import AR_OPTIONS, FLAT_NAMES, GROUPS, SamplerConfig
 
-SAMPLER_FIELDS = (
-    "temperature", "top_p", "top_k", "method", "steps", "block_length", "threshold", "confidence", "cache",
-    "skip_unchanged", "conv", "conv_g", "conv_kernel", "conv_scale", "cfg_scale",
-)  # fmt: skip
+SAMPLER_FIELDS = tuple(name for name, (group, _) in FLAT_NAMES.items() if group != "energy")
 """The flat names of `SamplerConfig.from_flat` a request may set (EDLM's energy run is not served)."""
 
 
-class SamplerFields(BaseModel):
-    """Decoding options: OpenAI's temperature / top_p, and unmask's sampler as extra fields (MDM runs)."""
+class OpenAIFields(BaseModel):
+    """OpenAI's own decoding fields, with OpenAI's defaults (its temperature is 1; the sampler's is 0)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)  # JSON's own types: true is no number, "3" no integer
 
     temperature: float = Field(1.0, description="Sampling temperature (0 = argmax); OpenAI's default 1.")
     top_p: float = Field(1.0, description="Nucleus: keep the smallest set of tokens with probability >= top_p.")
-    top_k: int | None = Field(None, description="Keep only the k most likely tokens; 0 = all.")
-    method: str | None = Field(None, description=f"MDM: which predictions a step commits: {', '.join(METHODS)}.")
-    steps: int | None = Field(None, description="MDM: denoising steps over the generation; default one per token.")
-    block_length: int | None = Field(None, description="MDM: semi-autoregressive blocks of this many tokens.")
-    threshold: float | None = Field(None, description="MDM method threshold: commit every token above it.")
-    confidence: str | None = Field(None, description="MDM: prob, margin or entropy.")
-    cache: str | None = Field(None, description="MDM: Fast-dLLM KV cache: none, prefix or dual.")
-    skip_unchanged: bool | None = Field(None, description="MDM: reuse the output of a step that changed nothing.")
-    conv: bool | None = Field(None, description="MDM: convolutional decoding.")
-    conv_g: str | None = Field(None, description="MDM conv gate: tanh, linear or none.")
-    conv_kernel: int | None = Field(None, description="MDM conv window (odd).")
-    conv_scale: float | None = Field(None, description="MDM conv scale c.")
-    cfg_scale: float | None = Field(None, description="MDM: unsupervised classifier-free guidance; 0 = off.")
+
+
+def json_type(hint: Any) -> Any:
+    """What a request sends for a config field of type `hint`: X for X | None (null is the default), a plain
+    string for a Literal, so that a wrong choice is named by from_flat with the allowed values."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is Literal:
+        return type(args[0])
+    if args:
+        return json_type(next(a for a in args if a is not type(None)))
+    return hint
+
+
+def sampler_field(name: str) -> tuple[Any, Any]:
+    """The request field of a flat sampler option: its JSON type or null, the sampler's default, its docstring."""
+    group, key = FLAT_NAMES[name]
+    cls = SamplerConfig if group is None else GROUPS[group]
+    hint = typing.get_type_hints(cls)[key]
+    description = ("" if name in AR_OPTIONS else "MDM: ") + field_docs(cls)[key]
+    return json_type(hint) | None, Field(getattr(cls(), key), description=description)
+
+
+SamplerOptions = create_model(
+    "SamplerOptions",
+    __base__=OpenAIFields,
+    **{name: sampler_field(name) for name in SAMPLER_FIELDS if name not in OpenAIFields.model_fields},
+)
+
+
+class SamplerFields(SamplerOptions):
+    """Decoding options: OpenAI's temperature / top_p, and unmask's sampler as extra fields (MDM runs)."""
+
     seed: int | None = Field(
         None, ge=0, lt=2**63, description="Seed of this request's draws (decoded in its own batch)."
     )
@@ -48,7 +68,7 @@ class SamplerFields(BaseModel):
     user: str | None = Field(None, description="Accepted for OpenAI compatibility; ignored.")
 
     def sampler_options(self) -> dict[str, Any]:
-        """The sampler fields the request set (None = the sampler's default)."""
+        """The sampler fields of the request (None = the sampler's default)."""
         return {k: getattr(self, k) for k in SAMPLER_FIELDS if getattr(self, k) is not None}
 
 

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
         print_error(f"unmask-lm-eval needs lm-evaluation-harness ({e.name} is missing): pip install 'unmask[lmeval]'")
         sys.exit(2)
     try:
-        lm_eval_main(argv)
+        lm_eval_main(argv=argv)
     except UnmaskError as e:
         print_error(str(e))
         sys.exit(2 if isinstance(e, ConfigError) else 1)

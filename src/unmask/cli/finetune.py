@@ -1,7 +1,7 @@
 """`unmask finetune …`: the fine-tuning commands (instruction data, SFT, R2FT, metrics, the shipped set).
 
-Plain typed functions like the rest of the CLI (see unmask.cli); heavy imports stay inside them so
-`unmask --help` never loads torch.
+Plain typed functions like the rest of the CLI; heavy imports stay inside them so `unmask --help`
+never loads torch.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json as jsonlib
 import math
 from pathlib import Path
 
+from unmask.cli.train import announced
 from unmask.config import (
     ADAPT_DEFAULTS,
     ENERGY_DEFAULTS,
@@ -54,7 +55,18 @@ def prepare(
     """
     from unmask.finetune.prepare import prepare_instructions
 
-    folder, dropped = prepare_instructions(run, out, data, val, val_share, per_task, drop_long, overwrite, seed, tasks)
+    folder, dropped = prepare_instructions(
+        run=run,
+        out=out,
+        data=data,
+        val=val,
+        val_share=val_share,
+        per_task=per_task,
+        drop_long=drop_long,
+        overwrite=overwrite,
+        seed=seed,
+        tasks=tasks,
+    )
     m = folder.manifest
     print(
         f"{folder.path}: {m['n_train']:,} training and {m['n_val']:,} validation conversations "
@@ -87,8 +99,7 @@ def sft(
     """
     from unmask.finetune.sft import sft as run_sft
 
-    path = run_sft(base, data, out, train, resume=resume, tensorboard=tensorboard)
-    return announced(path)
+    return announced(run_sft(base=base, data=data, out=out, train=train, resume=resume, tensorboard=tensorboard))
 
 
 def r2ft(
@@ -117,8 +128,7 @@ def r2ft(
     """
     from unmask.finetune.r2ft import r2ft as run_r2ft
 
-    path = run_r2ft(sft_run, data, out, train, resume=resume, tensorboard=tensorboard)
-    return announced(path)
+    return announced(run_r2ft(base=sft_run, data=data, out=out, train=train, resume=resume, tensorboard=tensorboard))
 
 
 def adapt(
@@ -144,8 +154,7 @@ def adapt(
     """
     from unmask.finetune.adapt import adapt as run_adapt
 
-    path = run_adapt(base, data, out, train, resume=resume, tensorboard=tensorboard)
-    return announced(path)
+    return announced(run_adapt(base=base, data=data, out=out, train=train, resume=resume, tensorboard=tensorboard))
 
 
 def energy(
@@ -169,18 +178,7 @@ def energy(
     """
     from unmask.finetune.energy import train_energy
 
-    path = train_energy(base, out, data, train, resume=resume, tensorboard=tensorboard)
-    return announced(path)
-
-
-def announced(path) -> str:
-    """Print a finished (or stopped) run's result line under torchrun's rank 0 only; return its path."""
-    from unmask.run import result_lines
-    from unmask.runtime import launched_world
-
-    if launched_world()[0] == 0:
-        print("\n".join(result_lines(path)))
-    return str(path)
+    return announced(train_energy(base=base, out=out, data=data, train=train, resume=resume, tensorboard=tensorboard))
 
 
 def evaluate(
@@ -216,18 +214,25 @@ def evaluate(
 
     check(bool(runs), "unmask finetune eval needs at least one run directory, e.g. unmask finetune eval runs/sft")
     check(1 <= per_task <= POOL, f"per_task={per_task}: must be in [1, {POOL}] (test examples per task)")
-    check_output_file("--out", out)
+    check_output_file(option="--out", path=out)
     rows, answers = [], {}
     for run in runs:
         row, run_answers = evaluate_instructions(
-            run, per_task, length, sampler, seed, which, resolve_device(device), tasks
+            run=run,
+            per_task=per_task,
+            length=length,
+            sampler=sampler,
+            seed=seed,
+            which=which,
+            device=resolve_device(name=device),
+            tasks=tasks,
         )
         rows.append(row)
         answers[run] = [asdict(a) for a in run_answers]
     if out:
         from unmask.checkpoint import atomic_write_text
 
-        atomic_write_text(Path(out), jsonlib.dumps({"rows": rows, "answers": answers}, indent=1))
+        atomic_write_text(path=Path(out), text=jsonlib.dumps({"rows": rows, "answers": answers}, indent=1))
     if json:
         print(jsonlib.dumps(rows))
     else:
@@ -265,10 +270,6 @@ def tasks(out: str = "data/instructions", per_task: int = POOL) -> list[str]:
     """
     from unmask.finetune.tasks import write_instruction_set
 
-    paths = [str(p) for p in write_instruction_set(out, per_task)]
+    paths = [str(p) for p in write_instruction_set(out=out, per_task=per_task)]
     print(" ".join(paths))
     return paths
-
-
-COMMANDS = {"prepare": prepare, "sft": sft, "r2ft": r2ft, "adapt": adapt, "energy": energy, "eval": evaluate,
-            "tasks": tasks}  # fmt: skip

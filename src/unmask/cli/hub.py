@@ -21,7 +21,7 @@ def import_checkpoint(
     pad_id: int | None = None,
     dtype: Literal["float32", "bfloat16", "float16"] | None = None,
 ) -> str:
-    """Import a Hugging Face-format checkpoint folder (Llama, Qwen2, GPT-2, LLaDA) as an unmask run directory.
+    """Import a Hugging Face-format checkpoint folder (Llama, Qwen2, GPT-2, LLaDA, Dream) as an unmask run directory.
 
     Args:
         folder: The checkpoint folder: config.json, model.safetensors or its shards with their index, tokenizer.json.
@@ -35,13 +35,13 @@ def import_checkpoint(
     from unmask.hub import import_checkpoint as run_import
 
     check(out is not None, "unmask import needs --out RUN: the run directory to create")
-    path = run_import(folder, out, kind, mask_id, pad_id, dtype)
+    path = run_import(folder=folder, out=out, kind=kind, mask_id=mask_id, pad_id=pad_id, dtype=dtype)
     print(f"{path}: imported from {folder}")
     return str(path)
 
 
 def export(run: str, out: str | None = None, which: Literal["best", "last"] = "last") -> str:
-    """Export a run as a Hugging Face-format folder: AR runs as Llama (Qwen2, GPT-2), MDM runs as LLaDA.
+    """Export a run as a Hugging Face-format folder: AR runs as Llama (Qwen2, GPT-2), MDM runs as LLaDA (Dream).
 
     Args:
         run: The run directory.
@@ -51,6 +51,6 @@ def export(run: str, out: str | None = None, which: Literal["best", "last"] = "l
     from unmask.hub import export_run
 
     check(out is not None, "unmask export needs --out HF_DIR: the folder to write")
-    path = export_run(run, out, which)
+    path = export_run(run_path=run, out=out, which=which)
     print(f"{path}: exported from {run}")
     return str(path)
