@@ -36,7 +36,7 @@ def test_command_table_matches_the_python_functions():
     commands = {"prepare", "train", "eval", "sample", "demo", "bench", "study", "serve", "finetune", "import", "export"}
     assert set(parser._subcommands_action.choices) == set(cli.COMMANDS) == commands
     finetune = parser._subcommands_action.choices["finetune"]._subcommands_action.choices
-    finetune_commands = {"prepare", "sft", "r2ft", "energy", "eval", "tasks"}
+    finetune_commands = {"prepare", "sft", "r2ft", "adapt", "energy", "eval", "tasks"}
     assert set(finetune) == set(cli.COMMANDS["finetune"].commands) == finetune_commands
     for words, command in leaves(cli.COMMANDS).items():
         fn = command.fn
