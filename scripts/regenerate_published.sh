@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate every number the docs publish from the code in this checkout (2 CPU cores: about 90 minutes).
 #
-#   bash scripts/regenerate_published.sh [STEP ...]    # steps: mini demo finetune edlm prior emma (default: all)
+#   bash scripts/regenerate_published.sh [STEP ...]    # steps: mini demo finetune edlm prior emma adapt (default: all)
 #
 # Results land in runs/ (git-ignored); the committed copies are refreshed where a step says so:
 #   mini      docs/study/mini/       the CPU mini-study's report folder (report, table, fit, stamp, figures)
@@ -10,6 +10,7 @@
 #   edlm      runs/published/edlm/*.json      EDLM rows of `unmask bench sample` (docs/finetuning.md)
 #   prior     runs/studies/local-prior/report  the local attention prior on Austen, 3 seeds (docs/study.md)
 #   emma      runs/studies/*-emma/report       the same checks on *Emma* alone, a corpus not tuned on
+#   adapt     docs/finetune/adapt.json         AR -> MDM adaptation vs MDM from scratch (after demo and emma)
 # The prose around the numbers is written by hand from these files; tests/test_published.py checks that the
 # README's and the reports' numbers are the committed files' numbers, and (slow) that the code still
 # produces the committed demo and study points.
@@ -19,7 +20,7 @@ UNMASK=${UNMASK:-.venv/bin/unmask}
 PY=${PY:-.venv/bin/python}
 P=runs/published
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(mini demo finetune edlm prior emma)
+[ ${#steps[@]} -eq 0 ] && steps=(mini demo finetune edlm prior emma adapt)
 want() { [[ " ${steps[*]} " == *" $1 "* ]]; }
 say() { echo "== $(date +%T) $*"; }
 mkdir -p "$P"
@@ -97,5 +98,17 @@ with gzip.open(default_corpus_path(), "rt") as f, open("runs/emma.jsonl", "w") a
 EOF
     study configs/studies/local-prior-emma.yaml
     study configs/studies/mini-emma.yaml
+fi
+if want adapt; then
+    say "AR -> MDM adaptation: the demo's ar-E12 (Austen) and the Emma check's AR, against MDM from scratch"
+    A=runs/adapt
+    adapt() {  # adapt BASE OUT EPOCHS: the demo's MDM settings, from the AR run's weights
+        [ -f $2/last.safetensors ] || $UNMASK finetune adapt "$1" --out "$2" --train.epochs "$3" --train.lr 0.002 \
+            --train.batch_size 16 --train.warmup_frac 0.01 --train.eval_mc_passes 4 --train.final_mc_passes 32 \
+            --resume "$([ -d "$2" ] && echo true || echo false)"
+    }
+    for E in 8 16 32; do adapt runs/demo/ar-E12 $A/demo-E$E $E; done
+    for E in 24 48; do adapt runs/studies/mini-emma/runs/ar-demo-U12500-E16-s0 $A/emma-E$E $E; done
+    $PY scripts/adapt_table.py > docs/finetune/adapt.json
 fi
 say "done"

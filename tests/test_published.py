@@ -107,6 +107,24 @@ def edit_a_number(text: str, after: str) -> str:
     return text[: match.start()] + edited + text[match.end() :]
 
 
+def adaptation_table_numbers(doc: str) -> list[float]:
+    """The losses in docs/open_models.md's adaptation table (every x.xxx number after a colon)."""
+    section = doc.split("## AR → diffusion adaptation", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and ":" in line]
+    return [float(x) for row in rows for x in re.findall(r":\**\s*(\d\.\d{3})", row)]
+
+
+def test_the_adaptation_table_is_the_committed_adaptation_results():
+    results = json.loads((ROOT / "docs" / "finetune" / "adapt.json").read_text())
+    committed = {
+        round(run["final_loss"], 3)
+        for case in results.values()
+        for run in [case["ar_base"], case["mdm_scratch"], *case["adapted"]]
+    }
+    quoted = adaptation_table_numbers((ROOT / "docs" / "open_models.md").read_text())
+    assert len(quoted) == 9 and set(quoted) <= committed
+
+
 def test_a_number_edited_by_hand_anywhere_published_fails_these_checks(tmp_path):
     readme = (ROOT / "README.md").read_text()
     results = json.loads(DEMO.read_text())
