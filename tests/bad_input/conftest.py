@@ -35,23 +35,30 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def folders(pristine: TinyRuns) -> dict[str, Path]:
+def finetune_root(tmp_path_factory) -> Path:
+    """Where `folders` and `sft_run` go: beside the shared runs, not among them, so that only the fine-tuning
+    cases' snapshots (tests/bad_input/test_finetune.py's `ws`) spend time on them."""
+    return tmp_path_factory.mktemp("bad_input_finetune")
+
+
+@pytest.fixture(scope="session")
+def folders(pristine: TinyRuns, finetune_root: Path) -> dict[str, Path]:
     """An instruction folder prepared for each tiny base run ('ar', 'mdm')."""
-    data = write_jsonl(pristine.root / "conversations.jsonl", CONVERSATIONS)
-    out = {objective: pristine.root / f"sft-data-{objective}" for objective in ("ar", "mdm")}
+    data = write_jsonl(finetune_root / "conversations.jsonl", CONVERSATIONS)
+    out = {objective: finetune_root / f"sft-data-{objective}" for objective in ("ar", "mdm")}
     for objective, folder in out.items():
         finetune_cli.prepare(str(pristine.runs[objective]), str(folder), data=str(data), val_share=0.2)
     return out
 
 
 @pytest.fixture(scope="session")
-def sft_run(pristine, folders) -> Path:
+def sft_run(pristine, folders, finetune_root) -> Path:
     """A tiny sft_mdm run of the MDM base (the start of R2FT)."""
     from unmask.config import TrainConfig
     from unmask.finetune.sft import sft
 
     cfg = TrainConfig(epochs=1, batch_size=8, eval_mc_passes=1, final_mc_passes=1)
-    return sft(pristine.runs["mdm"], folders["mdm"], pristine.root / "sft-mdm", cfg, quiet=True, tensorboard=False)
+    return sft(pristine.runs["mdm"], folders["mdm"], finetune_root / "sft-mdm", cfg, quiet=True, tensorboard=False)
 
 
 def copy(path: Path, to: Path) -> Path:

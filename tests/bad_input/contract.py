@@ -208,12 +208,14 @@ class Workspace:
     pristine: TinyRuns
     text: Path
     tasks: Path
+    also: tuple[Path, ...] = ()
+    """More shared folders the case's snapshots cover (test_finetune.py: the instruction folders, the SFT run)."""
 
     def run(self, objective: str = "ar") -> Path:
         return Path(shutil.copytree(self.pristine.runs[objective], self.path / "run"))
 
     def snapshot(self) -> dict:
-        return snapshot(self.path, self.pristine.root)
+        return snapshot(self.path, self.pristine.root, *self.also)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ changed (or, where the input is legal after all, a success that changes nothing 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,13 @@ from tests.bad_input.test_numbers import (
 )
 from tests.bad_input.test_run_dirs import FILE_DAMAGE, edit_json
 from unmask.finetune.chat import InstructionDataError, read_numbered
+
+
+@pytest.fixture
+def ws(ws: Workspace, finetune_root: Path) -> Workspace:
+    """The case's workspace, whose snapshots also cover the instruction folders and the SFT run (finetune_root)."""
+    return dataclasses.replace(ws, also=(finetune_root,))
+
 
 GOOD = CONVERSATIONS[0]
 MESSAGES = {"messages": [{"role": "user", "content": "say a"}, {"role": "assistant", "content": "a a"}]}
