@@ -78,15 +78,8 @@ def test_validation_without_the_data_folder_names_the_way_out(tiny_data_dir, tmp
         Run(run).data()
 
 
-def test_a_run_reads_its_own_specials_and_tokenizer(tiny_data, tmp_path):
-    run = train(
-        tiny_data.path,
-        tmp_path / "run",
-        tiny_model_config(tiny_data),
-        tiny_train_config(epochs=1),
-        quiet=True,
-        tensorboard=False,
-    )
+def test_a_run_reads_its_own_specials_and_tokenizer(tiny_data, trained_runs, tmp_path):
+    run = Path(shutil.copytree(trained_runs.runs["mdm"], tmp_path / "run"))  # its tokenizer gets edited below
     opened = Run(run)
     ids = opened.special_ids
     assert (ids.eod_id, ids.mask_id, ids.pad_id) == (tiny_data.eod_id, tiny_data.mask_id, tiny_data.pad_id)

@@ -1,16 +1,18 @@
-"""The bad-input catalogues of the newer surfaces (fine-tuning, study, sampling bounds, lm-eval, full disks) share
-tests/test_bad_input.py's contract and helpers: one tiny AR and one tiny MDM run, trained once for the session,
-each case working on its own copies; every error line a command prints is checked for an internal error."""
+"""The bad-input suites share one contract and harness (contract.py: its fixtures are registered here): the session's
+tiny AR and MDM runs (tests/conftest.py's trained_runs, as `pristine`), each case working on its own copies; every
+error line a command prints is checked for an internal error."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.test_bad_input import Pristine, _one_parser, no_internal_error, train_pristine, ws  # noqa: F401
+from tests.bad_input.contract import TRAINED, _one_parser, no_internal_error, ws  # noqa: F401
+from tests.conftest import TinyRuns
 from unmask.cli import finetune as finetune_commands
 from unmask.study import pipeline
 
@@ -19,8 +21,12 @@ CONVERSATIONS = [{"prompt": f"say {w}", "response": f"{w} {w}"} for w in "abcdef
 
 
 @pytest.fixture(scope="session")
-def pristine(tmp_path_factory, tiny_data_dir) -> Pristine:
-    return train_pristine(tmp_path_factory.mktemp("bad_input_new"), tiny_data_dir)
+def pristine(trained_runs: TinyRuns) -> TinyRuns:
+    """The session's tiny runs, checked to be trained with TRAINED's settings (the catalogues derive from them)."""
+    saved = json.loads((trained_runs.runs["ar"] / "config.json").read_text())
+    assert saved["model"] == dataclasses.asdict(dataclasses.replace(TRAINED["model"], size=None))
+    assert saved["train"] == dataclasses.asdict(TRAINED["train"])
+    return trained_runs
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -29,23 +35,30 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def folders(pristine) -> dict[str, Path]:
+def finetune_root(tmp_path_factory) -> Path:
+    """Where `folders` and `sft_run` go: beside the shared runs, not among them, so that only the fine-tuning
+    cases' snapshots (tests/bad_input/test_finetune.py's `ws`) spend time on them."""
+    return tmp_path_factory.mktemp("bad_input_finetune")
+
+
+@pytest.fixture(scope="session")
+def folders(pristine: TinyRuns, finetune_root: Path) -> dict[str, Path]:
     """An instruction folder prepared for each tiny base run ('ar', 'mdm')."""
-    data = write_jsonl(pristine.root / "conversations.jsonl", CONVERSATIONS)
-    out = {objective: pristine.root / f"sft-data-{objective}" for objective in ("ar", "mdm")}
+    data = write_jsonl(finetune_root / "conversations.jsonl", CONVERSATIONS)
+    out = {objective: finetune_root / f"sft-data-{objective}" for objective in ("ar", "mdm")}
     for objective, folder in out.items():
         finetune_commands.prepare(str(pristine.runs[objective]), str(folder), data=str(data), val_share=0.2)
     return out
 
 
 @pytest.fixture(scope="session")
-def sft_run(pristine, folders) -> Path:
+def sft_run(pristine, folders, finetune_root) -> Path:
     """A tiny sft_mdm run of the MDM base (the start of R2FT)."""
     from unmask.config import TrainConfig
     from unmask.finetune.sft import sft
 
     cfg = TrainConfig(epochs=1, batch_size=8, eval_mc_passes=1, final_mc_passes=1)
-    return sft(pristine.runs["mdm"], folders["mdm"], pristine.root / "sft-mdm", cfg, quiet=True, tensorboard=False)
+    return sft(pristine.runs["mdm"], folders["mdm"], finetune_root / "sft-mdm", cfg, quiet=True, tensorboard=False)
 
 
 def copy(path: Path, to: Path) -> Path:

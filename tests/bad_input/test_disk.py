@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.bad_input.contract import INTERNAL, Outcome, Workspace, snapshot, unmask
 from tests.bad_input.test_study import study_copy
-from tests.test_bad_input import INTERNAL, Outcome, Workspace, snapshot, unmask
 
 pytestmark = pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
 

@@ -1,6 +1,6 @@
 """Bad input to `unmask finetune`, as a class: instruction files, instruction folders, options and outputs.
 
-Generated like tests/test_bad_input.py's catalogues: every field of an instruction line x every kind of wrong
+Generated like tests/bad_input/test_run_dirs.py's catalogues: every field of an instruction line x every kind of wrong
 value, every file of an instruction folder x every kind of damage, every numeric option x every out-of-range
 value, every run-writing command x every output path that cannot be used, every objective x the data kind it
 does not take. Each case: exit 2 with one line `unmask: error: ...` naming what to fix, nothing created or
@@ -9,6 +9,7 @@ changed (or, where the input is legal after all, a success that changes nothing 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -18,24 +19,25 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.bad_input.conftest import CONVERSATIONS, copy, write_jsonl
-from tests.test_bad_input import (
+from tests.bad_input.contract import Workspace, a_file, assert_contract, assert_unchanged, not_a_run, unmask
+from tests.bad_input.test_numbers import (
     COUNT,
-    FILE_DAMAGE,
     FLOATS,
     NON_NEGATIVE_FLOAT,
     OUT_OF_RANGE,
     POSITIVE_FLOAT,
     SEED,
     UNIT_FLOAT,
-    Workspace,
-    _a_file,
-    _not_a_run,
-    assert_contract,
-    assert_unchanged,
-    edit_json,
-    unmask,
 )
+from tests.bad_input.test_run_dirs import FILE_DAMAGE, edit_json
 from unmask.finetune.chat import InstructionDataError, read_numbered
+
+
+@pytest.fixture
+def ws(ws: Workspace, finetune_root: Path) -> Workspace:
+    """The case's workspace, whose snapshots also cover the instruction folders and the SFT run (finetune_root)."""
+    return dataclasses.replace(ws, also=(finetune_root,))
+
 
 GOOD = CONVERSATIONS[0]
 MESSAGES = {"messages": [{"role": "user", "content": "say a"}, {"role": "assistant", "content": "a a"}]}
@@ -126,7 +128,7 @@ def test_every_malformed_instruction_file_is_refused(ws, capsys, content, where)
 
 
 @pytest.mark.parametrize(
-    "path", [lambda ws: ws.path / "missing.jsonl", _a_file, lambda ws: _a_file(ws) / "x.jsonl", _not_a_run],
+    "path", [lambda ws: ws.path / "missing.jsonl", a_file, lambda ws: a_file(ws) / "x.jsonl", not_a_run],
     ids=["missing", "a file that is not JSONL", "below a file", "a folder"],
 )  # fmt: skip
 def test_an_instruction_path_that_is_not_a_file_of_conversations_is_refused(ws, capsys, path):
@@ -454,9 +456,9 @@ BAD_OUTS: dict[str, Callable[[Workspace], object]] = {
     "''": lambda ws: "",
     "..": lambda ws: "..",
     "/": lambda ws: "/",
-    "a file": _a_file,
-    "below a file": lambda ws: _a_file(ws) / "x",
-    "a non-empty folder": _not_a_run,
+    "a file": a_file,
+    "below a file": lambda ws: a_file(ws) / "x",
+    "a non-empty folder": not_a_run,
     "an existing run": lambda ws: ws.run("mdm"),
 }
 WRITERS: dict[str, Callable[[Workspace, dict, Path, object], list]] = {

@@ -18,15 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_bad_input import (
-    LM_EVAL_ARGS,
-    RUN_DAMAGE,
-    RUN_PATHS,
-    Outcome,
-    Workspace,
-    assert_contract,
-    assert_unchanged,
-)
+from tests.bad_input.contract import Outcome, Workspace, assert_contract, assert_unchanged
+from tests.bad_input.test_numbers import LM_EVAL_ARGS
+from tests.bad_input.test_run_dirs import RUN_DAMAGE, RUN_PATHS
 
 pytest.importorskip("lm_eval")
 

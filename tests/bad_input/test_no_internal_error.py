@@ -1,6 +1,6 @@
 """No bad input, anywhere in the bad-input suites, is answered with an internal error.
 
-Every case of tests/test_bad_input.py, tests/bad_input/ and tests/serve/test_bad_requests.py runs inside
+Every case of tests/bad_input/ and tests/serve/test_bad_requests.py runs inside
 `internal_errors_fail` (an autouse fixture): any line cli.main prints as "internal error ... (a bug)" fails the case,
 even one whose own assertions would accept the exit code. Here: the guard itself is shown to catch one, and (slow)
 the whole quick suite runs in its own process and no "internal error" appears anywhere in its output.
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_bad_input import INTERNAL, PRINT_ERROR, internal_errors_fail
+from tests.bad_input.contract import INTERNAL, PRINT_ERROR, internal_errors_fail
 from unmask import cli
 from unmask.cli.parser import Command
 
-SUITES = ["tests/test_bad_input.py", "tests/bad_input", "tests/serve/test_bad_requests.py"]
+SUITES = ["tests/bad_input", "tests/serve/test_bad_requests.py"]
 
 
 def test_the_guard_fails_a_case_whose_command_reported_an_internal_error(monkeypatch, capsys):

@@ -4,16 +4,19 @@ A size-like option (a length, a count, a number of steps, a block, a conv kernel
 bounded by the model's own limits (seq_len, vocabulary): `unmask sample`, `unmask finetune eval`, `unmask bench
 sample` and lm-eval's `UnmaskLM` each get every such option at values from just beyond seq_len to 2**64, and each
 case ends within QUICK seconds: refused in one line, or (top-k, which simply keeps every token) decoded. The HTTP
-API's requests get the same catalogue in tests/serve/test_bad_requests.py.
+API's requests get the same catalogue in tests/serve/test_bad_requests.py. Whole requests far beyond any model
+(a length of 2**63, a prompt longer than the model, 10**12 samples) are refused as quickly, and an AR decode that
+never ends its text is bounded by its length alone.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
 
-from tests.test_bad_input import QUICK, Workspace, assert_contract, assert_unchanged, unmask
+from tests.bad_input.contract import QUICK, Workspace, assert_contract, assert_unchanged, marked, unmask
 from unmask.config import ConfigError
 
 SEQ_LEN = 32
@@ -137,3 +140,49 @@ def test_an_lm_eval_request_for_endless_ar_generation_is_refused(ws, max_gen_tok
     lm = UnmaskLM(run=str(ws.pristine.runs["ar"]), device="cpu")
     with pytest.raises(ConfigError, match="length="):
         lm.generate_until([("She was", {"max_gen_toks": max_gen_toks, "until": ["\n"]})])
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests far beyond any model through `unmask sample`, refused before allocating
+
+EDLM_AR = ["--length", 4, "--sampler.method", "ancestral", "--sampler.temperature", 1, "--energy_run", "AR"]
+REQUESTS = {
+    "ar --length 10**12": ("ar", ["--length", 10**12]),
+    "ar --length 2**63": ("ar", ["--length", 2**63]),
+    "ar --length 10**9 temperature 0": ("ar", ["--length", 10**9, "--sampler.temperature", 0]),
+    "ar --n 10**12": ("ar", ["--n", 10**12, "--length", 4]),
+    "mdm --length seq_len": ("mdm", ["--length", 32]),
+    "mdm --length 10**12": ("mdm", ["--length", 10**12]),
+    "mdm --n 10**12": ("mdm", ["--n", 10**12, "--length", 4]),
+    "mdm --blank_length 10**12": ("mdm", ["--prompt", "She ____ was", "--blank_length", 10**12, "--length", 0]),
+    "mdm --mask_spans beyond the prompt": ("mdm", ["--prompt", "She was", "--mask_spans", "0-1000000000000"]),
+    "mdm --prompt longer than the model": ("mdm", ["--prompt", "She was happy. " * 100, "--length", 4]),
+    "mdm --sampler.block_length 10**12": ("mdm", ["--length", 8, "--sampler.block_length", 10**12]),
+    "mdm EDLM --sampler.edlm_candidates 10**12": ("mdm", [*EDLM_AR, "--sampler.edlm_candidates", 10**12]),
+}
+
+
+@pytest.mark.parametrize("case", [marked(name, case) for name, case in REQUESTS.items()])
+def test_a_request_beyond_the_model_is_refused_before_allocating(ws, capsys, case):
+    objective, args = case
+    args = [ws.pristine.runs["ar"] if a == "AR" else a for a in args]
+    before = ws.snapshot()
+    outcome = unmask(capsys, "sample", ws.pristine.runs[objective], *args)
+    assert_contract(outcome, "refused", "sample")
+    assert outcome.seconds < QUICK, f"refused only after {outcome.seconds:.1f} s"
+    assert_unchanged(before, ws.snapshot(), outcome)
+
+
+@pytest.mark.parametrize("length", [16 * 32, 10**4, 10**5, 10**6, 10**9], ids=lambda n: f"--length {n}")
+def test_ar_decoding_that_never_ends_its_text_is_bounded(ws, capsys, length):
+    """At temperature 0 the tiny AR run never emits end-of-text, so only the length bound ends its decode:
+    any --length is refused quickly or decoded to the end within SECONDS, never for hours."""
+    outcome = unmask(
+        capsys, "sample", ws.pristine.runs["ar"], "--length", length, "--sampler.temperature", 0, "--json", "true"
+    )
+    assert_contract(outcome, "either", f"sample --length {length}")
+    if outcome.code == 2:
+        assert outcome.seconds < QUICK, f"refused only after {outcome.seconds:.1f} s"
+    else:
+        steps = json.loads(outcome.out)["steps"]
+        assert steps == length, f"the run emitted end-of-text after {steps} tokens: this case lost its worst case"

@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.bad_input.conftest import DOCS_FIT, RUNS, STUDY
-from tests.test_bad_input import FILE_DAMAGE, Workspace, assert_contract, assert_unchanged, snapshot, unmask
+from tests.bad_input.contract import Workspace, assert_contract, assert_unchanged, snapshot, unmask
+from tests.bad_input.test_run_dirs import FILE_DAMAGE
 from unmask.config import ConfigError
 from unmask.study.files import read_failures, read_fit
 from unmask.study.grid import jobs, load_study

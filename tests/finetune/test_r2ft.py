@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import tiny_model_config, tiny_train_config
+from tests.conftest import tiny_train_config
 from unmask import cli
 from unmask.config import TrainConfig
 from unmask.finetune.prepare import prepare_instructions
@@ -20,23 +20,16 @@ FAST = dict(eval_every=4, eval_mc_passes=1, final_mc_passes=1, eval_batch_size=3
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_data_dir):
-    """A tiny MDM base, its instruction folder, an SFT run of it, and an AR base."""
+def runs(tmp_path_factory, tiny_data_dir, trained_runs):
+    """A tiny MDM base (the session's), its instruction folder, an SFT run of it, and an AR base."""
     root = tmp_path_factory.mktemp("r2ft")
-    base = train(tiny_data_dir, root / "mdm", tiny_model_config_mdm(tiny_data_dir), tiny_train_config(epochs=1),
-                 quiet=True, tensorboard=False)  # fmt: skip
+    base = trained_runs.runs["mdm"]
     ar = train(tiny_data_dir, root / "ar", None, tiny_train_config(objective="ar", epochs=1), quiet=True,
                tensorboard=False)  # fmt: skip
     folder, _ = prepare_instructions(base, root / "sft-data", val_share=0.2, per_task=20)
     sft_run = sft(base, folder.path, root / "sft", TrainConfig(epochs=1, batch_size=8, **FAST), quiet=True,
                   tensorboard=False)  # fmt: skip
     return {"root": root, "mdm": base, "ar": ar, "data": folder.path, "sft": sft_run}
-
-
-def tiny_model_config_mdm(data_dir):
-    from unmask.data import TokenData
-
-    return tiny_model_config(TokenData(data_dir), causal=False)
 
 
 def unmask(capsys, *args) -> tuple[int, str, str]:

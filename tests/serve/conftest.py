@@ -14,28 +14,16 @@ import pytest
 pytest.importorskip("fastapi", reason="unmask serve needs the serve extra: pip install -e '.[serve]'")
 httpx = pytest.importorskip("httpx", reason="the serve tests talk HTTP with httpx (the dev extra)")
 
-from tests.conftest import tiny_model_config, tiny_train_config  # noqa: E402
 from unmask.serve.app import BackgroundServer, create_app  # noqa: E402
 from unmask.serve.config import ServeConfig  # noqa: E402
 from unmask.serve.engine import load_models  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def serve_runs(tiny_data, tmp_path_factory) -> dict[str, str]:
-    """One epoch of a tiny AR and a tiny MDM run on the tiny data (seq_len 32)."""
-    import torch
-
-    from unmask.training import train
-
-    root = tmp_path_factory.mktemp("serve_runs")
-    runs = {}
-    for objective in ("ar", "mdm"):
-        torch.manual_seed(0)
-        model = tiny_model_config(tiny_data, causal=objective == "ar")
-        train(tiny_data.path, root / f"tiny-{objective}", model, tiny_train_config(objective=objective, epochs=1),
-              quiet=True, tensorboard=False)  # fmt: skip
-        runs[objective] = str(root / f"tiny-{objective}")
-    return runs
+def serve_runs(trained_runs) -> dict[str, str]:
+    """One epoch of a tiny AR and a tiny MDM run on the tiny data (seq_len 32): the session's trained_runs, served
+    as tiny-ar and tiny-mdm (their folders' names)."""
+    return {objective: str(path) for objective, path in trained_runs.runs.items()}
 
 
 @pytest.fixture(scope="session")

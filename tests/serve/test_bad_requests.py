@@ -1,5 +1,5 @@
 """Bad input to `unmask serve`, as a class: every request field x every kind of wrong value, fuzzed bodies, and
-every damaged run folder (tests/test_bad_input.py's catalogue) given to the server to load.
+every damaged run folder (tests/bad_input/test_run_dirs.py's catalogue) given to the server to load.
 
 A request is answered (200) or refused with one line and a 4xx status, quickly, never a 500 or an internal
 error; the server keeps serving. A run folder is loaded or refused with `unmask: error: ...` and exit code 2.
@@ -15,15 +15,14 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.test_bad_input import (
-    FILE_DAMAGE,
+from tests.bad_input.contract import (
     QUICK,
-    RUN_DAMAGE,
     _one_parser,  # noqa: F401
     assert_contract,
     no_internal_error,  # noqa: F401
     unmask,
 )
+from tests.bad_input.test_run_dirs import FILE_DAMAGE, RUN_DAMAGE
 from unmask.run import RUN_FILES
 from unmask.serve.schemas import CompletionRequest, InfillRequest
 
@@ -174,12 +173,13 @@ class _FakeSocket:
 
 
 SERVE_DAMAGE = {name: d for name, d in RUN_DAMAGE.items() if not d.field}
-"""Every file of a run x every kind of damage, and every damaged key (a config field's values: tests/test_bad_input)."""
+"""Every file of a run x every kind of damage, and every damaged key (a config field's values:
+tests/bad_input/test_run_dirs.py)."""
 
 
 QUICK_DAMAGE = {f"{name}:{how}" for name in RUN_FILES for how in FILE_DAMAGE}
 """Every file x every kind of damage in the quick run; the damaged keys and values (read by the same Run as sample
-and lm-eval, which take them in the quick run of tests/test_bad_input.py) in the slow run."""
+and lm-eval, which take them in the quick run of tests/bad_input/test_run_dirs.py) in the slow run."""
 
 
 @pytest.mark.parametrize(

@@ -223,7 +223,7 @@ def guided_logits(
     pos: torch.Tensor | None = None,
     key_padding_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Unsupervised classifier-free guidance (algorithms.md §6): u + (1 + w)(c − u), float32 (M, V).
+    """Unsupervised classifier-free guidance (LLaDA, arXiv 2502.09992): u + (1 + w)(c − u), float32 (M, V).
 
     c: logits given x (B, T); u: given `uncond`, x with its prompt replaced by mask tokens. Both in
     one forward of 2B rows; pos / key_padding_mask (B, T) apply to both halves.
