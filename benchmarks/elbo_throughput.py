@@ -17,8 +17,9 @@ import torch
 
 from unmask.config import DataConfig, ModelConfig
 from unmask.data import TokenData, prepare
-from unmask.evaluation.likelihood import validation_loss
 from unmask.model import Transformer
+from unmask.objectives import Specials, get_objective
+from unmask.objectives.validation import validation_loss
 
 
 def main() -> None:
@@ -37,11 +38,13 @@ def main() -> None:
     torch.manual_seed(0)
     model = Transformer(ModelConfig(size=args.size, vocab_size=data.vocab_size, seq_len=data.seq_len, causal=False))
     n_seq = data.n_sequences("val")
-    validation_loss(model, data, "mdm", mc_passes=2, batch_size=args.batch_size)  # warm-up
+    score = dict(sequences=data.split("val"), objective=get_objective("mdm"),
+                 specials=Specials(data.mask_id, data.pad_id), batch_size=args.batch_size)  # fmt: skip
+    validation_loss(model, **score, mc_passes=2)  # warm-up
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        val = validation_loss(model, data, "mdm", mc_passes=args.passes, batch_size=args.batch_size)
+        val = validation_loss(model, **score, mc_passes=args.passes)
         times.append(time.perf_counter() - start)
     best = min(times)
     print(
