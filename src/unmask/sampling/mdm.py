@@ -1,4 +1,4 @@
-"""Masked-diffusion decoding: every sampler of algorithms.md §7 as one loop over blocks and steps.
+"""Masked-diffusion decoding: every MDM sampler (docs/sampling.md) as one loop over blocks and steps.
 
 The canvas is the prompt followed by `gen_len` mask tokens; mask tokens inside the prompt are
 infilled, every other prompt token stays fixed. Blocks (semi-AR) split the appended generation,
