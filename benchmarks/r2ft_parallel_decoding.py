@@ -37,11 +37,15 @@ def main() -> None:
     fast = dict(eval_every=0, eval_mc_passes=1, final_mc_passes=1, seed=args.seed)
     tiny = DataConfig(unique_tokens=20_000, val_tokens=2_000, vocab_size=512, seq_len=64, tokenizer_train_bytes=400_000)
     data = prepare(tiny, root / "data", quiet=True)
-    base_cfg = TrainConfig(objective="mdm", epochs=4, batch_size=16, lr=3e-3, **fast)
+    base_cfg = TrainConfig.from_flat(objective="mdm", epochs=4, batch_size=16, lr=3e-3, **fast)
     base = train(data, root / "base", ModelConfig(size="tiny"), base_cfg, **quiet)
     folder, _ = prepare_instructions(base, root / "sft-data", per_task=1000, tasks=["continue"])
-    sft_run = sft(base, folder.path, root / "sft", TrainConfig(epochs=4, batch_size=16, lr=3e-3, **fast), **quiet)
-    r2ft_run = r2ft(sft_run, folder.path, root / "r2ft", TrainConfig(epochs=1, batch_size=16, lr=1e-3, **fast), **quiet)
+    sft_run = sft(
+        base, folder.path, root / "sft", TrainConfig.from_flat(epochs=4, batch_size=16, lr=3e-3, **fast), **quiet
+    )
+    r2ft_run = r2ft(
+        sft_run, folder.path, root / "r2ft", TrainConfig.from_flat(epochs=1, batch_size=16, lr=1e-3, **fast), **quiet
+    )
     for steps in (32, 8, 4):
         sampler = SamplerConfig.from_flat(method="low_confidence", steps=steps)
         for name, run in (("sft", sft_run), ("r2ft", r2ft_run)):

@@ -45,7 +45,7 @@ def demo_runs(work: Path, epochs: int) -> dict[str, str]:
         if not (out / "last.safetensors").exists():
             print(f"training {out} ...", flush=True)
             model = ModelConfig(size="demo", local_prior=5.0, causal=objective == "ar")
-            train(data, out, model, TrainConfig(objective=objective, epochs=epochs, batch_size=16, lr=2e-3),
+            train(data, out, model, TrainConfig.from_flat(objective=objective, epochs=epochs, batch_size=16, lr=2e-3),
                   quiet=True, tensorboard=False)  # fmt: skip
         runs[objective] = str(out)
     return runs

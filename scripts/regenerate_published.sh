@@ -70,7 +70,7 @@ if want edlm; then
     E=$P/edlm
     mkdir -p $E
     [ -f $E/energy-E16/last.safetensors ] || $UNMASK finetune energy runs/demo/mdm-E64 --out $E/energy-E16 \
-        --train.epochs 16 --train.lr 1e-3 --resume "$([ -d $E/energy-E16 ] && echo true || echo false)"
+        --train.epochs 16 --train.optim.lr 1e-3 --resume "$([ -d $E/energy-E16 ] && echo true || echo false)"
     for seed in 0 1; do  # 64 samples x 63 tokens, 32 ancestral steps, window [0.8, 1], gen PPL under ar-E12
         common=(runs/demo/mdm-E64 --n 64 --length 63 --seed $seed --sampler.commit.method ancestral
                 --sampler.commit.steps 32 --sampler.temperature 1.0 --metrics true --judge_run runs/demo/ar-E12
@@ -103,8 +103,8 @@ if want adapt; then
     say "AR -> MDM adaptation: the demo's ar-E12 (Austen) and the Emma check's AR, against MDM from scratch"
     A=runs/adapt
     adapt() {  # adapt BASE OUT EPOCHS: the demo's MDM settings, from the AR run's weights
-        [ -f $2/last.safetensors ] || $UNMASK finetune adapt "$1" --out "$2" --train.epochs "$3" --train.lr 0.002 \
-            --train.batch_size 16 --train.warmup_frac 0.01 --train.eval_mc_passes 4 --train.final_mc_passes 32 \
+        [ -f $2/last.safetensors ] || $UNMASK finetune adapt "$1" --out "$2" --train.epochs "$3" --train.optim.lr 0.002 \
+            --train.batch_size 16 --train.optim.warmup_frac 0.01 --train.eval.mc_passes 4 --train.eval.final_mc_passes 32 \
             --resume "$([ -d "$2" ] && echo true || echo false)"
     }
     for E in 8 16 32; do adapt runs/demo/ar-E12 $A/demo-E$E $E; done

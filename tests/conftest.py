@@ -38,7 +38,7 @@ def tiny_model_config(data: TokenData, causal: bool = True) -> ModelConfig:
 
 def tiny_train_config(**overrides) -> TrainConfig:
     base = dict(epochs=2, batch_size=8, lr=3e-3, eval_every=10, eval_mc_passes=2, final_mc_passes=2, eval_batch_size=32)
-    return TrainConfig(**{**base, **overrides})
+    return TrainConfig.from_flat(**{**base, **overrides})
 
 
 @dataclass(frozen=True)

@@ -173,14 +173,18 @@ def test_impossible_value_names_the_field(capsys, tiny_data_dir, tmp_path):
 def test_yaml_config_with_dotted_overrides(capsys, tiny_data_dir, tmp_path):
     (tmp_path / "run.yaml").write_text(
         f"data: {tiny_data_dir}\nout: {tmp_path / 'run'}\nmodel:\n  size: tiny\n"
-        "train:\n  objective: ar\n  epochs: 1\n  batch_size: 8\n  eval_every: 100\n"
+        "train:\n  objective: ar\n  epochs: 1\n  batch_size: 8\n  eval:\n    every: 100\n"
     )
     code, out, err = unmask(
-        capsys, "train", "--config", tmp_path / "run.yaml", "--train.lr", "0.001", "--tensorboard", "false"
+        capsys, "train", "--config", tmp_path / "run.yaml", "--train.optim.lr", "0.001", "--tensorboard", "false"
     )
-    assert code == 0, err
+    assert code == 0 and "warning" not in err, err
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["train"]["lr"] == 0.001 and saved["train"]["objective"] == "ar"
+    assert (
+        saved["train"]["optim"]["lr"] == 0.001
+        and saved["train"]["eval"]["every"] == 100
+        and saved["train"]["objective"] == "ar"
+    )
     assert saved["model"]["n_layer"] == 2  # the 'tiny' row
     assert "final validation NLL" in out and "final weights (last.safetensors)" in out  # the run's result
 
@@ -214,10 +218,10 @@ def test_threads_and_plain_lists_on_the_command_line(capsys, tiny_data_dir, tmp_
     fixtures = Path(__file__).parent / "fixtures"
     code, _, err = unmask(
         capsys, "train", "--data", tiny_data_dir, "--out", tmp_path / "run", "--model.size", "tiny",
-        "--train.objective", "ar", "--train.batch_size", "8", "--train.threads", "1", "--tensorboard", "false",
+        "--train.objective", "ar", "--train.batch_size", "8", "--train.runtime.threads", "1", "--tensorboard", "false",
     )  # fmt: skip
     assert code == 0, err
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["threads"] == 1
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["runtime"]["threads"] == 1
     tasks = tmp_path / "second.jsonl"
     tasks.write_text((fixtures / "austen_mc.jsonl").read_text().splitlines()[0] + "\n")
     # --tasks a.jsonl b.jsonl: a plain list, no JSON brackets needed (the runs come first)

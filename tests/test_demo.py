@@ -18,7 +18,7 @@ def test_tiny_demo_writes_table_plot_and_samples(tmp_path, capsys):
         out=str(tmp_path / "demo"),
         data=DataConfig(unique_tokens=2_000, val_tokens=512, vocab_size=300, seq_len=32, tokenizer_train_bytes=300_000),
         model=ModelConfig(size="tiny"),
-        train=TrainConfig(batch_size=8, eval_every=0, eval_mc_passes=2),
+        train=TrainConfig.from_flat(batch_size=8, eval_every=0, eval_mc_passes=2),
         ar_epochs=[1, 3],
         mdm_epochs=[1, 3],
         workers=2,
@@ -40,7 +40,7 @@ def test_tiny_demo_writes_table_plot_and_samples(tmp_path, capsys):
     assert (tmp_path / "demo" / "ar-E3" / "best.safetensors").stat().st_mtime == mtime
 
     # Changed settings retrain instead of reporting stale numbers.
-    changed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=1e-3), ar_epochs=[3], mdm_epochs=[])
+    changed = dataclasses.replace(cfg, train=cfg.train.with_flat(lr=1e-3), ar_epochs=[3], mdm_epochs=[])
     demo(changed)
     assert json.loads((tmp_path / "demo" / "ar-E3" / "config.json").read_text())["train"]["lr"] == 1e-3
 

@@ -52,7 +52,7 @@ def report_pieces(report_dir: Path) -> list[str]:
     from unmask.study.stamp import read_stamp, stamp_text
 
     stamp = read_stamp(report_dir)
-    study = study_from_dict(stamp["study"])
+    study = study_from_dict(stamp["study"], warn_flat=False)
     rows = [r for r in read_table(report_dir / "results.csv") if r["status"] == "finished"]
     fitted = json.loads((report_dir / "fit.json").read_text())
     unigram = {int(U): level for U, level in stamp["unigram"].items()}
@@ -179,7 +179,7 @@ def test_the_demos_smallest_points_and_the_mini_studys_verdicts_at_the_two_small
     mini = ROOT / "docs" / "study" / "mini"
     rows = read_table(mini / "results.csv")
     small = sorted({r["unique_tokens"] for r in rows})[:2]  # 6,250 and 12,500: the larger ones take ~10 CPU minutes
-    verdicts = verdict_points(rows, study_from_dict(read_stamp(mini)["study"]))
+    verdicts = verdict_points(rows, study_from_dict(read_stamp(mini)["study"], warn_flat=False))
     names = [n for n in verdicts if any(f"-U{U}-" in n for U in small)]
     checks = verify_study(mini, points=",".join(names), tolerance=TOLERANCE, workers=2, quiet=True)
     assert [c.name for c in checks if c.problem] == []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from unmask.config import DataConfig, ModelConfig, TrainConfig
+from unmask.config import DataConfig, MdmConfig, ModelConfig, TrainConfig
 from unmask.model import Transformer, count_params
 from unmask.objectives import LossOutput, Specials, get_objective
 from unmask.runtime import Runtime
@@ -118,14 +118,16 @@ def build_side(
             return LossOutput(reference_loss(tokens) * tokens.numel(), tokens.numel())
 
         step_model, batch = model, x
-        optimizer = reference_optimizer(model, train_cfg.lr, (train_cfg.beta1, train_cfg.beta2), train_cfg.weight_decay)
+        optimizer = reference_optimizer(
+            model, train_cfg.optim.lr, (train_cfg.optim.beta1, train_cfg.optim.beta2), train_cfg.optim.weight_decay
+        )
     else:
         model = Transformer(cfg).to(runtime.device)
         step_model = runtime.prepare_model(model)
         objective = get_objective(side)
         loss_fn = objective.make_loss(train_cfg, seq_len)
         batch = x.cpu() if objective.host_batches else x  # as the training loop hands it over
-        optimizer = make_optimizer(model, train_cfg)
+        optimizer = make_optimizer(model, train_cfg.optim)
     generator = torch.Generator(get_objective(train_cfg.objective).noise_device(runtime.device))
     sp = Specials(mask_id=1, pad_id=2)
 
@@ -273,8 +275,8 @@ def step_memory(model: torch.nn.Module, objective: str, batch_size: int, seq_len
 
         raise UnmaskError(f"bench memory needs torch's MemTracker (torch >= 2.5 with torch.distributed; this is "
                           f"torch {torch.__version__}): {e}") from None  # fmt: skip
-    train_cfg = TrainConfig(objective=objective, mdm_eps=1 - 1e-9)
-    optimizer = make_optimizer(model, train_cfg)
+    train_cfg = TrainConfig(objective=objective, mdm=MdmConfig(eps=1 - 1e-9))
+    optimizer = make_optimizer(model, train_cfg.optim)
     loss_fn = get_objective(objective).make_loss(train_cfg, seq_len)
     x = torch.randint(3, model.cfg.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(0))
     device = model_device(model)

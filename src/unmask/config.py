@@ -248,17 +248,9 @@ from the data and the objective)."""
 
 
 @dataclass
-class TrainConfig:
-    """One run: objective, epochs over U, one cosine schedule, AdamW."""
+class OptimConfig:
+    """AdamW and the learning-rate schedule."""
 
-    objective: str = "mdm"
-    """Training objective: 'ar', 'mdm', 'ar_orderings' or another name registered in unmask.objectives."""
-    epochs: int = 1
-    """E: passes over the U unique tokens, each a fresh shuffle; the run sees exactly E·U tokens."""
-    batch_size: int = 16
-    """Sequences per optimiser step."""
-    micro_batch_size: int | None = None
-    """Sequences per forward pass (gradient accumulation); None = batch_size."""
     lr: float = 2e-3
     """Peak learning rate."""
     min_lr_ratio: float = 0.1
@@ -275,62 +267,74 @@ class TrainConfig:
     decay_frac: float = 0.2
     """WSD: the share of the run's steps in the final decay."""
     weight_decay: float = 0.1
-    """AdamW weight decay (not applied to norm weights)."""
+    """AdamW weight decay on matrices (embeddings included), not on norm weights or biases."""
     beta1: float = 0.9
     """AdamW beta1."""
     beta2: float = 0.95
     """AdamW beta2."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 = off)."""
-    mdm_eps: float = 1e-3
-    """MDM: mask probability p = (1 - eps) t + eps keeps 1/p bounded."""
-    mdm_t_min: float = 0.0
-    """MDM training: t ~ U(mdm_t_min, 1) instead of U(0, 1) — a truncated ELBO (labelled; validation is always the
-    full one); 0 = off."""
-    mdm_t_beta: list[float] = field(default_factory=list)
-    """MDM training: [a, b] draws t from Beta(a, b) (mid-range mask rates for a, b > 1) with the importance weight
-    1/m(t) that keeps the loss an unbiased ELBO (m: the mixture below); [] = uniform t."""
-    mdm_t_beta_mix: float = 0.1
-    """MDM training with mdm_t_beta: the share of uniform t mixed into the Beta, which bounds the importance weight
-    (Beta alone gives the ELBO estimate an infinite variance: its density vanishes at t = 0 and 1)."""
-    nce_t_min: float = 0.8
-    """Energy (EDLM-NCE): noise levels t ~ U[nce_t_min, nce_t_max] of the x_t the frozen MDM samples from; the
-    default is the sampler's importance-sampling window (sampling.EnergyConfig: t_end 0.8 .. t_start 1.0)."""
-    nce_t_max: float = 1.0
-    """Energy (EDLM-NCE): the window's upper end (1 = everything masked)."""
-    ar_input_noise: float = 0.0
-    """AR training: the share of input tokens corrupted (the targets stay clean), a regularisation
-    (arXiv 2510.04071); validation always reads clean inputs. 0 = off."""
-    ar_input_noise_kind: str = "mask"
-    """AR input noise: 'mask' (the mask id) or 'random' (a token drawn from the batch: its unigram distribution)."""
-    n_orderings: int = 4
-    """ar_orderings: identity + (n - 1) fixed random permutations."""
-    r2ft_beta_w: float = 1.0
-    """r2ft: β_w, the weight of the winner's mean log-probability inside the preference term."""
-    r2ft_beta_l: float = 1.0
-    """r2ft: β_l, the weight of the rejected continuation's mean log-probability inside the preference term."""
-    r2ft_beta_a: float = 0.1
-    """r2ft: β_a, the weight of the SFT term (−mean log-probability of the winner)."""
-    r2ft_gamma: float = 0.0
-    """r2ft: γ, the margin the preference term asks for."""
-    r2ft_max_phrase: int = 14
-    """r2ft: the repeated phrase is the last 1..this many answer tokens before the cut."""
-    r2ft_filler_rate: float = 0.0
-    """r2ft: the high-prior filler (a second rejected continuation) swaps in frequent tokens at this rate; 0 = off."""
-    r2ft_filler_tokens: list[int] = field(default_factory=list)
-    """r2ft: the frequent tokens the filler draws from (unmask finetune r2ft counts them in the training answers)."""
-    r2ft_filler_counts: list[int] = field(default_factory=list)
-    """r2ft: their counts, one per token: the filler draws in proportion to them."""
-    eval_every: int = 0
+    max_bad_steps: int = 20
+    """Stop the run after this many steps in a row with a non-finite loss or gradient (each is skipped)."""
+
+    def __post_init__(self) -> None:
+        check(0 < self.lr < math.inf, f"train.optim.lr={self.lr}: must be a finite number > 0")
+        check(0.0 <= self.min_lr_ratio <= 1.0, f"train.optim.min_lr_ratio={self.min_lr_ratio}: must be in [0, 1]")
+        check(0.0 <= self.warmup_frac < 1.0, f"train.optim.warmup_frac={self.warmup_frac}: must be in [0, 1)")
+        check(self.warmup_steps >= 0, f"train.optim.warmup_steps={self.warmup_steps}: must be >= 0 (0 = warmup_frac)")
+        check(self.schedule in ("cosine", "wsd"), f"train.optim.schedule={self.schedule!r}: must be 'cosine' or 'wsd'")
+        check(0.0 < self.decay_frac <= 1.0, f"train.optim.decay_frac={self.decay_frac}: must be in (0, 1]")
+        check(self.grad_clip >= 0, f"train.optim.grad_clip={self.grad_clip}: must be >= 0 (0 = off)")
+        check(self.weight_decay >= 0, f"train.optim.weight_decay={self.weight_decay}: must be >= 0")
+        check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.optim.beta1, train.optim.beta2: must be in [0, 1)")
+        check(self.max_bad_steps >= 1, f"train.optim.max_bad_steps={self.max_bad_steps}: must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """Validation during training and the run's final result."""
+
+    every: int = 0
     """Validate every this many steps (0 = about 20 times per run); always at the end."""
-    eval_mc_passes: int = 4
+    mc_passes: int = 4
     """MDM: Monte Carlo passes of the validation ELBO during training (fixed seed)."""
     final_mc_passes: int = 32
     """MDM: Monte Carlo passes of the final ELBO logged as final_val_loss, the run's result (4 passes: ±0.1 nats)."""
-    eval_batch_size: int = 64
+    batch_size: int = 64
     """Sequences per validation forward pass."""
-    seed: int = 0
-    """Seed of initialisation, shuffling and noise."""
+
+    def __post_init__(self) -> None:
+        for name in ("mc_passes", "final_mc_passes"):
+            passes = getattr(self, name)
+            check(1 <= passes <= MAX_MC_PASSES, f"train.eval.{name}={passes}: must be in [1, {MAX_MC_PASSES}]")
+        check(self.every >= 0, f"train.eval.every={self.every}: must be >= 0 (0 = about 20 per run)")
+        check(self.batch_size >= 1, f"train.eval.batch_size={self.batch_size}: must be >= 1")
+
+
+@dataclass
+class CheckpointConfig:
+    """Resumable checkpoints."""
+
+    every: int = 0
+    """Save a resumable checkpoint every this many steps (0 = at each validation)."""
+    keep: int = 3
+    """Keep the newest K checkpoints; an older one is used if the newest turns out corrupt."""
+    stop_at_step: int | None = None
+    """Stop after this step with a resumable checkpoint; the schedule still spans the whole run."""
+
+    def __post_init__(self) -> None:
+        check(self.every >= 0, f"train.checkpoint.every={self.every}: must be >= 0")
+        check(self.keep >= 1, f"train.checkpoint.keep={self.keep}: must be >= 1")
+        check(
+            self.stop_at_step is None or self.stop_at_step >= 1,
+            f"train.checkpoint.stop_at_step={self.stop_at_step}: must be >= 1 or null",
+        )
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how the run executes; none of it changes what the run is (free to change on resume)."""
+
     device: str = "auto"
     """'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ..."""
     threads: int = 0
@@ -342,22 +346,214 @@ class TrainConfig:
     parallel: str = "ddp"
     """Under torchrun (WORLD_SIZE > 1): 'ddp' (a replica per process) or 'fsdp' (FSDP2: parameters, gradients
     and AdamW state sharded). Each process trains on its own micro-batches of every global batch."""
+
+    def __post_init__(self) -> None:
+        check(
+            0 <= self.threads <= 4096,
+            f"train.runtime.threads={self.threads}: must be in [0, 4096] (0 = torch's default)",
+        )
+        check(self.parallel in ("ddp", "fsdp"), f"train.runtime.parallel={self.parallel!r}: must be 'ddp' or 'fsdp'")
+
+
+@dataclass
+class MdmConfig:
+    """Objective mdm (and its fine-tuning and adaptation variants): the noise of the training ELBO."""
+
+    eps: float = 1e-3
+    """Mask probability p = (1 - eps) t + eps keeps 1/p bounded."""
+    t_min: float = 0.0
+    """Training: t ~ U(t_min, 1) instead of U(0, 1) — a truncated ELBO (labelled; validation is always the full
+    one); 0 = off."""
+    t_beta: list[float] = field(default_factory=list)
+    """Training: [a, b] draws t from Beta(a, b) (mid-range mask rates for a, b > 1) with the importance weight
+    1/m(t) that keeps the loss an unbiased ELBO (m: the mixture below); [] = uniform t."""
+    t_beta_mix: float = 0.1
+    """Training with t_beta: the share of uniform t mixed into the Beta, which bounds the importance weight
+    (Beta alone gives the ELBO estimate an infinite variance: its density vanishes at t = 0 and 1)."""
+
+    def __post_init__(self) -> None:
+        check(0.0 < self.eps < 1.0, f"train.mdm.eps={self.eps}: must be in (0, 1)")
+        check(0.0 <= self.t_min < 1.0, f"train.mdm.t_min={self.t_min}: must be in [0, 1)")
+        check(
+            len(self.t_beta) in (0, 2) and all(0 < v < math.inf for v in self.t_beta),
+            f"train.mdm.t_beta={self.t_beta}: must be [] (uniform t) or [a, b] with finite a, b > 0",
+        )
+        check(0.0 < self.t_beta_mix <= 1.0, f"train.mdm.t_beta_mix={self.t_beta_mix}: must be in (0, 1]")
+        check(
+            not (self.t_beta and self.t_min),
+            "train.mdm.t_beta and train.mdm.t_min: choose one t-sampling (Beta or clipped), not both",
+        )
+
+
+@dataclass
+class OrderingsConfig:
+    """Objective ar_orderings."""
+
+    n: int = 4
+    """Identity + (n - 1) fixed random permutations."""
+
+    def __post_init__(self) -> None:
+        check(self.n >= 1, f"train.orderings.n={self.n}: must be >= 1")
+
+
+@dataclass
+class NceConfig:
+    """Objective energy (EDLM-NCE): the noise levels t ~ U[t_min, t_max] of the x_t the frozen MDM samples from."""
+
+    t_min: float = 0.8
+    """The window's lower end; the default is the sampler's importance-sampling window (sampling.EnergyConfig:
+    t_end 0.8 .. t_start 1.0)."""
+    t_max: float = 1.0
+    """The window's upper end (1 = everything masked)."""
+
+    def __post_init__(self) -> None:
+        check(
+            0.0 < self.t_min <= self.t_max <= 1.0,
+            f"train.nce.t_min={self.t_min}, t_max={self.t_max}: must satisfy 0 < min <= max <= 1",
+        )
+
+
+@dataclass
+class R2ftConfig:
+    """Objective r2ft: the preference loss against repetition."""
+
+    beta_w: float = 1.0
+    """β_w, the weight of the winner's mean log-probability inside the preference term."""
+    beta_l: float = 1.0
+    """β_l, the weight of the rejected continuation's mean log-probability inside the preference term."""
+    beta_a: float = 0.1
+    """β_a, the weight of the SFT term (−mean log-probability of the winner)."""
+    gamma: float = 0.0
+    """γ, the margin the preference term asks for."""
+    max_phrase: int = 14
+    """The repeated phrase is the last 1..this many answer tokens before the cut."""
+    filler_rate: float = 0.0
+    """The high-prior filler (a second rejected continuation) swaps in frequent tokens at this rate; 0 = off."""
+    filler_tokens: list[int] = field(default_factory=list)
+    """The frequent tokens the filler draws from (unmask finetune r2ft counts them in the training answers)."""
+    filler_counts: list[int] = field(default_factory=list)
+    """Their counts, one per token: the filler draws in proportion to them."""
+
+    def __post_init__(self) -> None:
+        for name in ("beta_w", "beta_l", "beta_a"):
+            beta = getattr(self, name)
+            check(0 <= beta < math.inf, f"train.r2ft.{name}={beta}: must be a finite number >= 0")
+        check(math.isfinite(self.gamma), f"train.r2ft.gamma={self.gamma}: must be a finite number")
+        check(self.max_phrase >= 1, f"train.r2ft.max_phrase={self.max_phrase}: must be >= 1")
+        check(0 <= self.filler_rate <= 1, f"train.r2ft.filler_rate={self.filler_rate}: must be in [0, 1]")
+        check(
+            len(self.filler_tokens) == len(self.filler_counts),
+            f"train.r2ft.filler_counts: must hold one count per filler_tokens entry "
+            f"({len(self.filler_counts)} for {len(self.filler_tokens)})",
+        )
+        check(
+            all(0 <= t < 2**32 for t in self.filler_tokens) and all(0 < n < 2**53 for n in self.filler_counts),
+            "train.r2ft.filler_tokens, filler_counts: token ids must be in [0, 2**32), counts in [1, 2**53)",
+        )
+
+
+@dataclass
+class ArConfig:
+    """Objective ar: input noise, a regularisation (arXiv 2510.04071)."""
+
+    input_noise: float = 0.0
+    """The share of input tokens corrupted in training (the targets stay clean); validation always reads clean
+    inputs. 0 = off."""
+    input_noise_kind: str = "mask"
+    """'mask' (the mask id) or 'random' (a token drawn from the batch: its unigram distribution)."""
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.input_noise < 1.0, f"train.ar.input_noise={self.input_noise}: must be in [0, 1)")
+        check(
+            self.input_noise_kind in ("mask", "random"),
+            f"train.ar.input_noise_kind={self.input_noise_kind!r}: must be 'mask' or 'random'",
+        )
+
+
+TRAIN_GROUPS: dict[str, type] = {
+    "optim": OptimConfig,
+    "eval": EvalConfig,
+    "checkpoint": CheckpointConfig,
+    "runtime": RuntimeConfig,
+    "mdm": MdmConfig,
+    "orderings": OrderingsConfig,
+    "nce": NceConfig,
+    "r2ft": R2ftConfig,
+    "ar": ArConfig,
+}
+"""TrainConfig's groups: field name → dataclass."""
+
+# The flat names of before the grouping (one release with a warning; still the short names that a study's
+# tuning axes and run names use, and that config_hash hashes) → (group, field).
+TRAIN_FLAT_NAMES: dict[str, tuple[str, str]] = {
+    **{name: ("optim", name) for name in (f.name for f in dataclasses.fields(OptimConfig))},
+    "eval_every": ("eval", "every"),
+    "eval_mc_passes": ("eval", "mc_passes"),
+    "final_mc_passes": ("eval", "final_mc_passes"),
+    "eval_batch_size": ("eval", "batch_size"),
+    "checkpoint_every": ("checkpoint", "every"),
+    "keep_checkpoints": ("checkpoint", "keep"),
+    "stop_at_step": ("checkpoint", "stop_at_step"),
+    **{name: ("runtime", name) for name in (f.name for f in dataclasses.fields(RuntimeConfig))},
+    **{f"mdm_{f.name}": ("mdm", f.name) for f in dataclasses.fields(MdmConfig)},
+    "n_orderings": ("orderings", "n"),
+    **{f"nce_{f.name}": ("nce", f.name) for f in dataclasses.fields(NceConfig)},
+    **{f"r2ft_{f.name}": ("r2ft", f.name) for f in dataclasses.fields(R2ftConfig)},
+    **{f"ar_{f.name}": ("ar", f.name) for f in dataclasses.fields(ArConfig)},
+}
+
+
+@dataclass
+class TrainConfig:
+    """One run: objective, epochs over U, batch and seed; the rest grouped by concern.
+
+        TrainConfig             objective, epochs, batch_size, micro_batch_size, seed, init_from
+          .optim       OptimConfig       AdamW and the schedule (lr, warmup, cosine or WSD, weight decay, ...)
+          .eval        EvalConfig        validation: how often, Monte Carlo passes, the final estimate
+          .checkpoint  CheckpointConfig  resumable checkpoints, stop_at_step
+          .runtime     RuntimeConfig     device, threads, compile, activation checkpointing, DDP/FSDP
+          .mdm .orderings .nce .r2ft .ar  each objective's own options
+
+    The flat names of before the grouping (`lr`, `eval_mc_passes`, `mdm_t_beta`, ...: TRAIN_FLAT_NAMES) still
+    work for one release, with a warning: on the command line (`--train.lr`), in YAML and JSON files, and as
+    attributes; `from_flat` and `flat` convert without one.
+    """
+
+    objective: str = "mdm"
+    """Training objective: 'ar', 'mdm', 'ar_orderings' or another name registered in unmask.objectives."""
+    epochs: int = 1
+    """E: passes over the U unique tokens, each a fresh shuffle; the run sees exactly E·U tokens."""
+    batch_size: int = 16
+    """Sequences per optimiser step."""
+    micro_batch_size: int | None = None
+    """Sequences per forward pass (gradient accumulation); None = batch_size."""
+    seed: int = 0
+    """Seed of initialisation, shuffling and noise."""
     init_from: str | None = None
     """Fine-tuning: the run whose last weights (and model config) start this one; its tokenizer must be a prefix
     of the data's (the chat tokens appended), and the new embedding rows start at the mean of the old ones."""
-    stop_at_step: int | None = None
-    """Stop after this step with a resumable checkpoint; the schedule still spans the whole run."""
-    checkpoint_every: int = 0
-    """Save a resumable checkpoint every this many steps (0 = at each validation)."""
-    keep_checkpoints: int = 3
-    """Keep the newest K checkpoints; an older one is used if the newest turns out corrupt."""
-    max_bad_steps: int = 20
-    """Stop the run after this many steps in a row with a non-finite loss or gradient (each is skipped)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """AdamW and the learning-rate schedule."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Validation during training and the final result."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Resumable checkpoints."""
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    """Device, threads and parallelism (free to change on resume)."""
+    mdm: MdmConfig = field(default_factory=MdmConfig)
+    """Objective mdm: t-sampling of the training ELBO."""
+    orderings: OrderingsConfig = field(default_factory=OrderingsConfig)
+    """Objective ar_orderings."""
+    nce: NceConfig = field(default_factory=NceConfig)
+    """Objective energy (EDLM-NCE)."""
+    r2ft: R2ftConfig = field(default_factory=R2ftConfig)
+    """Objective r2ft."""
+    ar: ArConfig = field(default_factory=ArConfig)
+    """Objective ar: input noise."""
 
     def __post_init__(self) -> None:
         # The name is checked against the objective registry (a layer above) when the run starts.
         check(bool(self.objective), "train.objective: must name an objective, e.g. 'ar' or 'mdm'")
-        check(0 <= self.threads <= 4096, f"train.threads={self.threads}: must be in [0, 4096] (0 = torch's default)")
         check(0 <= self.seed < 2**63, f"train.seed={self.seed}: must be in [0, 2**63)")
         check(self.epochs >= 1, f"train.epochs={self.epochs}: must be >= 1")
         check(1 <= self.batch_size < 2**63, f"train.batch_size={self.batch_size}: must be in [1, 2**63)")
@@ -366,75 +562,82 @@ class TrainConfig:
             mb is None or (mb >= 1 and self.batch_size % mb == 0),
             f"train.micro_batch_size={mb}: must divide train.batch_size={self.batch_size}",
         )
-        check(0 < self.lr < math.inf, f"train.lr={self.lr}: must be a finite number > 0")
-        check(0.0 <= self.min_lr_ratio <= 1.0, f"train.min_lr_ratio={self.min_lr_ratio}: must be in [0, 1]")
-        check(0.0 <= self.warmup_frac < 1.0, f"train.warmup_frac={self.warmup_frac}: must be in [0, 1)")
-        check(self.warmup_steps >= 0, f"train.warmup_steps={self.warmup_steps}: must be >= 0 (0 = warmup_frac)")
-        check(self.schedule in ("cosine", "wsd"), f"train.schedule={self.schedule!r}: must be 'cosine' or 'wsd'")
-        check(0.0 < self.decay_frac <= 1.0, f"train.decay_frac={self.decay_frac}: must be in (0, 1]")
-        check(0.0 < self.mdm_eps < 1.0, f"train.mdm_eps={self.mdm_eps}: must be in (0, 1)")
-        check(0.0 <= self.mdm_t_min < 1.0, f"train.mdm_t_min={self.mdm_t_min}: must be in [0, 1)")
-        check(
-            len(self.mdm_t_beta) in (0, 2) and all(0 < v < math.inf for v in self.mdm_t_beta),
-            f"train.mdm_t_beta={self.mdm_t_beta}: must be [] (uniform t) or [a, b] with finite a, b > 0",
-        )
-        check(0.0 < self.mdm_t_beta_mix <= 1.0, f"train.mdm_t_beta_mix={self.mdm_t_beta_mix}: must be in (0, 1]")
-        check(
-            not (self.mdm_t_beta and self.mdm_t_min),
-            "train.mdm_t_beta and train.mdm_t_min: choose one t-sampling (Beta or clipped), not both",
-        )
-        check(
-            0.0 < self.nce_t_min <= self.nce_t_max <= 1.0,
-            f"train.nce_t_min={self.nce_t_min}, nce_t_max={self.nce_t_max}: must satisfy 0 < min <= max <= 1",
-        )
-        check(0.0 <= self.ar_input_noise < 1.0, f"train.ar_input_noise={self.ar_input_noise}: must be in [0, 1)")
-        check(
-            self.ar_input_noise_kind in ("mask", "random"),
-            f"train.ar_input_noise_kind={self.ar_input_noise_kind!r}: must be 'mask' or 'random'",
-        )
-        check(self.n_orderings >= 1, f"train.n_orderings={self.n_orderings}: must be >= 1")
-        for name in ("r2ft_beta_w", "r2ft_beta_l", "r2ft_beta_a"):
-            beta = getattr(self, name)
-            check(0 <= beta < math.inf, f"train.{name}={beta}: must be a finite number >= 0")
-        check(math.isfinite(self.r2ft_gamma), f"train.r2ft_gamma={self.r2ft_gamma}: must be a finite number")
-        check(self.r2ft_max_phrase >= 1, f"train.r2ft_max_phrase={self.r2ft_max_phrase}: must be >= 1")
-        check(0 <= self.r2ft_filler_rate <= 1, f"train.r2ft_filler_rate={self.r2ft_filler_rate}: must be in [0, 1]")
-        check(
-            len(self.r2ft_filler_tokens) == len(self.r2ft_filler_counts),
-            f"train.r2ft_filler_counts: must hold one count per r2ft_filler_tokens entry "
-            f"({len(self.r2ft_filler_counts)} for {len(self.r2ft_filler_tokens)})",
-        )
-        check(
-            all(0 <= t < 2**32 for t in self.r2ft_filler_tokens)
-            and all(0 < n < 2**53 for n in self.r2ft_filler_counts),
-            "train.r2ft_filler_tokens, r2ft_filler_counts: token ids must be in [0, 2**32), counts in [1, 2**53)",
-        )
-        for name in ("eval_mc_passes", "final_mc_passes"):
-            passes = getattr(self, name)
-            check(1 <= passes <= MAX_MC_PASSES, f"train.{name}={passes}: must be in [1, {MAX_MC_PASSES}]")
-        check(self.eval_every >= 0, f"train.eval_every={self.eval_every}: must be >= 0 (0 = about 20 per run)")
-        check(self.eval_batch_size >= 1, f"train.eval_batch_size={self.eval_batch_size}: must be >= 1")
-        check(self.grad_clip >= 0, f"train.grad_clip={self.grad_clip}: must be >= 0 (0 = off)")
-        check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay}: must be >= 0")
-        check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1, train.beta2: must be in [0, 1)")
-        check(
-            self.stop_at_step is None or self.stop_at_step >= 1,
-            f"train.stop_at_step={self.stop_at_step}: must be >= 1 or null",
-        )
-        check(self.checkpoint_every >= 0, f"train.checkpoint_every={self.checkpoint_every}: must be >= 0")
-        check(self.keep_checkpoints >= 1, f"train.keep_checkpoints={self.keep_checkpoints}: must be >= 1")
-        check(self.parallel in ("ddp", "fsdp"), f"train.parallel={self.parallel!r}: must be 'ddp' or 'fsdp'")
-        check(self.max_bad_steps >= 1, f"train.max_bad_steps={self.max_bad_steps}: must be >= 1")
+
+    @classmethod
+    def from_flat(cls, **options: Any) -> TrainConfig:
+        """From flat names: top-level fields and TRAIN_FLAT_NAMES, e.g. from_flat(epochs=4, lr=1e-3)."""
+        return cls().with_flat(**options)
+
+    def with_flat(self, **changes: Any) -> TrainConfig:
+        """A copy with fields changed by their flat names (a study's tuning axes), e.g. with_flat(weight_decay=1)."""
+        top = {f.name for f in dataclasses.fields(self) if f.name not in TRAIN_GROUPS}
+        unknown = sorted(set(changes) - top - set(TRAIN_FLAT_NAMES))
+        check(not unknown, f"unknown train option(s) {unknown}; choose from {sorted(top | set(TRAIN_FLAT_NAMES))}")
+        groups: dict[str, dict[str, Any]] = {}
+        for name, value in changes.items():
+            if name in TRAIN_FLAT_NAMES:
+                group, key = TRAIN_FLAT_NAMES[name]
+                groups.setdefault(group, {})[key] = value
+        nested = {g: dataclasses.replace(getattr(self, g), **values) for g, values in groups.items()}
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if k in top}, **nested)
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting under its flat name (the inverse of from_flat): what config_hash and resume compare."""
+        top = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in TRAIN_GROUPS}
+        return top | {name: getattr(getattr(self, g), key) for name, (g, key) in TRAIN_FLAT_NAMES.items()}
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: a flat name of before the grouping.
+        if name in TRAIN_FLAT_NAMES and "optim" in self.__dict__:
+            group, key = TRAIN_FLAT_NAMES[name]
+            warn_flat_name(old=f"TrainConfig.{name}", new=f"TrainConfig.{group}.{key}")
+            return getattr(getattr(self, group), key)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
-SFT_DEFAULTS = TrainConfig(epochs=3, batch_size=32, lr=1e-3, warmup_frac=0.05)
+def train_option(flat_name: str) -> str:
+    """The dotted name of a train setting given by its flat name: lr → optim.lr, seed → seed."""
+    group, key = TRAIN_FLAT_NAMES.get(flat_name, (None, flat_name))
+    return f"{group}.{key}" if group else key
+
+
+class FlatNameWarning(FutureWarning):
+    """A train setting given by its flat name of before the grouping (`lr` for `optim.lr`)."""
+
+
+def warn_flat_name(old: str, new: str, where: str = "") -> None:
+    import warnings
+
+    message = f"{where}{old} is now {new}; the flat name works until the next release"
+    warnings.warn(message, FlatNameWarning, stacklevel=3)
+
+
+def regroup_train(values: dict, where: str = "", warn: bool = True) -> dict:
+    """A train mapping (YAML, JSON, a run's config.json) with flat names moved into their groups; `where`
+    prefixes the warning (a file's name)."""
+    out = {k: v for k, v in values.items() if k not in TRAIN_FLAT_NAMES}
+    for name, value in values.items():
+        if name in TRAIN_FLAT_NAMES:
+            group, key = TRAIN_FLAT_NAMES[name]
+            if warn:
+                warn_flat_name(old=f"train.{name}", new=f"train.{group}.{key}", where=where)
+            section = out.setdefault(group, {})
+            check(isinstance(section, dict), f"{where}train.{group}: expected a mapping, got {section!r}")
+            check(key not in section, f"{where}train.{name} and train.{group}.{key} both given; keep the second")
+            section[key] = value
+    return out
+
+
+SFT_DEFAULTS = TrainConfig(epochs=3, batch_size=32, optim=OptimConfig(lr=1e-3, warmup_frac=0.05))
 """`unmask finetune sft`: a few epochs over the conversations at half pre-training's peak rate."""
-R2FT_DEFAULTS = TrainConfig(epochs=1, batch_size=32, lr=2e-4, warmup_frac=0.05)
+R2FT_DEFAULTS = TrainConfig(epochs=1, batch_size=32, optim=OptimConfig(lr=2e-4, warmup_frac=0.05))
 """`unmask finetune r2ft`: one gentle epoch from the SFT run."""
-ADAPT_DEFAULTS = TrainConfig(objective="mdm_adapt", epochs=16, warmup_frac=0.05)
+ADAPT_DEFAULTS = TrainConfig(objective="mdm_adapt", epochs=16, optim=OptimConfig(warmup_frac=0.05))
 """`unmask finetune adapt`: MDM pre-training's settings over the base's data, a short warm-up (the weights are
 trained already)."""
-ENERGY_DEFAULTS = TrainConfig(epochs=8, batch_size=16, lr=3e-4, warmup_frac=0.05, final_mc_passes=8)
+ENERGY_DEFAULTS = TrainConfig(
+    epochs=8, batch_size=16, optim=OptimConfig(lr=3e-4, warmup_frac=0.05), eval=EvalConfig(final_mc_passes=8)
+)
 """`unmask finetune energy`: a few epochs over the base's data at a low rate (the trunk starts as the MDM's);
 each validation pass samples from the frozen MDM, so the final estimate takes 8 passes, not 32."""
 
@@ -443,17 +646,26 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(cls: type, values: dict) -> Any:
-    """Build a config dataclass from plain data (a YAML/JSON file), naming any unknown key or wrong type.
+def from_dict(cls: type, values: dict, warn_flat: bool = True) -> Any:
+    """Build a config dataclass from plain data (a YAML/JSON file), naming any unknown key or wrong type;
+    nested groups (TrainConfig.optim, ...) from nested mappings.
 
-    Typos and hand-edited files must not pass silently, nor fail later with a raw TypeError.
+    Typos and hand-edited files must not pass silently, nor fail later with a raw TypeError. A train mapping
+    may use the flat names of before the grouping (with a warning, unless `warn_flat` is off: a run directory
+    written by an earlier version is not the user's to rewrite).
     """
     check(isinstance(values, dict), f"{cls.__name__}: expected a mapping of keys to values, got {values!r}")
+    if cls is TrainConfig:
+        values = regroup_train(values, warn=warn_flat)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     check(not unknown, f"unknown {cls.__name__} key(s) {unknown}; allowed: {sorted(names)}")
     hints = typing.get_type_hints(cls)
+    values = dict(values)
     for key, value in values.items():
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            values[key] = from_dict(hints[key], value)
+            continue
         check(
             _is_instance(value, hints[key]),
             f"{cls.__name__}.{key}={value!r}: expected {_type_name(hints[key])}",

@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unmask.config import DataConfig, ModelConfig, TrainConfig, check, to_dict
+from unmask.config import DataConfig, EvalConfig, ModelConfig, TrainConfig, check, to_dict
 
 
 @dataclass
@@ -29,7 +29,7 @@ class DemoConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(local_prior=5.0))
     """Model shared by AR and MDM (default: the 0.43M 'demo' size, with the local attention prior that lets
     MDM leave the unigram plateau early; see docs/study.md)."""
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(eval_every=0, eval_mc_passes=4))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(eval=EvalConfig(every=0, mc_passes=4)))
     """Settings shared by all runs; objective and epochs are set per run."""
     ar_epochs: list[int] = field(default_factory=lambda: [1, 4, 12, 32])
     """Epoch counts of the AR runs (each its own run and schedule)."""

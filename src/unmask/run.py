@@ -84,7 +84,7 @@ class Run:
             raise ConfigError(f"{self.path / 'config.json'} lacks its 'model' and 'train' sections: {what}")
         try:
             self.model_config = from_dict(ModelConfig, {**self.config["model"], "size": None})
-            self.train_config = from_dict(TrainConfig, self.config["train"])
+            self.train_config = from_dict(TrainConfig, self.config["train"], warn_flat=False)
         except ConfigError as e:
             raise ConfigError(f"{self.path / 'config.json'} is invalid: {e}") from None
         except TypeError:
@@ -201,7 +201,7 @@ def result_lines(path) -> list[str]:
     if result is None or result["step"] != total:
         return [f"{path}: stopped before its last step (no result yet); continue with --resume true"]
     kind = run.objective.bound_name
-    passes = run.train_config.final_mc_passes
+    passes = run.train_config.eval.final_mc_passes
     loss = f"{result['loss']:.4f}" if is_finite_number(result["loss"]) else "not finite (the run diverged)"
     spread = f" ± {result['stderr']:.4f} ({passes} MC passes)" if is_finite_number(result["stderr"]) else ""
     lines = [f"{path}: final validation {kind} {loss}{spread}, final weights (last.safetensors)"]
@@ -209,7 +209,7 @@ def result_lines(path) -> list[str]:
     if lowest["step"] != result["step"]:
         lines.append(
             f"  lowest on the validation curve: {lowest['val_loss']:.4f} at step {lowest['step']} "
-            f"(early-stopped, best.safetensors; {run.train_config.eval_mc_passes}-pass estimate if MDM)"
+            f"(early-stopped, best.safetensors; {run.train_config.eval.mc_passes}-pass estimate if MDM)"
         )
     return lines
 

@@ -57,7 +57,7 @@ def sft_run(pristine, folders, finetune_root) -> Path:
     from unmask.config import TrainConfig
     from unmask.finetune.sft import sft
 
-    cfg = TrainConfig(epochs=1, batch_size=8, eval_mc_passes=1, final_mc_passes=1)
+    cfg = TrainConfig.from_flat(epochs=1, batch_size=8, eval_mc_passes=1, final_mc_passes=1)
     return sft(pristine.runs["mdm"], folders["mdm"], finetune_root / "sft-mdm", cfg, quiet=True, tensorboard=False)
 
 
@@ -70,7 +70,7 @@ STUDY = """
 name: bad
 out: {out}
 data: {{vocab_size: 300, seq_len: 32, val_tokens: 512, tokenizer_train_bytes: 200000}}
-train: {{batch_size: 8, eval_mc_passes: 1, final_mc_passes: 2}}
+train: {{batch_size: 8, eval: {{mc_passes: 1, final_mc_passes: 2}}}}
 objectives: [ar, mdm]
 sizes: [tiny]
 unique_tokens: [2000]

@@ -252,7 +252,7 @@ def empty_dir(ws: Workspace) -> Path:
     return ws.path / "empty"
 
 
-TINY_TRAIN = ["--model.size", "tiny", "--train.epochs", 1, "--train.batch_size", 48, "--train.eval_every", 100]
+TINY_TRAIN = ["--model.size", "tiny", "--train.epochs", 1, "--train.batch_size", 48, "--train.eval.every", 100]
 TINY_TRAIN += ["--tensorboard", "false"]
 TINY_PREPARE = ["--data.unique_tokens", 3000, "--data.val_tokens", 1000, "--data.vocab_size", 384]
 TINY_PREPARE += ["--data.seq_len", 32, "--data.tokenizer_train_bytes", 400_000]

@@ -41,7 +41,16 @@ def ws(ws: Workspace, finetune_root: Path) -> Workspace:
 
 GOOD = CONVERSATIONS[0]
 MESSAGES = {"messages": [{"role": "user", "content": "say a"}, {"role": "assistant", "content": "a a"}]}
-FAST = ["--train.stop_at_step", 1, "--train.batch_size", 4, "--train.eval_mc_passes", 1, "--train.final_mc_passes", 1]
+FAST = [
+    "--train.checkpoint.stop_at_step",
+    1,
+    "--train.batch_size",
+    4,
+    "--train.eval.mc_passes",
+    1,
+    "--train.eval.final_mc_passes",
+    1,
+]
 FAST += ["--tensorboard", "false"]
 """Legal settings that keep a fine-tuning run that succeeds to one step."""
 
@@ -395,7 +404,7 @@ NUMERIC: dict[str, tuple[Callable[[Workspace, dict, Path], list], dict, str | No
         ],
         {
             "--train.batch_size": (OUT_OF_RANGE, {"-1", "0", "2**63", "2**64"}),
-            "--train.lr": (FLOATS, POSITIVE_FLOAT),
+            "--train.optim.lr": (FLOATS, POSITIVE_FLOAT),
             "--train.epochs": ({"-1": -1, "0": 0}, {"-1", "0"}),
         },
         "r",
@@ -403,17 +412,17 @@ NUMERIC: dict[str, tuple[Callable[[Workspace, dict, Path], list], dict, str | No
     "finetune r2ft": (
         lambda ws, f, s: ["finetune", "r2ft", s, "--data", f["mdm"], "--out", ws.path / "r", *FAST],
         {
-            "--train.r2ft_max_phrase": ({"-1": -1, "0": 0}, {"-1", "0"}),
-            "--train.r2ft_filler_rate": (FLOATS, {"-1", "1e12", "nan", "inf"}),
-            "--train.r2ft_beta_w": (FLOATS, NON_NEGATIVE_FLOAT),
+            "--train.r2ft.max_phrase": ({"-1": -1, "0": 0}, {"-1", "0"}),
+            "--train.r2ft.filler_rate": (FLOATS, {"-1", "1e12", "nan", "inf"}),
+            "--train.r2ft.beta_w": (FLOATS, NON_NEGATIVE_FLOAT),
         },
         "r",
     ),
     "finetune energy": (
         lambda ws, f, s: ["finetune", "energy", ws.pristine.runs["mdm"], "--out", ws.path / "r", *FAST],
         {
-            "--train.nce_t_min": (FLOATS, {"-1", "0", "1e12", "nan", "inf"}),
-            "--train.nce_t_max": (FLOATS, {"-1", "0", "1e12", "nan", "inf"}),
+            "--train.nce.t_min": (FLOATS, {"-1", "0", "1e12", "nan", "inf"}),
+            "--train.nce.t_max": (FLOATS, {"-1", "0", "1e12", "nan", "inf"}),
         },
         "r",
     ),

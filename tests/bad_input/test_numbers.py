@@ -88,13 +88,13 @@ BENCH_SAMPLE_OPTIONS = {
     "--threshold": (FLOATS, {"nan", "inf"}),  # used only by the threshold rows, not run here
 }
 TRAIN_OPTIONS = {
-    "--train.threads": (OUT_OF_RANGE, {"-1", "10**12", "2**63", "2**64"}),
+    "--train.runtime.threads": (OUT_OF_RANGE, {"-1", "10**12", "2**63", "2**64"}),
     "--train.seed": (OUT_OF_RANGE, SEED | {"2**63"}),
     "--train.batch_size": (OUT_OF_RANGE, {"-1", "0", "2**63", "2**64"}),
     "--train.epochs": ({"-1": -1, "0": 0}, {"-1", "0"}),  # a huge epoch count is a (very) long run, not an error
     "--train.micro_batch_size": (OUT_OF_RANGE, {"-1", "0", "10**12", "2**63", "2**64"}),
-    "--train.eval_batch_size": (OUT_OF_RANGE, {"-1", "0"}),
-    "--train.lr": (FLOATS, POSITIVE_FLOAT),
+    "--train.eval.batch_size": (OUT_OF_RANGE, {"-1", "0"}),
+    "--train.optim.lr": (FLOATS, POSITIVE_FLOAT),
 }
 PREPARE_OPTIONS = {
     "--data.vocab_size": (OUT_OF_RANGE, COUNT),

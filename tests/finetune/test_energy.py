@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -136,7 +135,7 @@ def test_a_batch_of_three_rows_is_each_resampled_from_its_own_candidates():
 
 def test_nce_window_defaults_to_the_samplers():
     cfg, window = tiny_train_config(), EnergyConfig()
-    assert (cfg.nce_t_min, cfg.nce_t_max) == (window.t_end, window.t_start)
+    assert (cfg.nce.t_min, cfg.nce.t_max) == (window.t_end, window.t_start)
 
 
 # --- tiny runs: training, resume, Run, sampling -------------------------------------------------------
@@ -198,7 +197,7 @@ def test_an_energy_run_resumes_to_the_same_weights(energy_run, base_runs):
     root, mdm, _ = base_runs
     cfg = tiny_train_config(**ENERGY_TRAIN)
     out = root / "energy-resumed"
-    train_energy(mdm, out, train=dataclasses.replace(cfg, stop_at_step=7), quiet=True, tensorboard=False)
+    train_energy(mdm, out, train=cfg.with_flat(stop_at_step=7), quiet=True, tensorboard=False)
     assert Run(out).final_result() is None or Run(out).final_result()["step"] < Run(energy_run).budget()["total_steps"]
     train_energy(mdm, out, train=cfg, resume=True, quiet=True, tensorboard=False)
     a, b = Run(energy_run).load_model("last").state_dict(), Run(out).load_model("last").state_dict()
@@ -261,7 +260,7 @@ def test_an_energy_run_refuses_to_resume_once_its_base_changed(base_runs):
     shutil.copytree(mdm, base)
     cfg = tiny_train_config(**ENERGY_TRAIN)
     out = root / "energy-of-copy"
-    train_energy(base, out, train=dataclasses.replace(cfg, stop_at_step=2), quiet=True, tensorboard=False)
+    train_energy(base, out, train=cfg.with_flat(stop_at_step=2), quiet=True, tensorboard=False)
     model = Run(base).load_model("last")
     weights = {k: v + 1e-3 if k == "embed.weight" else v for k, v in read_weights(base / "last.safetensors").items()}
     save_model(model, base / "last.safetensors", weights)  # the base retrained in place

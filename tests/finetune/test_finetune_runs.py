@@ -21,7 +21,16 @@ from unmask.run import Run
 from unmask.training import train
 
 DATA = DataConfig(unique_tokens=4_000, val_tokens=1_000, vocab_size=512, seq_len=64, tokenizer_train_bytes=400_000)
-SFT = ["--train.epochs", "1", "--train.batch_size", "16", "--train.eval_mc_passes", "2", "--train.final_mc_passes", "2"]
+SFT = [
+    "--train.epochs",
+    "1",
+    "--train.batch_size",
+    "16",
+    "--train.eval.mc_passes",
+    "2",
+    "--train.eval.final_mc_passes",
+    "2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +41,7 @@ def bases(tmp_path_factory) -> dict[str, str]:
     runs = {}
     for objective in ("mdm", "ar"):
         model = ModelConfig(size="tiny", causal=objective == "ar")
-        cfg = TrainConfig(objective=objective, epochs=1, batch_size=8, eval_mc_passes=2, final_mc_passes=2)
+        cfg = TrainConfig.from_flat(objective=objective, epochs=1, batch_size=8, eval_mc_passes=2, final_mc_passes=2)
         runs[objective] = str(train(data, root / objective, model, cfg, quiet=True, tensorboard=False))
     return runs
 
@@ -102,7 +111,7 @@ def test_prepare_never_replaces_a_folder_it_did_not_write(bases, folder, tmp_pat
 
 def test_sft_starts_from_the_base_and_resumes_like_pretraining(bases, folder, tmp_path, capsys):
     whole, halves = tmp_path / "whole", tmp_path / "halves"
-    lr = ["--train.lr", "5e-4"]  # given when the run starts, not when it resumes: the run's own value holds
+    lr = ["--train.optim.lr", "5e-4"]  # given when the run starts, not when it resumes: the run's own value holds
     code, out, _ = unmask(capsys, "finetune", "sft", bases["mdm"], "--data", folder, "--out", whole, *SFT, *lr)
     assert code == 0 and "final validation ELBO" in out
     run = Run(whole)
@@ -118,7 +127,7 @@ def test_sft_starts_from_the_base_and_resumes_like_pretraining(bases, folder, tm
     assert len(new_rows) > 0 and torch.allclose(new_rows, base.mean(0).expand_as(new_rows))
     steps = run.budget()["total_steps"]
     unmask(capsys, "finetune", "sft", bases["mdm"], "--data", folder, "--out", halves, *SFT, *lr,
-           "--train.stop_at_step", str(steps // 2))  # fmt: skip
+           "--train.checkpoint.stop_at_step", str(steps // 2))  # fmt: skip
     code, _, _ = unmask(capsys, "finetune", "sft", bases["mdm"], "--data", folder, "--out", halves, *SFT,
                         "--resume", "true")  # fmt: skip
     assert code == 0
@@ -130,7 +139,7 @@ def test_a_stopped_sft_run_resumes_without_its_base_but_not_with_another(bases, 
     base, out = tmp_path / "base", tmp_path / "sft"
     shutil.copytree(bases["mdm"], base)
     code, _, _ = unmask(capsys, "finetune", "sft", base, "--data", folder, "--out", out, *SFT,
-                        "--train.stop_at_step", "2")  # fmt: skip
+                        "--train.checkpoint.stop_at_step", "2")  # fmt: skip
 
     def last_step() -> int:
         return max(r["step"] for r in Run(out).metrics() if "loss" in r)
@@ -163,7 +172,7 @@ def test_sft_refuses_data_of_another_tokenizer_and_objectives_it_cannot_tune(bas
     assert not (tmp_path / "x").exists()  # refused before anything is written
     sft_run = tmp_path / "sft"
     unmask(capsys, "finetune", "sft", bases["mdm"], "--data", folder, "--out", sft_run, *SFT,
-           "--train.stop_at_step", "1")  # fmt: skip
+           "--train.checkpoint.stop_at_step", "1")  # fmt: skip
     code, _, err = unmask(capsys, "finetune", "sft", sft_run, "--data", folder, "--out", tmp_path / "y", *SFT)
     assert_one_line_error(code, err, "sft_mdm", "SFT starts from an 'mdm' or 'ar' run")
 
@@ -204,7 +213,9 @@ def test_sft_raises_test_accuracy_over_the_base(bases, tmp_path, objective, epoc
     from unmask.finetune.sft import sft
 
     data, _ = prepare_instructions(bases[objective], tmp_path / "data", per_task=2000, tasks=["first_word"])
-    cfg = TrainConfig(epochs=epochs, batch_size=32, lr=lr, warmup_frac=0.05, eval_mc_passes=2, final_mc_passes=2)
+    cfg = TrainConfig.from_flat(
+        epochs=epochs, batch_size=32, lr=lr, warmup_frac=0.05, eval_mc_passes=2, final_mc_passes=2
+    )
     run = sft(bases[objective], data.path, tmp_path / "sft", cfg, quiet=True, tensorboard=False)
     base_row, _ = evaluate_instructions(bases[objective], per_task=50, length=16, tasks=["first_word"])
     sft_row, _ = evaluate_instructions(run, per_task=50, length=16, tasks=["first_word"])

@@ -27,7 +27,7 @@ def runs(tmp_path_factory, tiny_data_dir, trained_runs):
     ar = train(tiny_data_dir, root / "ar", None, tiny_train_config(objective="ar", epochs=1), quiet=True,
                tensorboard=False)  # fmt: skip
     folder, _ = prepare_instructions(base, root / "sft-data", val_share=0.2, per_task=20)
-    sft_run = sft(base, folder.path, root / "sft", TrainConfig(epochs=1, batch_size=8, **FAST), quiet=True,
+    sft_run = sft(base, folder.path, root / "sft", TrainConfig.from_flat(epochs=1, batch_size=8, **FAST), quiet=True,
                   tensorboard=False)  # fmt: skip
     return {"root": root, "mdm": base, "ar": ar, "data": folder.path, "sft": sft_run}
 
@@ -52,8 +52,8 @@ def test_help_documents_every_option(capsys):
     with pytest.raises(SystemExit):
         cli.main(["finetune", "r2ft", "--help"])
     text = capsys.readouterr().out
-    for option in ("--data", "--out", "--resume", "--train.r2ft_beta_w", "--train.r2ft_beta_a", "--train.r2ft_gamma",
-                   "--train.r2ft_filler_rate", "--train.r2ft_max_phrase", "sft_mdm"):  # fmt: skip
+    for option in ("--data", "--out", "--resume", "--train.r2ft.beta_w", "--train.r2ft.beta_a", "--train.r2ft.gamma",
+                   "--train.r2ft.filler_rate", "--train.r2ft.max_phrase", "sft_mdm"):  # fmt: skip
         assert option in text
 
 
@@ -65,22 +65,22 @@ def test_the_filler_counts_frequent_answer_tokens_and_no_special_one(runs):
 
 
 def test_a_run_stopped_and_resumed_ends_with_the_same_weights_and_prints_its_result(runs, capsys):
-    cfg = TrainConfig(epochs=3, batch_size=4, micro_batch_size=2, lr=1e-3, r2ft_filler_rate=0.2, **FAST)
+    cfg = TrainConfig.from_flat(epochs=3, batch_size=4, micro_batch_size=2, lr=1e-3, r2ft_filler_rate=0.2, **FAST)
     whole = r2ft(runs["sft"], runs["data"], runs["root"] / "whole", cfg, quiet=True, tensorboard=False)
     total = Run(whole).budget()["total_steps"]
     assert total >= 3
     parted = runs["root"] / "parted"
     args = ["finetune", "r2ft", runs["sft"], "--data", runs["data"], "--out", parted, "--tensorboard", "false",
-            "--train.epochs", 3, "--train.lr", 1e-3, "--train.warmup_frac", 0.01, "--train.batch_size", 4,
-            "--train.micro_batch_size", 2, "--train.eval_every", 4,
-            "--train.eval_mc_passes", 1, "--train.final_mc_passes", 1, "--train.eval_batch_size", 32,
-            "--train.r2ft_filler_rate", 0.2]  # fmt: skip
-    code, out, _ = unmask(capsys, *args, "--train.stop_at_step", total // 2)
+            "--train.epochs", 3, "--train.optim.lr", 1e-3, "--train.optim.warmup_frac", 0.01, "--train.batch_size", 4,
+            "--train.micro_batch_size", 2, "--train.eval.every", 4,
+            "--train.eval.mc_passes", 1, "--train.eval.final_mc_passes", 1, "--train.eval.batch_size", 32,
+            "--train.r2ft.filler_rate", 0.2]  # fmt: skip
+    code, out, _ = unmask(capsys, *args, "--train.checkpoint.stop_at_step", total // 2)
     assert code == 0 and "stopped before its last step" in out
     code, out, _ = unmask(capsys, *args, "--resume", "true")
     assert code == 0 and "final validation R2FT preference loss" in out
     a, b = read_weights(whole / "last.safetensors"), read_weights(parted / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     saved = Run(parted).train_config
-    assert saved.objective == "r2ft" and saved.r2ft_filler_tokens and saved.init_from == str(runs["sft"].resolve())
+    assert saved.objective == "r2ft" and saved.r2ft.filler_tokens and saved.init_from == str(runs["sft"].resolve())
     assert Run(parted).objective.name == "r2ft"  # the run directory opens from the objectives layer

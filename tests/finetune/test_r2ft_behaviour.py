@@ -59,13 +59,13 @@ def pipeline(root, seed: int = 0) -> tuple[dict, dict]:
         quiet=True,
     )
     fast = dict(eval_every=0, eval_mc_passes=1, final_mc_passes=1, seed=seed)
-    base_cfg = TrainConfig(objective="mdm", epochs=4, batch_size=16, lr=3e-3, **fast)
+    base_cfg = TrainConfig.from_flat(objective="mdm", epochs=4, batch_size=16, lr=3e-3, **fast)
     base = train(data, root / "base", ModelConfig(size="tiny"), base_cfg, quiet=True, tensorboard=False)
     folder, _ = prepare_instructions(base, root / "sft-data", per_task=100)
-    sft_run = sft(base, folder.path, root / "sft", TrainConfig(epochs=6, batch_size=16, lr=3e-3, **fast),
+    sft_run = sft(base, folder.path, root / "sft", TrainConfig.from_flat(epochs=6, batch_size=16, lr=3e-3, **fast),
                   quiet=True, tensorboard=False)  # fmt: skip
-    r2ft_run = r2ft(sft_run, folder.path, root / "r2ft", TrainConfig(epochs=1, batch_size=16, lr=1e-3, **fast),
-                    quiet=True, tensorboard=False)  # fmt: skip
+    r2ft_config = TrainConfig.from_flat(epochs=1, batch_size=16, lr=1e-3, **fast)
+    r2ft_run = r2ft(sft_run, folder.path, root / "r2ft", r2ft_config, quiet=True, tensorboard=False)
     rows = {name: evaluate_instructions(str(run), 12, LENGTH, SAMPLER, 0, "last", "cpu")[0]
             for name, run in (("sft", sft_run), ("r2ft", r2ft_run))}  # fmt: skip
     margins = {name: held_out_margin(run, folder.path) for name, run in (("sft", sft_run), ("r2ft", r2ft_run))}

@@ -51,7 +51,7 @@ def batch() -> torch.Tensor:
 
 
 def loss_of(name: str, model, x, seed: int = 0, **cfg):
-    loss = get_objective(name).make_loss(TrainConfig(objective=name, **cfg), x.shape[-1])
+    loss = get_objective(name).make_loss(TrainConfig.from_flat(objective=name, **cfg), x.shape[-1])
     return loss(model, x, SP, torch.Generator().manual_seed(seed))
 
 

@@ -149,7 +149,7 @@ def test_token_count_is_known_before_the_forward(objective):
     model = tiny(causal=record.causal)
     x = torch.randint(3, V, (3, 8))
     x[2, 5:] = PAD
-    loss_fn = record.make_loss(TrainConfig(objective=objective, n_orderings=3), 8)
+    loss_fn = record.make_loss(TrainConfig.from_flat(objective=objective, n_orderings=3), 8)
     out = loss_fn(model, x, SP, torch.Generator().manual_seed(0))
     assert out.n_tokens == record.n_targets(x, PAD)
     assert torch.isfinite(out.loss_sum)

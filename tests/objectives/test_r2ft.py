@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unmask.config import ConfigError, ModelConfig, TrainConfig
+from unmask.config import ConfigError, ModelConfig, R2ftConfig, TrainConfig
 from unmask.model import Transformer, select_positions
 from unmask.objectives import Specials, get_objective
 from unmask.objectives.r2ft import continuation_logp, r2ft_batch, r2ft_loss
@@ -152,14 +152,14 @@ def test_the_objectives_gradient_raises_the_winners_margin_on_a_real_denoiser():
 
 
 def test_the_filler_without_its_tokens_is_refused_and_bad_weights_get_one_line():
-    with pytest.raises(ConfigError, match="r2ft_filler_tokens"):
-        get_objective("r2ft").make_loss(TrainConfig(objective="r2ft", r2ft_filler_rate=0.1), T)
+    with pytest.raises(ConfigError, match="r2ft.filler_tokens"):
+        get_objective("r2ft").make_loss(TrainConfig(objective="r2ft", r2ft=R2ftConfig(filler_rate=0.1)), T)
     for bad, match in [
-        (dict(r2ft_beta_w=-1.0), "train.r2ft_beta_w=-1.0: must be a finite number >= 0"),
-        (dict(r2ft_gamma=float("nan")), "train.r2ft_gamma=nan"),
-        (dict(r2ft_max_phrase=0), "train.r2ft_max_phrase=0"),
-        (dict(r2ft_filler_rate=1.5), "train.r2ft_filler_rate=1.5: must be in"),
-        (dict(r2ft_filler_tokens=[4, 5], r2ft_filler_counts=[1]), "one count per"),
+        (dict(beta_w=-1.0), "train.r2ft.beta_w=-1.0: must be a finite number >= 0"),
+        (dict(gamma=float("nan")), "train.r2ft.gamma=nan"),
+        (dict(max_phrase=0), "train.r2ft.max_phrase=0"),
+        (dict(filler_rate=1.5), "train.r2ft.filler_rate=1.5: must be in"),
+        (dict(filler_tokens=[4, 5], filler_counts=[1]), "one count per"),
     ]:
         with pytest.raises(ConfigError, match=match):
-            TrainConfig(**bad)
+            R2ftConfig(**bad)

@@ -12,7 +12,7 @@ import torch
 from scipy import stats
 
 from tests.objectives.test_objectives import SP, V, exact_mdm_elbo, tiny
-from unmask.config import ConfigError, TrainConfig
+from unmask.config import ConfigError, MdmConfig
 from unmask.objectives.mdm import mask_probability, mdm_loss, noise_levels
 
 
@@ -71,9 +71,9 @@ def test_the_default_is_uniform_t_bit_for_bit():
 
 @pytest.mark.parametrize(
     "options",
-    [dict(mdm_t_min=1.0), dict(mdm_t_min=-0.1), dict(mdm_t_beta=[1.0]), dict(mdm_t_beta=[0.0, 2.0]),
-     dict(mdm_t_beta=[2.0, math.inf]), dict(mdm_t_beta=[2.0, 2.0], mdm_t_min=0.1), dict(mdm_t_beta_mix=0.0)],
+    [dict(t_min=1.0), dict(t_min=-0.1), dict(t_beta=[1.0]), dict(t_beta=[0.0, 2.0]),
+     dict(t_beta=[2.0, math.inf]), dict(t_beta=[2.0, 2.0], t_min=0.1), dict(t_beta_mix=0.0)],
 )  # fmt: skip
 def test_bad_t_sampling_options_are_refused(options):
-    with pytest.raises(ConfigError, match="train.mdm_t_"):
-        TrainConfig(**options)
+    with pytest.raises(ConfigError, match=r"train\.mdm\.t_"):
+        MdmConfig(**options)

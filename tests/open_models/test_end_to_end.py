@@ -51,8 +51,9 @@ def test_an_imported_mdm_fine_tunes_a_few_steps(imported, capsys, tmp_path):
     code, _, err = unmask(capsys, "finetune", "prepare", imported["llada"], "--out", tmp_path / "sft-data",
                           "--per_task", "20")  # fmt: skip
     assert code == 0, err
-    code, _, err = unmask(capsys, "finetune", "sft", imported["llada"], "--data", tmp_path / "sft-data", "--out",
-                          tmp_path / "sft", "--train.stop_at_step", "3", "--train.batch_size", "4")  # fmt: skip
+    code, _, err = unmask(capsys, "finetune", "sft", imported["llada"], "--data", tmp_path / "sft-data",
+                          "--out", tmp_path / "sft", "--train.checkpoint.stop_at_step", "3",
+                          "--train.batch_size", "4")  # fmt: skip
     assert code == 0, err
     run = Run(tmp_path / "sft")
     assert run.objective.name == "sft_mdm" and [r["step"] for r in run.metrics() if "loss" in r] == [1, 2, 3]

@@ -15,7 +15,7 @@ name: {name}
 out: {out}
 data: {{vocab_size: 300, seq_len: 32, val_tokens: 512}}
 model: {{}}
-train: {{batch_size: 8, eval_mc_passes: 2, final_mc_passes: 4}}
+train: {{batch_size: 8, eval: {{mc_passes: 2, final_mc_passes: 4}}}}
 objectives: [ar, mdm]
 sizes: [tiny]
 unique_tokens: [2000]
@@ -108,7 +108,7 @@ def test_the_two_protocols_pick_the_shared_setting_and_each_objectives_best():
     from unmask.study.grid import StudyConfig
     from unmask.study.pipeline import protocol_rows
 
-    study = StudyConfig(train=TrainConfig(lr=0.002), tune={"lr": [0.001, 0.002, 0.004]})
+    study = StudyConfig(train=TrainConfig.from_flat(lr=0.002), tune={"lr": [0.001, 0.002, 0.004]})
 
     def row(objective, lr, loss):
         tuned = json.dumps({"lr": lr})

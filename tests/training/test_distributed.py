@@ -18,9 +18,9 @@ pytestmark = [
     pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed"),
 ]
 
-BASE = ["--model.size", "tiny", "--train.epochs", "2", "--train.batch_size", "8", "--train.lr", "3e-3",
-        "--train.eval_every", "10", "--train.eval_mc_passes", "2", "--train.final_mc_passes", "2",
-        "--train.device", "cpu", "--train.threads", "1", "--tensorboard", "false"]  # fmt: skip
+BASE = ["--model.size", "tiny", "--train.epochs", "2", "--train.batch_size", "8", "--train.optim.lr", "3e-3",
+        "--train.eval.every", "10", "--train.eval.mc_passes", "2", "--train.eval.final_mc_passes", "2",
+        "--train.runtime.device", "cpu", "--train.runtime.threads", "1", "--tensorboard", "false"]  # fmt: skip
 
 
 def unmask_train(data, out, processes: int, *args: str) -> subprocess.CompletedProcess:
@@ -61,7 +61,7 @@ ACCUMULATE = ["--train.micro_batch_size", "2"]
         ("mdm", "ddp", []),
         ("mdm", "fsdp", []),
         ("ar", "ddp", ACCUMULATE),
-        ("mdm", "fsdp", [*ACCUMULATE, "--train.activation_checkpointing", "true"]),
+        ("mdm", "fsdp", [*ACCUMULATE, "--train.runtime.activation_checkpointing", "true"]),
     ],
     ids=["ar-ddp", "mdm-ddp", "mdm-fsdp", "ar-ddp-accumulate", "mdm-fsdp-accumulate-recompute"],
 )
@@ -71,7 +71,9 @@ def test_two_processes_train_the_run_one_process_would(tiny_data_dir, tmp_path, 
     one = tmp_path / "one"
     unmask_train(tiny_data_dir, one, 1, "--train.objective", objective, "--train.micro_batch_size", micro)
     two = tmp_path / "two"
-    done = unmask_train(tiny_data_dir, two, 2, "--train.objective", objective, "--train.parallel", parallel, *extra)
+    done = unmask_train(
+        tiny_data_dir, two, 2, "--train.objective", objective, "--train.runtime.parallel", parallel, *extra
+    )
     assert_same_run(one, two)
     assert steps(two)[-1]["tokens_seen"] == 2 * TINY_DATA.unique_tokens  # E·U exactly, across both processes
     assert done.stdout.count("final validation") == 1  # rank 0 speaks for the run
@@ -83,7 +85,7 @@ def test_a_checkpoint_of_two_processes_resumes_in_one(tiny_data_dir, tmp_path, p
     full = tmp_path / "full"
     unmask_train(tiny_data_dir, full, 1, "--train.micro_batch_size", "4")
     part = tmp_path / "part"
-    unmask_train(tiny_data_dir, part, 2, "--train.parallel", parallel, "--train.stop_at_step", "7",
+    unmask_train(tiny_data_dir, part, 2, "--train.runtime.parallel", parallel, "--train.checkpoint.stop_at_step", "7",
                  "--train.micro_batch_size", "4")  # fmt: skip
     assert [r["step"] for r in steps(part)] == list(range(1, 8))
     unmask_train(tiny_data_dir, part, 1, "--resume", "true")

@@ -3,13 +3,11 @@ input noise in training only, validation unchanged by either."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
 from tests.objectives.test_objectives import SP, V, tiny
-from unmask.config import ConfigError, TrainConfig
+from unmask.config import ArConfig, ConfigError, OptimConfig, TrainConfig
 from unmask.objectives import get_objective
 from unmask.objectives.ar import ar_loss, corrupt_inputs
 from unmask.training.optim import make_optimizer
@@ -18,7 +16,7 @@ from unmask.training.optim import make_optimizer
 def test_weight_decay_shrinks_every_matrix_and_no_norm_weight():
     model = tiny(causal=True)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = make_optimizer(model, TrainConfig(lr=0.1, weight_decay=3.0))  # 30x the default, the sweep's top
+    opt = make_optimizer(model, OptimConfig(lr=0.1, weight_decay=3.0))  # 30x the default, the sweep's top
     for p in model.parameters():
         p.grad = torch.zeros_like(p)  # Adam's step is 0: only the decoupled decay moves a weight
     opt.step()
@@ -53,14 +51,14 @@ def test_ar_input_noise_corrupts_the_inputs_at_its_rate_and_never_the_targets(ki
 
 def test_ar_input_noise_is_training_only_validation_reads_clean_inputs():
     ar = get_objective("ar")
-    cfg = TrainConfig(objective="ar", ar_input_noise=0.3)
+    cfg = TrainConfig.from_flat(objective="ar", ar_input_noise=0.3)
     model = tiny(causal=True, seq_len=16)
     x = torch.randint(3, V, (8, 16), generator=torch.Generator().manual_seed(0))
     train_loss = ar.make_loss(cfg, 16)(model, x, SP, torch.Generator().manual_seed(0))
     eval_loss = ar.make_eval_loss(cfg, 16)(model, x, SP, torch.Generator().manual_seed(0))
     assert torch.equal(eval_loss.loss_sum, ar_loss(model, x, SP).loss_sum)
     assert not torch.equal(train_loss.loss_sum, eval_loss.loss_sum)
-    assert ar.make_loss(dataclasses.replace(cfg, ar_input_noise=0.0), 16) is ar_loss  # off: the plain loss, bitwise
+    assert ar.make_loss(cfg.with_flat(ar_input_noise=0.0), 16) is ar_loss  # off: the plain loss, bitwise
 
 
 def test_dropout_acts_in_training_mode_only():
@@ -76,9 +74,7 @@ def test_dropout_acts_in_training_mode_only():
     assert torch.equal(model(x), model(x))
 
 
-@pytest.mark.parametrize(
-    "options", [dict(ar_input_noise=1.0), dict(ar_input_noise=-0.1), dict(ar_input_noise_kind="x")]
-)
+@pytest.mark.parametrize("options", [dict(input_noise=1.0), dict(input_noise=-0.1), dict(input_noise_kind="x")])
 def test_bad_regularisation_options_are_refused(options):
-    with pytest.raises(ConfigError, match="train.ar_input_noise"):
-        TrainConfig(**options)
+    with pytest.raises(ConfigError, match="train.ar.input_noise"):
+        ArConfig(**options)

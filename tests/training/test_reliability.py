@@ -222,12 +222,16 @@ def test_disk_full_while_checkpointing_names_the_last_good_checkpoint(tiny_data,
         (
             "train:\n  epoch: 3\n",
             "unknown option 'train.epoch' for unmask train; did you mean 'train.epochs'? "
-            "allowed: train.activation_checkpointing, train.ar_input_noise,",
+            "allowed: train.batch_size, train.epochs, train.init_from,",
         ),
         ("train:\n  epochs: two\n", "train.epochs='two': expected int"),
         ("train:\n  objective: gpt\n", "train.objective='gpt': must be one of ar, mdm, ar_orderings"),
-        ("train:\n  keep_checkpoints: 0\n", "train.keep_checkpoints=0: must be >= 1"),
-        ("train:\n  max_bad_steps: 0\n", "train.max_bad_steps=0: must be >= 1"),
+        ("train:\n  checkpoint:\n    keep: 0\n", "train.checkpoint.keep=0: must be >= 1"),
+        ("train:\n  optim:\n    max_bad_steps: 0\n", "train.optim.max_bad_steps=0: must be >= 1"),
+        (
+            "train:\n  optim:\n    lrr: 0.1\n",
+            "unknown option 'train.optim.lrr' for unmask train; did you mean 'train.optim.lr'?",
+        ),
         ("model:\n  d_model: 100\n  n_head: 3\n", "model.d_model=100 is not divisible by model.n_head=3"),
         ("model:\n  size: huge\n", "model.size='huge': must be one of"),
         ("train: [1, 2\n", "Problems parsing config"),
@@ -246,7 +250,7 @@ def test_bad_config_files_fail_with_one_line(capsys, tiny_data_dir, tmp_path, ya
 def test_a_typo_on_the_command_line_suggests_the_option(capsys, tmp_path):
     code = cli.main(["train", "--out", str(tmp_path / "run"), "--train.lrr", "1e-3"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "unknown option 'train.lrr' for unmask train; did you mean 'train.lr'?" in err
+    assert code == 2 and "unknown option 'train.lrr' for unmask train; did you mean 'train.optim.lr'?" in err
     assert not (tmp_path / "run").exists()
 
 

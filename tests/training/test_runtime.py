@@ -42,13 +42,13 @@ def test_a_run_with_activation_checkpointing_trains_and_records_it(tiny_data, tm
     out = train(tiny_data.path, tmp_path / "r", tiny_model_config(tiny_data),
                 tiny_train_config(objective="mdm", epochs=1, activation_checkpointing=True), quiet=True,
                 tensorboard=False)  # fmt: skip
-    assert Run(out).train_config.activation_checkpointing
+    assert Run(out).train_config.runtime.activation_checkpointing
     losses = [r["loss"] for r in read_metrics(out) if "loss" in r]
     assert sum(losses[-3:]) < sum(losses[:3])
 
 
 def test_adamw_is_fused_on_the_cpu_too(tiny_data):
-    optimizer = make_optimizer(Transformer(tiny_model_config(tiny_data)), tiny_train_config())
+    optimizer = make_optimizer(Transformer(tiny_model_config(tiny_data)), tiny_train_config().optim)
     assert optimizer.defaults["fused"] and not optimizer.defaults["foreach"]
 
 
@@ -85,7 +85,7 @@ def test_gpu_training_uses_bf16_autocast_with_fp32_master_weights_and_fused_adam
     weights = Run(out).load_model("last").state_dict()
     assert {w.dtype for w in weights.values()} == {torch.float32}  # the master weights stay fp32
     model = Transformer(tiny_model_config(tiny_data)).cuda()
-    assert make_optimizer(model, tiny_train_config()).defaults["fused"]
+    assert make_optimizer(model, tiny_train_config().optim).defaults["fused"]
     with torch.autocast("cuda", torch.bfloat16):
         assert model(tiny_data.batch("train", np.arange(1)).cuda()).dtype == torch.bfloat16
 

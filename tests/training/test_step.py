@@ -23,9 +23,9 @@ def test_a_runs_first_step_is_the_step_functions(tiny_data, tiny_data_dir, tmp_p
 
     torch.manual_seed(cfg.seed)  # as train() builds the model
     model = Transformer(run.model_config)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg.optim)
     for group in optimizer.param_groups:
-        group["lr"] = learning_rate(0, Budget.of(tiny_data, cfg), cfg)
+        group["lr"] = learning_rate(0, Budget.of(tiny_data, cfg), cfg.optim)
     x = tiny_data.batch("train", tiny_data.epoch_order(0, cfg.seed)[: cfg.batch_size])
     loss = get_objective(objective)
     runtime = Runtime(torch.device("cpu"), compile=False)
@@ -34,7 +34,7 @@ def test_a_runs_first_step_is_the_step_functions(tiny_data, tiny_data_dir, tmp_p
         loss_fn=loss.make_loss(cfg, tiny_data.seq_len), specials=Specials(tiny_data.mask_id, tiny_data.pad_id),
         generator=torch.Generator(), runtime=runtime, seed=cfg.seed, step=0, n_step=loss.n_targets(x, tiny_data.pad_id),
     )  # fmt: skip
-    _, stepped = apply_update(parameters=list(model.parameters()), optimizer=optimizer, grad_clip=cfg.grad_clip,
+    _, stepped = apply_update(parameters=list(model.parameters()), optimizer=optimizer, grad_clip=cfg.optim.grad_clip,
                               loss=float(loss_sum))  # fmt: skip
 
     assert stepped

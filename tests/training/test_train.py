@@ -42,9 +42,9 @@ def test_each_epoch_is_a_fresh_shuffle_of_the_same_sequences(tiny_data):
 
 
 def test_one_cosine_schedule_spans_the_whole_run(tiny_data):
-    cfg = TrainConfig(epochs=100, batch_size=8, lr=1e-3, warmup_frac=0.01, min_lr_ratio=0.1)
+    cfg = TrainConfig.from_flat(epochs=100, batch_size=8, lr=1e-3, warmup_frac=0.01, min_lr_ratio=0.1)
     budget = Budget.of(tiny_data, cfg)
-    lrs = [learning_rate(s, budget, cfg) for s in range(budget.total_steps)]
+    lrs = [learning_rate(s, budget, cfg.optim) for s in range(budget.total_steps)]
     assert budget.warmup_steps == round(0.01 * budget.total_steps)
     assert max(lrs) == pytest.approx(1e-3)
     assert lrs[budget.warmup_steps - 1] == pytest.approx(1e-3)

@@ -15,10 +15,10 @@ WSD = dict(schedule="wsd", warmup_steps=3, decay_frac=0.2, checkpoint_every=1000
 
 
 def test_wsd_warms_up_holds_the_peak_then_decays_over_its_last_share():
-    cfg = TrainConfig(lr=1e-3, min_lr_ratio=0.1, schedule="wsd", warmup_steps=10, decay_frac=0.2)
+    cfg = TrainConfig.from_flat(lr=1e-3, min_lr_ratio=0.1, schedule="wsd", warmup_steps=10, decay_frac=0.2)
     budget = Budget(1, 1, 1, 1, 100, 100, 10, 1)
-    lrs = [learning_rate(s, budget, cfg) for s in range(100)]
-    assert decay_start(budget, cfg) == 80
+    lrs = [learning_rate(s, budget, cfg.optim) for s in range(100)]
+    assert decay_start(budget, cfg.optim) == 80
     assert lrs[9] == pytest.approx(1e-3) and all(lr == 1e-3 for lr in lrs[10:81])
     assert lrs[99] == pytest.approx(1e-4, rel=0.1) and lrs[90] == pytest.approx(0.55e-3, rel=0.05)
 
@@ -27,7 +27,7 @@ def test_a_forked_branch_is_bitwise_the_run_of_its_own_length(tiny_data, tmp_pat
     own = run_in_process(tiny_data, tmp_path / "own", epochs=4, **WSD)
     trunk = tmp_path / "trunk"
     step = branch_step(Run(run_in_process(tiny_data, trunk, epochs=8, stop_at_step=1, **WSD)), 4)
-    train(None, trunk, train=TrainConfig(stop_at_step=step), resume=True, quiet=True, tensorboard=False)
+    train(None, trunk, train=TrainConfig.from_flat(stop_at_step=step), resume=True, quiet=True, tensorboard=False)
     branch = fork_run(trunk, tmp_path / "branch", 4)
     train(None, branch, resume=True, quiet=True, tensorboard=False)
     assert losses(branch) == losses(own)
@@ -44,7 +44,7 @@ def test_a_fork_is_refused_unless_the_trunk_stopped_at_the_branch_point(tiny_dat
     with pytest.raises(ConfigError, match="only a WSD run has decay branches"):
         fork_run(cosine, tmp_path / "b1", 2)
     trunk = run_in_process(tiny_data, tmp_path / "trunk", epochs=8, stop_at_step=5, **WSD)
-    with pytest.raises(ConfigError, match="--train.stop_at_step"):
+    with pytest.raises(ConfigError, match="--train.checkpoint.stop_at_step"):
         fork_run(trunk, tmp_path / "b2", 4)
     with pytest.raises(ConfigError, match="needs fewer epochs"):
         fork_run(trunk, tmp_path / "b3", 8)
@@ -59,7 +59,7 @@ def test_a_wsd_study_trains_each_trunk_once_with_its_branches_labelled_and_resum
 
     config = tmp_path / "wsd.yaml"
     text = STUDY.format(name="wsd", out=tmp_path / "out", runner="local").replace(
-        "train: {batch_size: 8,", "train: {batch_size: 8, schedule: wsd, warmup_steps: 2, decay_frac: 0.25,"
+        "train: {batch_size: 8,", "train: {batch_size: 8, optim: {schedule: wsd, warmup_steps: 2, decay_frac: 0.25},"
     )
     config.write_text(text.replace("epochs: [1, 2]", "epochs: [1, 2, 4]"))
     assert cli.main(["study", "run", str(config)]) == 0

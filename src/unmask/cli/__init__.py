@@ -2,7 +2,7 @@
 
 COMMANDS below is the one table of commands; each command's body lives in its own module (data,
 train, evaluate, sample, demo, bench, study, serve, finetune, hub) and is also a Python function. Every
-command reads `--config FILE.yaml`, takes dotted overrides such as `--train.lr 1e-3`, and calls
+command reads `--config FILE.yaml`, takes dotted overrides such as `--train.optim.lr 1e-3`, and calls
 library functions with keyword arguments. User errors become one line on stderr and exit code 2,
 never a traceback.
 """
@@ -12,10 +12,11 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import warnings
 
 from unmask.cli import bench, data, demo, evaluate, finetune, hub, sample, serve, study, train
 from unmask.cli.parser import Command, Group, build, chosen, explain, gather_lists, migrate_flags
-from unmask.config import ConfigError, UnmaskError, os_reason
+from unmask.config import ConfigError, FlatNameWarning, UnmaskError, os_reason
 from unmask.demo import DemoConfig
 
 COMMANDS: dict[str, Command | Group] = {
@@ -62,10 +63,25 @@ def print_error(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    with warnings.catch_warnings():
+        python_shows = warnings.showwarning
+
+        def show(message, category, *args, **kwargs) -> None:  # unmask's own (a flat train name): one line
+            if issubclass(category, FlatNameWarning):
+                print(f"unmask: warning: {message}", file=sys.stderr)
+            else:
+                python_shows(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        warnings.simplefilter("always", FlatNameWarning)  # shown to the user, even where tests make them errors
+        argv = migrate_flags(gather_lists(list(sys.argv[1:] if argv is None else argv)))
+        return _run(parser, argv)
+
+
+def _run(parser, argv: list[str]) -> int:
     from jsonargparse import ArgumentError
 
-    parser = build_parser()
-    argv = migrate_flags(gather_lists(list(sys.argv[1:] if argv is None else argv)))
     try:
         command, kwargs = chosen(parser.instantiate(parser.parse_args(argv)), COMMANDS)
         command.fn(command.flat_config(**kwargs)) if command.flat_config else command.fn(**kwargs)

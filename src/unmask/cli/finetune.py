@@ -114,9 +114,9 @@ def r2ft(
 
     Each conversation is cut inside its answer; the model sees the text up to the cut, then masks only, and
     learns to prefer the true continuation over the last 1-14 answer tokens tiled over the rest with one
-    end-of-text inside (and, with --train.r2ft_filler_rate > 0, over the answer with frequent tokens swapped in).
+    end-of-text inside (and, with --train.r2ft.filler_rate > 0, over the answer with frequent tokens swapped in).
     Loss: -log sigmoid(b_w lp(winner) - b_l lp(rejected) - gamma) - b_a lp(winner), lp the mean log-probability
-    over the masked positions (--train.r2ft_beta_w, r2ft_beta_l, r2ft_beta_a, r2ft_gamma; 1, 1, 0.1, 0).
+    over the masked positions (--train.r2ft.beta_w, beta_l, beta_a, gamma; 1, 1, 0.1, 0).
 
     Args:
         sft_run: The sft_mdm run to start from (unmask finetune sft on an 'mdm' base; its last weights).
@@ -169,7 +169,7 @@ def energy(
 
     Args:
         base: The MDM run: it starts the energy model (its last weights + a zero energy head) and, frozen, draws
-            the samples NCE tells from data (train.nce_t_min..nce_t_max: noise levels, the sampler's window).
+            the samples NCE tells from data (train.nce.t_min..t_max: noise levels, the sampler's window).
         out: Run directory to create (or to continue with --resume true).
         data: A data folder of the base's tokenizer; none = the base run's own pre-training data.
         train: Epochs, optimiser, schedule and the noise window (the objective is 'energy').

@@ -99,19 +99,49 @@ def gather_lists(argv: list[str]) -> list[str]:
 
 
 def migrate_flags(argv: list[str]) -> list[str]:
-    """Sampler flags from before the grouping keep working: --sampler.method → --sampler.commit.method, ..."""
+    """Flags from before the groupings keep working: --sampler.method → --sampler.commit.method, and (with a
+    warning, for one release) --train.lr → --train.optim.lr, also inside a --config file."""
     from unmask.cli.hub import FLAG_ALIASES
+    from unmask.config import TRAIN_FLAT_NAMES, warn_flat_name
     from unmask.sampling.config import FLAT_NAMES
 
     out = []
-    for arg in argv:
+    for i, arg in enumerate(argv):
         flag, eq, value = arg.partition("=")
         flag = FLAG_ALIASES.get(flag, flag)  # unmask import --as → --kind (a Python keyword)
         arg = flag + eq + value
-        name = flag.removeprefix("--sampler.") if flag.startswith("--sampler.") else None
-        group, key = FLAT_NAMES.get(name, (None, None)) if name else (None, None)
-        out.append(f"--sampler.{group}.{key}{eq}{value}" if group else arg)
+        if flag.startswith("--sampler."):
+            group, key = FLAT_NAMES.get(flag.removeprefix("--sampler."), (None, None))
+            arg = f"--sampler.{group}.{key}{eq}{value}" if group else arg
+        elif flag.startswith("--train.") and flag.removeprefix("--train.") in TRAIN_FLAT_NAMES:
+            group, key = TRAIN_FLAT_NAMES[flag.removeprefix("--train.")]
+            warn_flat_name(old=flag, new=f"--train.{group}.{key}")
+            arg = f"--train.{group}.{key}{eq}{value}"
+        elif flag == "--config" and eq:
+            arg = f"--config={regrouped_config(path=value)}"
+        elif i > 0 and argv[i - 1] == "--config":
+            arg = regrouped_config(path=arg)
+        out.append(arg)
     return out
+
+
+def regrouped_config(path: str) -> str:
+    """A --config file's path, or, when its train section uses flat names, the regrouped YAML text itself
+    (jsonargparse takes either)."""
+    from pathlib import Path
+
+    import yaml
+
+    from unmask.config import TRAIN_FLAT_NAMES, regroup_train
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError):
+        return path  # jsonargparse names the problem
+    train = raw.get("train") if isinstance(raw, dict) else None
+    if not isinstance(train, dict) or not set(train) & set(TRAIN_FLAT_NAMES):
+        return path
+    return yaml.safe_dump({**raw, "train": regroup_train(values=train, where=f"{path}: ")}, sort_keys=False)
 
 
 def explain(message: str, parser, commands: dict[str, Command | Group], argv: list[str]) -> str:

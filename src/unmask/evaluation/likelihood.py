@@ -52,9 +52,9 @@ def run_validation(
         run.objective,
         run.specials,
         cfg,
-        mc_passes=mc_passes or cfg.eval_mc_passes,
+        mc_passes=mc_passes or cfg.eval.mc_passes,
         seed=seed,
-        batch_size=cfg.eval_batch_size,
+        batch_size=cfg.eval.batch_size,
         byte_lengths=token_byte_lengths(run.tokenizer()),
     )
     return val, source

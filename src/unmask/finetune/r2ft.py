@@ -47,9 +47,9 @@ def r2ft_config(base: str | Path, data: str | Path, train: TrainConfig) -> Train
         )
         raise ConfigError(f"run {run.path} was trained with {name}; R2FT starts from an sft_mdm run: {fix}")
     cfg = dataclasses.replace(train, objective="r2ft", init_from=str(run.path.resolve()))
-    if cfg.r2ft_filler_rate > 0 and not cfg.r2ft_filler_tokens:
+    if cfg.r2ft.filler_rate > 0 and not cfg.r2ft.filler_tokens:
         tokens, counts = frequent_tokens(data)
-        cfg = dataclasses.replace(cfg, r2ft_filler_tokens=tokens, r2ft_filler_counts=counts)
+        cfg = cfg.with_flat(r2ft_filler_tokens=tokens, r2ft_filler_counts=counts)
     return cfg
 
 

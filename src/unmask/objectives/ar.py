@@ -84,10 +84,10 @@ def corrupt_inputs(
 
 
 def _ar_train_loss(cfg: TrainConfig, seq_len: int):
-    if not cfg.ar_input_noise:
+    if not cfg.ar.input_noise:
         return ar_loss
     return lambda model, x, sp, generator=None: ar_loss(
-        model, x, sp, generator, cfg.ar_input_noise, cfg.ar_input_noise_kind
+        model, x, sp, generator, cfg.ar.input_noise, cfg.ar.input_noise_kind
     )
 
 
@@ -102,7 +102,7 @@ def make_orderings(n: int, seq_len: int, seed: int) -> torch.Tensor:
 
 def run_orderings(cfg: TrainConfig, seq_len: int) -> torch.Tensor:
     """The orderings of an ar_orderings run, rebuilt from its config."""
-    return make_orderings(cfg.n_orderings, seq_len, cfg.seed)
+    return make_orderings(cfg.orderings.n, seq_len, cfg.seed)
 
 
 def ar_orderings_loss(

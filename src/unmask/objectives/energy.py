@@ -5,7 +5,7 @@ the factorised denoiser p_θ gets wrong about whole sequences. NCE with p_θ its
 does exactly that: at its optimum −E(x0, x_t) = log p_data(x0 | x_t) − log p_θ(x0 | x_t) (+ const). A batch
 x (B, T) of the base run's own pre-training sequences gives, per row b:
 
-    1. t_b ~ U[nce_t_min, nce_t_max]: the sampler's importance-sampling window (sampling.EnergyConfig)
+    1. t_b ~ U[nce.t_min, nce.t_max]: the sampler's importance-sampling window (sampling.EnergyConfig)
     2. x_t,b: each real token of x_b masked with probability t_b                    (B, T) bool `masked`
     3. x0'_b ~ p_θ(· | x_t,b): one forward of the FROZEN base MDM (train.init_from, never trained), each
        masked position drawn independently (float64 multinomial, temperature 1, mask/pad never drawn)
@@ -39,10 +39,10 @@ def nce_terms(energy_data: torch.Tensor, energy_samples: torch.Tensor) -> torch.
 
 
 def noise_levels(B: int, cfg: TrainConfig, generator, device) -> torch.Tensor:
-    """t_b ~ U[nce_t_min, nce_t_max] (B,), stratified over the batch like pre-training's levels."""
+    """t_b ~ U[nce.t_min, nce.t_max] (B,), stratified over the batch like pre-training's levels."""
     u = torch.rand((), generator=generator, device=device)
     strata = (u + torch.arange(B, device=device) / B) % 1.0
-    return cfg.nce_t_min + (cfg.nce_t_max - cfg.nce_t_min) * strata
+    return cfg.nce.t_min + (cfg.nce.t_max - cfg.nce.t_min) * strata
 
 
 @torch.no_grad()

@@ -194,9 +194,9 @@ def _mdm_targets(x: torch.Tensor, pad_id: int) -> int:
 
 
 def _mdm_loss(cfg: TrainConfig, seq_len: int):
-    t_beta = tuple(cfg.mdm_t_beta)
+    t_beta = tuple(cfg.mdm.t_beta)
     return lambda model, x, sp, generator=None: mdm_loss(
-        model, x, sp, generator, cfg.mdm_eps, cfg.mdm_t_min, t_beta, cfg.mdm_t_beta_mix
+        model, x, sp, generator, cfg.mdm.eps, cfg.mdm.t_min, t_beta, cfg.mdm.t_beta_mix
     )
 
 

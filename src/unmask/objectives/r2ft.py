@@ -105,7 +105,7 @@ def r2ft_batch(
     # 6. the high-prior filler (optional)
     if filler_rate > 0:
         if filler_tokens is None or filler_weights is None or len(filler_tokens) == 0:
-            raise ConfigError("train.r2ft_filler_rate > 0 needs train.r2ft_filler_tokens (and their counts)")
+            raise ConfigError("train.r2ft.filler_rate > 0 needs train.r2ft.filler_tokens (and their counts)")
         swap = (torch.rand(B, T, generator=generator, device=dev) < filler_rate) & region
         draws = torch.multinomial(filler_weights.to(dev), B * T, replacement=True, generator=generator)
         rejected.append(torch.where(swap, filler_tokens.to(dev)[draws].view(B, T), tokens))
@@ -151,18 +151,18 @@ def r2ft_loss(
 
 
 def _loss(cfg: TrainConfig, seq_len: int):
-    filler_tokens = torch.tensor(cfg.r2ft_filler_tokens, dtype=torch.long)
-    filler_weights = torch.tensor(cfg.r2ft_filler_counts, dtype=torch.float)
-    if cfg.r2ft_filler_rate > 0 and not cfg.r2ft_filler_tokens:
+    filler_tokens = torch.tensor(cfg.r2ft.filler_tokens, dtype=torch.long)
+    filler_weights = torch.tensor(cfg.r2ft.filler_counts, dtype=torch.float)
+    if cfg.r2ft.filler_rate > 0 and not cfg.r2ft.filler_tokens:
         raise ConfigError(
-            "train.r2ft_filler_rate > 0 needs train.r2ft_filler_tokens and r2ft_filler_counts: "
+            "train.r2ft.filler_rate > 0 needs train.r2ft.filler_tokens and filler_counts: "
             "unmask finetune r2ft counts them from the data"
         )
 
     def loss(model, x, sp: Specials, generator=None) -> LossOutput:
-        b = r2ft_batch(x, sp, generator, cfg.r2ft_max_phrase, filler_tokens, filler_weights, cfg.r2ft_filler_rate)
+        b = r2ft_batch(x, sp, generator, cfg.r2ft.max_phrase, filler_tokens, filler_weights, cfg.r2ft.filler_rate)
         logp = continuation_logp(model, b.inputs, b.region, [b.winner, *b.rejected], sp.mask_id)  # (1 + N, B)
-        per_row = r2ft_loss(logp[0], logp[1:], cfg.r2ft_beta_w, cfg.r2ft_beta_l, cfg.r2ft_beta_a, cfg.r2ft_gamma)
+        per_row = r2ft_loss(logp[0], logp[1:], cfg.r2ft.beta_w, cfg.r2ft.beta_l, cfg.r2ft.beta_a, cfg.r2ft.gamma)
         return LossOutput(per_row.sum(), len(x))
 
     return loss

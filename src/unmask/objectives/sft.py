@@ -58,7 +58,7 @@ def mdm_sft_loss(
 def _mdm_loss(cfg: TrainConfig, seq_len: int):
     def loss(model, x, sp: Specials, generator=None) -> LossOutput:
         tokens, learned = with_eos_padding(*planes(x), sp)
-        return LossOutput(mdm_sft_loss(model, tokens, learned, sp.mask_id, generator, cfg.mdm_eps), len(x))
+        return LossOutput(mdm_sft_loss(model, tokens, learned, sp.mask_id, generator, cfg.mdm.eps), len(x))
 
     return loss
 

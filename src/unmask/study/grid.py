@@ -4,7 +4,7 @@
     out: runs/studies/mini
     data: {seq_len: 64, val_tokens: 8192}          # DataConfig; unique_tokens comes from the grid
     model: {}                                       # ModelConfig shared by every point (size from the grid)
-    train: {batch_size: 16, eval_mc_passes: 4}      # TrainConfig shared by every point
+    train: {batch_size: 16, eval: {mc_passes: 4}}  # TrainConfig shared by every point
     objectives: [ar, mdm]
     sizes: [demo]
     unique_tokens: [25000, 50000]
@@ -35,6 +35,7 @@ from unmask.config import (
     USER_MODEL_FIELDS,
     ConfigError,
     DataConfig,
+    EvalConfig,
     ModelConfig,
     TrainConfig,
     check,
@@ -43,10 +44,11 @@ from unmask.config import (
 )
 from unmask.study.local import Job
 
-TUNABLE = {f.name: "train" for f in dataclasses.fields(TrainConfig)} | {
+TUNABLE = {name: "train" for name in TrainConfig().flat()} | {
     name: "model" for name in USER_MODEL_FIELDS if name not in ("n_layer", "d_model", "n_head")
 }
-"""Fields a `tune` grid may vary: any TrainConfig field, and the model's non-shape fields (init, dropout, ...)."""
+"""Fields a `tune` grid may vary: any TrainConfig setting by its flat name (lr, weight_decay, ar_input_noise, ...:
+the names run folders carry), and the model's non-shape fields (init, dropout, ...)."""
 
 
 @dataclass
@@ -57,7 +59,7 @@ class StudyConfig:
     out: str = "runs/study"
     data: DataConfig = field(default_factory=lambda: DataConfig(val_tokens=8_192))
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(eval_mc_passes=4))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(eval=EvalConfig(mc_passes=4)))
     objectives: list[str] = field(default_factory=lambda: ["ar", "mdm"])
     sizes: list[str] = field(default_factory=lambda: ["demo"])
     unique_tokens: list[int] = field(default_factory=lambda: [25_000])
@@ -96,7 +98,7 @@ class StudyConfig:
         check(0 <= self.downstream <= 10_000, f"study.downstream={self.downstream}: must be in [0, 10000] items")
         check(self.runner in ("local", "ray"), f"study.runner={self.runner!r}: must be 'local' or 'ray'")
         check(
-            not (self.runner == "ray" and self.train.schedule == "wsd"),
+            not (self.runner == "ray" and self.train.optim.schedule == "wsd"),
             "study: WSD decay branches run on the local runner (a branch needs its trunk's folder); runner: local",
         )
 
@@ -111,7 +113,8 @@ class StudyConfig:
         """The shared config's values of the tuned fields (of `objective`'s grid; None: the shared axes): the
         identical-settings point of the tuning grid."""
         keys = self.tune_for(objective) if objective else self.tune
-        return {k: getattr(self.model if TUNABLE[k] == "model" else self.train, k) for k in sorted(keys)}
+        train = self.train.flat()
+        return {k: getattr(self.model, k) if TUNABLE[k] == "model" else train[k] for k in sorted(keys)}
 
 
 def load_study(path: str | Path) -> StudyConfig:
@@ -129,10 +132,11 @@ def load_study(path: str | Path) -> StudyConfig:
     return study_from_dict(raw)
 
 
-def study_from_dict(raw: dict) -> StudyConfig:
-    """A StudyConfig from the mapping a YAML file (or a report's stamp) holds."""
+def study_from_dict(raw: dict, warn_flat: bool = True) -> StudyConfig:
+    """A StudyConfig from the mapping a YAML file (or a report's stamp: `warn_flat` off, it is not the user's to
+    rewrite) holds."""
     nested = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-    values = {k: from_dict(nested[k], v or {}) if k in nested else v for k, v in raw.items()}
+    values = {k: from_dict(nested[k], v or {}, warn_flat) if k in nested else v for k, v in raw.items()}
     if isinstance(values.get("epochs"), list):  # one list for every objective
         values["epochs"] = {o: values["epochs"] for o in values.get("objectives", StudyConfig().objectives)}
     return from_dict(StudyConfig, values)
@@ -168,8 +172,7 @@ def jobs(study: StudyConfig) -> list[Job]:
             model = dataclasses.replace(
                 study.model, size=size, **{k: v for k, v in tuned.items() if TUNABLE[k] == "model"}
             )
-            train = dataclasses.replace(
-                study.train,
+            train = study.train.with_flat(
                 objective=objective,
                 epochs=epochs,
                 seed=seed,
@@ -178,7 +181,7 @@ def jobs(study: StudyConfig) -> list[Job]:
             differs = {k: v for k, v in tuned.items() if v != shared[k]}
             name = point_name(objective, size, U, epochs, seed, differs)
             out.append(Job(name, str(data_dir(study, U)), str(Path(study.out) / "runs" / name), model, train))
-            if study.train.schedule == "wsd" and epochs != max(study.epochs[objective]):  # a decay branch
+            if study.train.optim.schedule == "wsd" and epochs != max(study.epochs[objective]):  # a decay branch
                 trunk = point_name(objective, size, U, max(study.epochs[objective]), seed, differs)
                 out[-1] = dataclasses.replace(out[-1], fork_of=trunk)
     return out
@@ -212,13 +215,14 @@ def config_hash(config: dict) -> str:
     SHA-256s; not the manifest, which records how fast it was encoded)."""
     from unmask.training.rundir import RUNTIME_FIELDS
 
-    def changed(cls, values: dict, skip=()) -> dict:
-        default, given = to_dict(cls()), to_dict(from_dict(cls, values))
+    def changed(default: dict, given: dict, skip=()) -> dict:
         return {k: v for k, v in given.items() if k not in skip and v != default[k]}
 
-    keep = {
-        "model": changed(ModelConfig, {**config.get("model", {}), "size": None}),
-        "train": changed(TrainConfig, config.get("train", {}), RUNTIME_FIELDS),
+    model = from_dict(ModelConfig, {**config.get("model", {}), "size": None})
+    train = from_dict(TrainConfig, config.get("train", {}), warn_flat=False)
+    keep = {  # train settings under their flat names: the grouping of TrainConfig left every hash as it was
+        "model": changed(to_dict(ModelConfig()), to_dict(model)),
+        "train": changed(TrainConfig().flat(), train.flat(), RUNTIME_FIELDS),
         "data_files": config.get("data_identity", {}).get("files"),
     }
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]

@@ -13,6 +13,7 @@ import multiprocessing as mp
 import os
 import queue as queue_lib
 import shutil
+import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
@@ -50,7 +51,7 @@ def same_run(job: Job) -> bool | None:
         return False
     # the saved configs read back through their dataclasses: a field added since the run has its default
     saved_model, wanted_model = to_dict(run.model_config), to_dict(job.model)
-    saved_train, wanted_train = to_dict(run.train_config), to_dict(job.train)
+    saved_train, wanted_train = run.train_config.flat(), job.train.flat()
     return (
         all(saved_train.get(k) == v for k, v in wanted_train.items() if k not in RUNTIME_FIELDS)
         and all(saved_model.get(k) == wanted_model[k] for k in USER_MODEL_FIELDS)
@@ -58,8 +59,11 @@ def same_run(job: Job) -> bool | None:
     )
 
 
-def _run_one(job: Job, queue, replace_stale: bool) -> str:
-    from unmask.training import train
+def _run_one(job: Job, queue, replace_stale: bool, parent: int | None = None) -> str:
+    """Train `job` (resumed, or skipped when finished). In a pool worker `parent` is the study's PID: once that
+    process is gone (killed), the run stops at the next step with a checkpoint, as on SIGTERM, instead of
+    training on unseen and holding its run's lock against the next `study run`."""
+    from unmask.training import TrainingStopped, train
 
     out = Path(job.out)
     same = same_run(job)
@@ -72,14 +76,21 @@ def _run_one(job: Job, queue, replace_stale: bool) -> str:
         return job.name  # nothing left to train: its files stay as they are
 
     def report(info) -> None:
+        if parent is not None and os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)  # training's own handler: a checkpoint, then a clean stop
         if queue is not None and (info.step % 10 == 0 or info.step == info.total_steps):  # cheap IPC
             queue.put((job.name, info.step, info.total_steps))
 
-    train(job.data, out, job.model, job.train, resume=same is True, quiet=True, hooks=[report])
+    try:
+        train(job.data, out, job.model, job.train, resume=same is True, quiet=True, hooks=[report])
+    except TrainingStopped:
+        if parent is not None and os.getppid() != parent:
+            os._exit(1)  # orphaned, its checkpoint saved: no one to report to, and no next job to start
+        raise
     return job.name
 
 
-def _run_chain(trunk: Job, branches: list[Job], queue, replace_stale: bool) -> str:
+def _run_chain(trunk: Job, branches: list[Job], queue, replace_stale: bool, parent: int | None = None) -> str:
     """A WSD trunk and its decay branches, shortest first: the trunk trains to each branch's decay start, the
     branch is forked from it (unmask.training.fork) and trained, then the trunk goes on. Resumable: finished
     branches are skipped, a forked one is resumed."""
@@ -92,12 +103,12 @@ def _run_chain(trunk: Job, branches: list[Job], queue, replace_stale: bool) -> s
 
     for branch in sorted(branches, key=lambda j: j.train.epochs):
         if same_run(branch) is None:
-            step = decay_start(Budget.of(TokenData(trunk.data), branch.train), branch.train)
-            _run_one(replace(trunk, train=replace(trunk.train, stop_at_step=step)), queue, replace_stale)
+            step = decay_start(Budget.of(TokenData(trunk.data), branch.train), branch.train.optim)
+            _run_one(replace(trunk, train=trunk.train.with_flat(stop_at_step=step)), queue, replace_stale, parent)
             shutil.rmtree(branch.out, ignore_errors=True)  # an empty folder of ours (same_run: no run there)
             fork_run(trunk.out, branch.out, branch.train.epochs)
-        _run_one(branch, queue, replace_stale)
-    return _run_one(trunk, queue, replace_stale)
+        _run_one(branch, queue, replace_stale, parent)
+    return _run_one(trunk, queue, replace_stale, parent)
 
 
 def run_jobs(
@@ -128,13 +139,16 @@ def run_jobs(
 
     def advance(name: str, step: int) -> None:
         progress.start_task(tasks[name])  # the clock starts when the run does
-        progress.update(tasks[name], completed=step)
+        progress.update(tasks[name], completed=step, visible=step < totals[name])
         done[name] = step
         progress.update(overall, completed=sum(done.values()))
 
     with ctx.Manager() if workers != 1 else nullcontext() as manager, progress:
         overall = progress.add_task(f"{len(jobs)} runs", total=sum(totals.values()), info="", rate="")
-        tasks = {j.name: progress.add_task(j.name, total=totals[j.name], start=False, info="", rate="") for j in jobs}
+        tasks = {  # a bar shows while its run trains: re-drawing hundreds of bars took a third of a core
+            j.name: progress.add_task(j.name, total=totals[j.name], start=False, visible=False, info="", rate="")
+            for j in jobs
+        }
         if workers == 1:  # one at a time, in this process: no pool to start, and a debugger sees the runs
             direct = _Direct(advance)
             outcome = collect(
@@ -146,7 +160,7 @@ def run_jobs(
         queue = manager.Queue()
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=ctx) as pool:
             futures = {
-                pool.submit(_run_chain, job, branches.get(job.name, []), queue, replace_stale): job.name
+                pool.submit(_run_chain, job, branches.get(job.name, []), queue, replace_stale, os.getpid()): job.name
                 for job in roots
             }
             chain = {r.name: [r.name, *(b.name for b in branches.get(r.name, []))] for r in roots}
@@ -154,7 +168,7 @@ def run_jobs(
                 for f in [f for f in futures if f.done() and done[futures[f]] < totals[futures[f]]]:
                     for name in chain[futures[f]]:  # finished (or skipped: already finished)
                         done[name] = totals[name]
-                        progress.update(tasks[name], completed=totals[name])
+                        progress.update(tasks[name], completed=totals[name], visible=False)
                 try:
                     name, step, _ = queue.get(timeout=0.2)
                 except queue_lib.Empty:
@@ -228,6 +242,5 @@ def _finished(out: Path) -> bool:
 
 def _one_thread(cfg: TrainConfig) -> TrainConfig:
     """Parallel runs beat threads within one small run; an explicit thread count is kept."""
-    from dataclasses import replace
 
-    return cfg if cfg.threads else replace(cfg, threads=1)
+    return cfg if cfg.runtime.threads else cfg.with_flat(threads=1)

@@ -88,7 +88,7 @@ def schedule_label(run: Run) -> str:
     """'cosine', 'wsd', or a WSD decay branch with its trunk and fork step (never taken for the cosine protocol)."""
     fork = run.config.get("forked_from")
     if not isinstance(fork, dict):
-        return run.train_config.schedule
+        return run.train_config.optim.schedule
     return f"wsd branch of the {fork.get('trunk_epochs')}-epoch run at step {fork.get('step')}"
 
 

@@ -99,7 +99,7 @@ def verify_study(
         raise ConfigError(f"--tolerance {tolerance}: must be in [0, 1) nats")
     stamp = read_stamp(report_dir)
     try:
-        study = study_from_dict(stamp["study"])
+        study = study_from_dict(stamp["study"], warn_flat=False)
     except (ConfigError, TypeError) as e:
         raise ConfigError(f"{report_dir / 'stamp.json'}: its study config does not load ({e})") from None
     rows = {r["name"]: r for r in read_table(report_dir / "results.csv", "restore the report folder (git checkout)")}

@@ -26,7 +26,7 @@ from unmask.training.optim import Budget, decay_start
 def branch_step(run: Run, epochs: int) -> int:
     """The step where an `epochs`-epoch branch of `run` leaves it: its own decay start."""
     cfg = dataclasses.replace(run.train_config, epochs=epochs)
-    return decay_start(Budget.of(run.data(verify=False), cfg), cfg)
+    return decay_start(Budget.of(run.data(verify=False), cfg), cfg.optim)
 
 
 def fork_run(trunk: str | Path, out: str | Path, epochs: int) -> Path:
@@ -35,23 +35,27 @@ def fork_run(trunk: str | Path, out: str | Path, epochs: int) -> Path:
     trunk, out = Path(trunk), Path(out)
     run = Run(trunk)
     cfg = run.train_config
-    if cfg.schedule != "wsd":
-        raise ConfigError(f"run {trunk}: train.schedule={cfg.schedule!r}; only a WSD run has decay branches")
-    if not cfg.warmup_steps:
-        raise ConfigError(f"run {trunk}: a branch must share its trunk's warm-up; train it with train.warmup_steps > 0")
+    if cfg.optim.schedule != "wsd":
+        raise ConfigError(
+            f"run {trunk}: train.optim.schedule={cfg.optim.schedule!r}; only a WSD run has decay branches"
+        )
+    if not cfg.optim.warmup_steps:
+        raise ConfigError(
+            f"run {trunk}: a branch must share its trunk's warm-up; train it with train.optim.warmup_steps > 0"
+        )
     if not 1 <= epochs < cfg.epochs:
         raise ConfigError(f"a branch of {trunk} needs fewer epochs than its {cfg.epochs} (got {epochs})")
     if out.exists():
         raise ConfigError(f"{out} exists; a branch is written into a new folder")
     data, branch = run.data(verify=False), dataclasses.replace(cfg, epochs=epochs)
     budget = Budget.of(data, branch)
-    step = decay_start(budget, branch)
+    step = decay_start(budget, branch.optim)
     latest = Checkpoints(trunk).latest()
     if latest is None or latest["step"] != step:
         at = "no checkpoint" if latest is None else f"its latest checkpoint at step {latest['step']}"
         raise ConfigError(
             f"run {trunk} has {at}; a {epochs}-epoch branch leaves it at step {step}: train it with "
-            f"--train.stop_at_step {step} first"
+            f"--train.checkpoint.stop_at_step {step} first"
         )
     trunk_warmup = Budget.of(data, cfg).warmup_steps
     if budget.warmup_steps != trunk_warmup:

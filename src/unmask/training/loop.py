@@ -128,7 +128,7 @@ def train(
         check_resumable(saved, budget)
     if budget.total_steps == 0:
         raise ConfigError(f"data {data_set.path} has no training sequences; prepare it with data.unique_tokens > 0")
-    runtime = Runtime.create(cfg.device, cfg.threads, cfg.compile, cfg.parallel)
+    runtime = Runtime.create(cfg.runtime.device, cfg.runtime.threads, cfg.runtime.compile, cfg.runtime.parallel)
     if runtime.world_size > cfg.batch_size:
         raise ConfigError(
             f"{runtime.world_size} processes but train.batch_size={cfg.batch_size}: each needs a sequence"
@@ -141,10 +141,10 @@ def train(
         if initial_weights is not None:
             net.load_state_dict(initial_weights)
         net = net.to(runtime.device)
-        net.activation_checkpointing = cfg.activation_checkpointing
+        net.activation_checkpointing = cfg.runtime.activation_checkpointing
         net = runtime.shard(net)
-        state = TrainState(net, make_optimizer(net, cfg), runtime, budget.steps_per_epoch, cfg.seed)
-        checkpoints = Checkpoints(out, cfg.keep_checkpoints)
+        state = TrainState(net, make_optimizer(net, cfg.optim), runtime, budget.steps_per_epoch, cfg.seed)
+        checkpoints = Checkpoints(out, cfg.checkpoint.keep)
         if resume:
             restore(state, checkpoints, out, intervals(cfg, budget)[1])
         elif runtime.is_main:
@@ -173,8 +173,8 @@ def check_data_kind(objective, data_set) -> None:
 
 def intervals(cfg: TrainConfig, budget: Budget) -> tuple[int, int]:
     """(validate every, checkpoint every) steps: about 20 validations per run unless set, a checkpoint at each."""
-    eval_every = cfg.eval_every or max(1, budget.total_steps // 20)
-    return eval_every, cfg.checkpoint_every or eval_every
+    eval_every = cfg.eval.every or max(1, budget.total_steps // 20)
+    return eval_every, cfg.checkpoint.every or eval_every
 
 
 def _writer_lock(out: Path, resume: bool) -> RunLock:
@@ -221,14 +221,14 @@ class Trainer:
             objective=objective,
             specials=self.specials,
             train_cfg=cfg,
-            mc_passes=cfg.eval_mc_passes,
+            mc_passes=cfg.eval.mc_passes,
             seed=cfg.seed,
-            batch_size=cfg.eval_batch_size,
+            batch_size=cfg.eval.batch_size,
             autocast=runtime.autocast_enabled,
             byte_lengths=token_byte_lengths(data.tokenizer()),
         )
         self.eval_every, self.checkpoint_every = intervals(cfg, budget)
-        self.stop_at = min(cfg.stop_at_step or budget.total_steps, budget.total_steps)
+        self.stop_at = min(cfg.checkpoint.stop_at_step or budget.total_steps, budget.total_steps)
         self.bad_in_a_row, self.order, self.order_epoch = 0, None, -1
         self.next_batch: StepBatch | None = None
 
@@ -305,7 +305,7 @@ class Trainer:
         """One optimiser step over one batch (micro-batches accumulated); never steps on a non-finite update."""
         s, cfg = self.state, self.cfg
         batch = self.next_batch if self.next_batch and self.next_batch.step == s.step else self.load_batch(s.step)
-        lr = learning_rate(s.step, self.budget, cfg)
+        lr = learning_rate(s.step, self.budget, cfg.optim)
         for group in s.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = accumulate_gradients(
@@ -317,7 +317,7 @@ class Trainer:
         n_real, n_step = batch.n_real, batch.n_step
         loss = self.runtime.all_sum([float(loss_sum)])[0] / n_step  # host-device sync: one per step, for the log
         grad_norm, finite = apply_update(
-            parameters=list(s.model.parameters()), optimizer=s.optimizer, grad_clip=cfg.grad_clip, loss=loss
+            parameters=list(s.model.parameters()), optimizer=s.optimizer, grad_clip=cfg.optim.grad_clip, loss=loss
         )
         s.skipped_steps += not finite
         self.bad_in_a_row = 0 if finite else self.bad_in_a_row + 1
@@ -334,11 +334,11 @@ class Trainer:
                 "skipped_steps": s.skipped_steps,
             }
         )
-        if self.bad_in_a_row >= cfg.max_bad_steps:
+        if self.bad_in_a_row >= cfg.optim.max_bad_steps:
             raise TrainingError(
                 f"loss or gradient was non-finite for {self.bad_in_a_row} steps in a row "
                 f"(steps {s.step - self.bad_in_a_row + 1}-{s.step}, all skipped); last good checkpoint: "
-                f"{self.saver.last_good()}; lower --train.lr or check the data, then resume or restart"
+                f"{self.saver.last_good()}; lower --train.optim.lr or check the data, then resume or restart"
             )
         return StepInfo(s.step, self.budget.total_steps, loss if finite else math.nan, lr), n_real
 
@@ -364,8 +364,8 @@ class Trainer:
     def final_estimate(self, val: ValidationLoss) -> dict:
         """The run's reported result: a bound again with final_mc_passes (the curve's few passes are ±0.1 nats)."""
         precise = val
-        if val.stderr is not None and self.cfg.final_mc_passes != self.cfg.eval_mc_passes:
-            precise = self.runtime.from_main(self.validate(self.model, mc_passes=self.cfg.final_mc_passes))
+        if val.stderr is not None and self.cfg.eval.final_mc_passes != self.cfg.eval.mc_passes:
+            precise = self.runtime.from_main(self.validate(self.model, mc_passes=self.cfg.eval.final_mc_passes))
         return {
             "final_val_loss": precise.loss,
             "final_val_stderr": precise.stderr,

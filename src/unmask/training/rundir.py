@@ -8,17 +8,17 @@ import shutil
 from pathlib import Path
 
 from unmask.checkpoint import atomic_write_text, provenance, sha256_of
-from unmask.config import USER_MODEL_FIELDS, ConfigError, ModelConfig, TrainConfig, to_dict
+from unmask.config import USER_MODEL_FIELDS, ConfigError, ModelConfig, RuntimeConfig, TrainConfig, to_dict, train_option
 from unmask.model import count_params
 from unmask.run import Run
 
-RUNTIME_FIELDS = ("stop_at_step", "device", "threads", "compile", "parallel", "activation_checkpointing")
-"""TrainConfig fields that control how a run executes, not what it is: free to change on resume."""
+RUNTIME_FIELDS = ("stop_at_step", *(f.name for f in dataclasses.fields(RuntimeConfig)))
+"""TrainConfig settings (flat names) that control how a run executes, not what it is: free to change on resume."""
 
 
 def create_run_dir(out: Path, data, model_cfg: ModelConfig, cfg: TrainConfig, budget) -> None:
     """config.json (with the data's identity and the special ids), budget, provenance, the tokenizer copy."""
-    saved = dataclasses.replace(cfg, stop_at_step=None)  # a runtime control, not part of the experiment
+    saved = cfg.with_flat(stop_at_step=None)  # a runtime control, not part of the experiment
     shutil.copyfile(data.path / "tokenizer.json", out / "tokenizer.json")
     config = {
         "data": str(data.path.resolve()),
@@ -50,26 +50,24 @@ def resume_config(
     saved = run.train_config
     if train is None:
         return saved
-    default = defaults or TrainConfig()
+    given, default, kept = train.flat(), (defaults or TrainConfig()).flat(), saved.flat()
     changed = [
-        f"train.{f.name}={getattr(train, f.name)!r} (the run has {getattr(saved, f.name)!r})"
-        for f in dataclasses.fields(TrainConfig)
-        if f.name not in RUNTIME_FIELDS
-        and getattr(train, f.name) != getattr(default, f.name)
-        and getattr(train, f.name) != getattr(saved, f.name)
+        f"train.{train_option(name)}={given[name]!r} (the run has {kept[name]!r})"
+        for name in given
+        if name not in RUNTIME_FIELDS and given[name] != default[name] and given[name] != kept[name]
     ]
     if model is not None:
         base, mine = ModelConfig(), run.model_config
         for name in USER_MODEL_FIELDS:
-            given = getattr(model, name)
-            if given != getattr(base, name) and given != getattr(mine, name):
-                changed.append(f"model.{name}={given!r} (the run has {getattr(mine, name)!r})")
+            value = getattr(model, name)
+            if value != getattr(base, name) and value != getattr(mine, name):
+                changed.append(f"model.{name}={value!r} (the run has {getattr(mine, name)!r})")
     if changed:
         raise ConfigError(
             f"--resume true continues the saved run {run.path} with its own settings; "
             f"{'; '.join(changed)}: drop these options or train a new --out"
         )
-    return dataclasses.replace(saved, **{f: getattr(train, f) for f in RUNTIME_FIELDS})
+    return saved.with_flat(**{name: given[name] for name in RUNTIME_FIELDS})
 
 
 REWRITTEN = ("last.safetensors", "best.safetensors", "metrics.jsonl")
