@@ -42,7 +42,7 @@ def test_tiny_demo_writes_table_plot_and_samples(tmp_path, capsys):
     # Changed settings retrain instead of reporting stale numbers.
     changed = dataclasses.replace(cfg, train=cfg.train.with_flat(lr=1e-3), ar_epochs=[3], mdm_epochs=[])
     demo(changed)
-    assert json.loads((tmp_path / "demo" / "ar-E3" / "config.json").read_text())["train"]["lr"] == 1e-3
+    assert json.loads((tmp_path / "demo" / "ar-E3" / "config.json").read_text())["train"]["optim"]["lr"] == 1e-3
 
 
 def test_findings_say_what_the_numbers_show():

@@ -36,7 +36,8 @@ def row_of(job, study: StudyConfig) -> dict[str, Any]:
     not read back (config, budget, metrics, provenance) is one ConfigError naming the file."""
     path = Path(job.out)
     grid = study.tune_for(job.train.objective)
-    tuned = {k: getattr(job.model if TUNABLE[k] == "model" else job.train, k) for k in sorted(grid)}
+    train = job.train.flat()
+    tuned = {k: getattr(job.model, k) if TUNABLE[k] == "model" else train[k] for k in sorted(grid)}
     row: dict[str, Any] = {
         "name": job.name, "objective": job.train.objective, "size": job.model.size, "epochs": job.train.epochs,
         "seed": job.train.seed, "tuned": json.dumps(tuned), "run": str(path),
