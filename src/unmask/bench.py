@@ -464,8 +464,9 @@ def bench_prepare(megabytes: int, repeats: int = 3) -> dict:
     return result
 
 
-def quality_of(gen, judge_run: str | None, device: str = "cpu") -> dict[str, float]:
-    """`text_quality` of a `Generation` (sampling/text.py), gen PPL under the judge run when one is given."""
+def quality_of(gen, judge_run: str | None, device: str = "cpu", dtype: str | None = "auto") -> dict[str, float]:
+    """`text_quality` of a `Generation` (sampling/text.py), gen PPL under the judge run when one is given (its
+    weights in `dtype`; 'auto' or None: its file's)."""
     from unmask.config import check
     from unmask.evaluation.metrics import text_quality
     from unmask.run import Run
@@ -475,7 +476,8 @@ def quality_of(gen, judge_run: str | None, device: str = "cpu") -> dict[str, flo
     judge, query_is_target = None, False
     if judge_run:
         opened = Run(judge_run)
-        judge, query_is_target = opened.load_model("last", resolve_device(device)), opened.objective.query_is_target
+        judge = opened.load_model("last", resolve_device(device), dtype)
+        query_is_target = opened.objective.query_is_target
     return text_quality(gen.output.tokens, gen.eod_id, judge, gen.prompt_len, judge_query_is_target=query_is_target)
 
 

@@ -103,7 +103,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        fp32_weights = self.weight.dtype == torch.float32  # a bf16 model (an imported run) differentiates op by op
+        if x.device.type == "cpu" and fp32_weights and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return _CPURMSNorm.apply(x, self.weight, self.eps)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # fused on GPUs; inductor fuses it when compiled
 
@@ -308,7 +309,8 @@ class Transformer(nn.Module):
         return (key_padding_mask[:, None, None, :] & (keys <= query_at)) | (keys == query_at)  # (B, 1, T, Tp + T)
 
     def _local_prior(self, allowed, is_causal: bool, T: int, Tp: int, pos, key_pos, device) -> torch.Tensor:
-        """Float mask (B or 1, H, T, Tp + T): head 0 biased to the keys one position away, -inf where not allowed."""
+        """Float mask (B or 1, H, T, Tp + T) in the weights' dtype (built in float32): head 0 biased to the keys one
+        position away, -inf where not allowed."""
         query_at = pos if pos is not None else torch.arange(Tp, Tp + T, device=device)[None]  # (B or 1, T)
         if key_pos is None:
             key_pos = pos if (pos is not None and Tp == 0) else torch.arange(Tp + T, device=device)[None]
@@ -318,7 +320,8 @@ class Transformer(nn.Module):
         bias[:, 0] = head0
         if is_causal:  # the causal kernel's mask, written out
             allowed = torch.ones(T, Tp + T, dtype=torch.bool, device=device).tril(Tp)[None, None]
-        return bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
+        bias = bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
+        return bias.to(self.embed.weight.dtype)  # SDPA wants a float mask in the queries' dtype (a no-op in float32)
 
     def forward(
         self,
@@ -447,9 +450,35 @@ def load_weights(
         raise ConfigError(f"{path} does not match the model's config (other shapes or names); it is damaged") from None
 
 
-def model_with_weights(cfg: ModelConfig, path: Path) -> Transformer:
-    """A Transformer of `cfg` holding the weights at `path`. The file's parameter count is checked against
-    the config before the model is built: a damaged config (n_layer = 10**12) is refused, not allocated."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The dtypes a model computes in, by name (`--dtype`)."""
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """A torch dtype of DTYPES from its name or itself; None or 'auto' = None (the weights file's own dtype)."""
+    if dtype is None or dtype == "auto":
+        return None
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ConfigError(f"dtype={str(dtype).removeprefix('torch.')!r}: choose one of auto, {', '.join(DTYPES)}")
+
+
+def file_dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
+    """The one float dtype a weights file holds (unmask writes one); float32 when it mixes several."""
+    found = {t.dtype for t in state.values() if t.is_floating_point()}
+    return found.pop() if len(found) == 1 else torch.float32
+
+
+def model_with_weights(cfg: ModelConfig, path: Path, dtype: str | torch.dtype | None = None) -> Transformer:
+    """A Transformer of `cfg` holding the weights at `path`, in `dtype` (None: the file's own, bf16 stays bf16).
+    The file's parameter count is checked against the config before the model is built: a damaged config
+    (n_layer = 10**12) is refused, not allocated.
+
+    The file's tensors become the parameters (no second copy, no float32 copy of a bf16 file); a cast converts
+    them one at a time. Buffers stay float32 (the RoPE table: `apply_rope` rotates in float32 and casts back)."""
+    dtype = resolve_dtype(dtype)
     state = read_weights(path)
     n_file, n_cfg = sum(t.numel() for t in state.values()), count_params(cfg)
     if n_file != n_cfg:
@@ -459,14 +488,16 @@ def model_with_weights(cfg: ModelConfig, path: Path) -> Transformer:
         )
     with torch.device("meta"):  # no random init of weights about to be replaced, and no second copy of them
         model = Transformer(cfg)
-    state = {k: v.float() for k, v in state.items()}  # float32 parameters, as a trained model's (a no-op for those)
+    dtype = dtype or file_dtype(state)
+    for name in list(state):  # one tensor at a time: the file's and the cast copy never both held whole
+        state[name] = state.pop(name).to(dtype)  # a no-op in the file's own dtype (float32 runs: as before)
     load_weights(model, path, state, assign=True)
     model.rope = model.rope_rotations()  # the one buffer not in the file, built for real
     return model
 
 
-def load_model(path: Path, device: str | torch.device = "cpu") -> Transformer:
-    """Weights at `path` with the model_config.json beside them, in eval mode."""
+def load_model(path: Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None) -> Transformer:
+    """Weights at `path` with the model_config.json beside them, in eval mode, in `dtype` (None: the file's)."""
     path = Path(path)
     config_path = path.parent / "model_config.json"
     try:
@@ -474,7 +505,7 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> Transformer:
         cfg = from_dict(ModelConfig, {**values, "size": None})
     except (OSError, json.JSONDecodeError, TypeError) as e:
         raise ConfigError(f"{config_path} is missing or invalid ({type(e).__name__}); it is damaged") from None
-    return model_with_weights(cfg, path).to(device).eval()
+    return model_with_weights(cfg, path, dtype).to(device).eval()
 
 
 def _unwrap(model: nn.Module) -> Transformer:

@@ -151,11 +151,14 @@ class Run:
             raise ConfigError(f"{path} does not exist; choose --which best|last or finish the run")
         return path
 
-    def load_model(self, which: str = "last", device: Any = "cpu"):
-        """The Transformer with the `best` or `last` weights, in eval mode (safetensors: no pickled code)."""
+    def load_model(self, which: str = "last", device: Any = "cpu", dtype: Any = None):
+        """The Transformer with the `best` or `last` weights, in eval mode (safetensors: no pickled code).
+
+        dtype: None or 'auto' keeps the weights file's dtype (an imported bf16 run stays bf16: half the memory);
+        a torch dtype or 'float32' / 'bfloat16' / 'float16' casts. Losses and sampling read logits in float32."""
         from unmask.model import model_with_weights
 
-        return model_with_weights(self.model_config, self.weights(which)).to(device).eval()
+        return model_with_weights(self.model_config, self.weights(which), dtype).to(device).eval()
 
     def metrics(self) -> list[dict]:
         return read_metrics(self.path)

@@ -22,6 +22,7 @@ def evaluate(
     validation: bool = True,
     out: str | None = None,
     device: str = "auto",
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto",
     json: bool = False,
     text: list[str] | None = None,
 ) -> dict:
@@ -47,6 +48,8 @@ def evaluate(
             document): NLL or ELBO per token and bits per byte. Works on a run directory copied alone.
         out: Also write OUT.csv (one row per run) and OUT.json (everything, per-item scores included).
         device: 'auto', 'cpu' or 'cuda'.
+        dtype: Weights' dtype: auto (the weights file's: an imported bf16 run stays bf16, half float32's memory),
+            float32 or bfloat16. Losses are computed in float32 either way.
         json: Print one JSON object instead of a table.
     """
     from unmask.evaluation.compare import evaluate_run, print_table, write_outputs
@@ -74,6 +77,7 @@ def evaluate(
             validation=validation,
             progress=not json,
             text=text,
+            dtype=dtype,
         )
         for run in runs
     ]

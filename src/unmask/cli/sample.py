@@ -25,6 +25,7 @@ def sample(
     metrics: bool = False,
     judge_run: str | None = None,
     device: str = "auto",
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto",
     json: bool = False,
     chat: bool = False,
 ) -> dict:
@@ -47,6 +48,8 @@ def sample(
         metrics: Also print text quality (rep-n, distinct-n, unigram entropy, EOS rate; gen. PPL with a judge run).
         judge_run: AR run scoring generative perplexity for --metrics (default: --energy_run, if an AR run).
         device: 'auto', 'cpu' or 'cuda'.
+        dtype: Weights' dtype: auto (the weights file's: an imported bf16 run stays bf16, half float32's memory),
+            float32 or bfloat16.
         json: Print one JSON object instead of text.
         chat: Answer --prompt as the user's turn of the chat template (a run from unmask finetune sft), stopping
             at end-of-text; for a fine-tuned MDM, semi-AR blocks (--sampler.commit.block_length 8) work best.
@@ -56,7 +59,7 @@ def sample(
     check_output_file(option="--trace", path=trace)
     gen = decode(
         run=run, prompt=prompt, n=n, length=length, sampler=sampler, seed=seed, which=which, device=device,
-        energy_run=energy_run, blank_length=blank_length, mask_spans=mask_spans, trace=trace, chat=chat,
+        energy_run=energy_run, blank_length=blank_length, mask_spans=mask_spans, trace=trace, chat=chat, dtype=dtype,
     )  # fmt: skip
     out = gen.output
     result = {
@@ -71,7 +74,8 @@ def sample(
     if metrics:
         from unmask.bench import quality_of
 
-        result["metrics"] = quality_of(gen=gen, judge_run=judge_run or ar_judge(energy_run), device=device)
+        judge = judge_run or ar_judge(energy_run)
+        result["metrics"] = quality_of(gen=gen, judge_run=judge, device=device, dtype=dtype)
     if json:
         print(jsonlib.dumps(result))
         return result

@@ -16,6 +16,7 @@ def serve(
     insecure: bool = False,
     which: Literal["best", "last"] = "last",
     device: str = "auto",
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto",
     threads: int = 0,
     max_batch: int = 8,
     max_queue: int = 32,
@@ -36,6 +37,7 @@ def serve(
         insecure: Allow a non-loopback --host without a token.
         which: Weights of every run: last (final) or best (early-stopped).
         device: 'auto', 'cpu' or 'cuda'.
+        dtype: Weights of every run: auto (each file's own: an imported bf16 run stays bf16), float32 or bfloat16.
         threads: torch CPU threads for generation; 0 = torch's default.
         max_batch: Sequences decoded at once; requests that arrive together share one batch.
         max_queue: Requests that may wait; beyond it 429 with Retry-After.
@@ -52,6 +54,7 @@ def serve(
         insecure=insecure,
         which=which,
         device=device,
+        dtype=dtype,
         threads=threads,
         max_batch=max_batch,
         max_queue=max_queue,

@@ -31,14 +31,18 @@ def evaluate_run(
     validation: bool = True,
     progress: bool = True,
     text: list[str] | None = None,
+    dtype: str | None = "auto",
 ) -> dict[str, Any]:
     """All metrics of one run as one JSON-able dict (validation fields at the top level).
 
     Validation runs on `text` files when given, else on the run's data folder; when that folder is
     gone and tasks are given, validation is skipped with a note (a run copied alone still scores tasks).
+    dtype: the model's: 'auto' (its weights file's: an imported bf16 run stays bf16), 'float32' or 'bfloat16'; the
+    losses are computed from float32 logits either way.
     """
     from unmask.evaluation.likelihood import run_validation
     from unmask.evaluation.zeroshot import evaluate_tasks
+    from unmask.model import resolve_dtype
     from unmask.run import Run
     from unmask.runtime import resolve_device
 
@@ -48,7 +52,7 @@ def evaluate_run(
         raise ConfigError(f"--seed {seed}: must be in [0, 2**63)")
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit {limit}: must be >= 1 (or null for every item)")
-    dev = resolve_device(device)
+    dev, dtype = resolve_device(device), resolve_dtype(dtype)
     opened = Run(run)
     cfg = opened.train_config
     result: dict[str, Any] = {"run": run, "which": which, "objective": cfg.objective, "epochs": cfg.epochs}
@@ -56,7 +60,7 @@ def evaluate_run(
     if validation and data_gone and tasks and not text:
         warn(f"{run}: validation skipped, its data folder {opened.data_path} is gone (pass --text FILE to score text)")
     elif validation or text:
-        model = opened.load_model(which, dev)
+        model = opened.load_model(which, dev, dtype)
         val, source = run_validation(opened, model, mc_passes, seed, text)
         result.update(val.to_dict())
         result["validation_source"] = source
@@ -69,7 +73,7 @@ def evaluate_run(
             "mc_samples": None if exact else lk.mc_samples,
             "cfg_scale": 0.0 if exact else lk.cfg_scale,
         }
-        result["tasks"] = evaluate_tasks(opened, tasks, which, lk, dev, delimiter, limit, progress)
+        result["tasks"] = evaluate_tasks(opened, tasks, which, lk, dev, delimiter, limit, progress, dtype)
     return result
 
 

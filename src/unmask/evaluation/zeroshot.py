@@ -117,14 +117,16 @@ def score_items(
 
 
 def load_scorer(
-    run, which: str = "last", device: str = "cpu", config: LikelihoodConfig | None = None
+    run, which: str = "last", device: str = "cpu", config: LikelihoodConfig | None = None, dtype: Any = None
 ) -> tuple[ConditionalScorer, Any, int, Any]:
-    """(scorer, tokenizer, end-of-document id, objective record) for a run (a directory or an opened Run)."""
+    """(scorer, tokenizer, end-of-document id, objective record) for a run (a directory or an opened Run);
+    dtype: the model's (None: its weights file's, see Run.load_model)."""
     from unmask.run import Run
 
     opened = run if isinstance(run, Run) else Run(run)
     ids = opened.special_ids
-    scorer = ConditionalScorer(opened.load_model(which, device), opened.objective, ids.mask_id, ids.pad_id, config)
+    model = opened.load_model(which, device, dtype)
+    scorer = ConditionalScorer(model, opened.objective, ids.mask_id, ids.pad_id, config)
     return scorer, opened.tokenizer(), ids.eod_id, opened.objective
 
 
@@ -137,9 +139,10 @@ def evaluate_tasks(
     delimiter: str = " ",
     limit: int | None = None,
     progress: bool = True,
+    dtype: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """{task name (file stem): scores} for each JSONL file, on one run (a directory or an opened Run)."""
-    scorer, tok, eod_id, _ = load_scorer(run, which, device, config)
+    scorer, tok, eod_id, _ = load_scorer(run, which, device, config, dtype)
     results = {}
     for path in tasks:
         items = read_items(path)[:limit]

@@ -58,9 +58,9 @@ def encode_prompt(tok, prompt: str, mask_id: int, eod_id: int, blank_length: int
     return ids
 
 
-def load_energy(run: str | Path, vocab_size: int, device) -> torch.nn.Module:
+def load_energy(run: str | Path, vocab_size: int, device, dtype=None) -> torch.nn.Module:
     """The model of an energy run (EDLM): an NCE-trained energy run (unmask finetune energy) or a plain
-    left-to-right AR run (its likelihood is the energy), over the same vocabulary."""
+    left-to-right AR run (its likelihood is the energy), over the same vocabulary, in `dtype` (None: its file's)."""
     from unmask.run import Run
 
     energy = Run(run)
@@ -72,7 +72,7 @@ def load_energy(run: str | Path, vocab_size: int, device) -> torch.nn.Module:
     )
     vocab = energy.model_config.vocab_size
     check(vocab == vocab_size, f"energy run {run}: vocabulary {vocab} != the sampled run's {vocab_size}")
-    return energy.load_model("last", device)
+    return energy.load_model("last", device, dtype)
 
 
 def decode(
@@ -89,17 +89,21 @@ def decode(
     mask_spans: list[str] | None = None,
     trace: str | Path | None = None,
     chat: bool = False,
+    dtype: str | None = "auto",
 ) -> Generation:
     """n samples from a run with the decoder of its objective: left to right (stopping at end-of-document),
     or any MDM sampler of `sampler`. Needs only the run directory (its own tokenizer and special ids).
 
     chat: the prompt is the user's turn of the chat template (a fine-tuned run), and each text is the
-    assistant's answer up to its end-of-text."""
+    assistant's answer up to its end-of-text.
+    dtype: of the run's (and the energy run's) weights: 'auto' (the weights file's: an imported bf16 run stays
+    bf16), 'float32' or 'bfloat16'; the samplers read the logits in float32 or float64 either way."""
+    from unmask.model import resolve_dtype
     from unmask.run import Run
     from unmask.runtime import resolve_device
     from unmask.sampling.decoder import generate
 
-    sampler = sampler or SamplerConfig()
+    sampler, dtype = sampler or SamplerConfig(), resolve_dtype(dtype)
     check(1 <= n <= MAX_SAMPLES, f"n={n}: must be in [1, {MAX_SAMPLES}]")
     check(length >= 0, f"length={length}: must be >= 0")
     check(0 <= seed < 2**63, f"seed={seed}: must be in [0, 2**63)")
@@ -134,10 +138,10 @@ def decode(
     positions = min(len(prompt_ids) + length, seq_len)
     sampler.check_fits(seq_len, opened.model_config.vocab_size, n, positions, energy=energy_run is not None)
     dev = resolve_device(device)
-    model = opened.load_model(which, dev)
+    model = opened.load_model(which, dev, dtype)
     x = torch.tensor([prompt_ids] * n, device=dev)
     g = torch.Generator(dev).manual_seed(seed)
-    energy = load_energy(energy_run, opened.model_config.vocab_size, dev) if energy_run else None
+    energy = load_energy(energy_run, opened.model_config.vocab_size, dev, dtype) if energy_run else None
     start = time.perf_counter()
     out = generate(
         model, x, length=length, objective=objective, sampler=sampler, specials=opened.specials, generator=g,

@@ -250,7 +250,7 @@ def listen(host: str, port: int) -> socket.socket:
 def load(runs: list[str], cfg: ServeConfig, device: Any = "cpu") -> dict[str, Model]:
     from unmask.serve.engine import load_models
 
-    return load_models(runs, cfg.which, device)
+    return load_models(runs, cfg.which, device, cfg.dtype)
 
 
 class BackgroundServer:

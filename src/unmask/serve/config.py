@@ -37,6 +37,9 @@ class ServeConfig:
     """Weights of every run: last (final) or best (early-stopped)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Weights of every run: auto (each file's own: an imported bf16 run stays bf16, half float32's memory),
+    float32 or bfloat16."""
     threads: int = 0
     """torch CPU threads for generation; 0 = torch's default."""
     max_batch: int = 8
@@ -61,6 +64,10 @@ class ServeConfig:
             is_loopback(self.host) or self.token is not None or self.insecure,
             f"host={self.host!r} is not loopback: anyone who reaches it could use the runs; pass --token SECRET "
             "(or set UNMASK_SERVE_TOKEN) or --insecure true",
+        )
+        check(
+            self.dtype in ("auto", "float32", "bfloat16"),
+            f"dtype={self.dtype!r}: choose one of auto, float32, bfloat16",
         )
         check(0 <= self.threads <= 4096, f"threads={self.threads}: must be in [0, 4096] (0 = torch's default)")
         check(1 <= self.max_batch <= 4096, f"max_batch={self.max_batch}: must be in [1, 4096]")

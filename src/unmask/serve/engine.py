@@ -76,8 +76,11 @@ class Model:
         return self.tok.decode(ids)
 
 
-def load_models(paths: list[str], which: str = "last", device: torch.device | str = "cpu") -> dict[str, Model]:
-    """Open every run directory with `Run` (safetensors weights, no pickle) under its folder's name."""
+def load_models(
+    paths: list[str], which: str = "last", device: torch.device | str = "cpu", dtype: str | torch.dtype | None = None
+) -> dict[str, Model]:
+    """Open every run directory with `Run` (safetensors weights, no pickle) under its folder's name, the weights
+    in `dtype` (None or 'auto': each file's own: an imported bf16 run stays bf16)."""
     check(len(paths) > 0, "serve needs at least one run directory: unmask serve RUN [RUN ...]")
     models: dict[str, Model] = {}
     for path in paths:
@@ -85,7 +88,7 @@ def load_models(paths: list[str], which: str = "last", device: torch.device | st
         check(run.name not in models, f"two runs are named {run.name!r} ({models.get(run.name, run).path} and "
               f"{run.path}); serve runs whose folder names differ")  # fmt: skip
         ids = run.special_ids
-        net = run.load_model(which, device)
+        net = run.load_model(which, device, dtype)
         models[run.name] = Model(
             name=run.name,
             path=run.path,
