@@ -24,6 +24,10 @@ DEMO = ROOT / "docs" / "demo" / "results.json"
 REPORTS = sorted(p.parent for p in (ROOT / "docs" / "study").glob("*/stamp.json"))
 QUOTING = [ROOT / "README.md", ROOT / "docs" / "study.md"]
 TOLERANCE = 5e-3
+CROSS_CPU_TOLERANCE = 0.15
+"""Nats, for MDM's 96-epoch points re-run on another CPU than the study's: rounding alone (other kernels) moved
+them by -0.057, -0.046 and +0.098 on an Intel Xeon (AVX-512) against the AMD EPYC the mini study was made on,
+while AR's shorter runs stayed within 0.005 there. Same CPU: bitwise."""
 """Nats. Same machine type and torch build: bitwise equal (0); this allows another CPU's rounding over a short run."""
 
 
@@ -155,6 +159,7 @@ def test_a_number_edited_by_hand_anywhere_published_fails_these_checks(tmp_path)
 def test_the_demos_smallest_points_and_the_mini_studys_verdicts_at_the_two_smallest_budgets_reproduce(tmp_path):
     import dataclasses
 
+    from unmask.checkpoint import cpu_model
     from unmask.data.prepare import prepare
     from unmask.demo import DemoConfig
     from unmask.run import Run
@@ -181,5 +186,9 @@ def test_the_demos_smallest_points_and_the_mini_studys_verdicts_at_the_two_small
     small = sorted({r["unique_tokens"] for r in rows})[:2]  # 6,250 and 12,500: the larger ones take ~10 CPU minutes
     verdicts = verdict_points(rows, study_from_dict(read_stamp(mini)["study"], warn_flat=False))
     names = [n for n in verdicts if any(f"-U{U}-" in n for U in small)]
-    checks = verify_study(mini, points=",".join(names), tolerance=TOLERANCE, workers=2, quiet=True)
+    same_cpu = read_stamp(mini)["machine"].get("cpu") == cpu_model()
+    checks = verify_study(mini, points=",".join(names), tolerance=CROSS_CPU_TOLERANCE, workers=2, quiet=True)
     assert [c.name for c in checks if c.problem] == []
+    for c in checks:  # AR's short runs reproduce tightly anywhere; MDM's long ones on the study's CPU only
+        tight = same_cpu or c.name.startswith("ar-")
+        assert abs(c.rerun - c.committed) <= (TOLERANCE if tight else CROSS_CPU_TOLERANCE), c

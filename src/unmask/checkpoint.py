@@ -228,6 +228,18 @@ def check_output_dir(out: Path, needed_bytes: int) -> None:
         )
 
 
+def cpu_model() -> str:
+    """The CPU's model name: float results of long runs differ across CPU families (their kernels round
+    differently), so a number is tied to the CPU it was measured on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def provenance() -> dict[str, Any]:
     try:
         sha = (
@@ -244,6 +256,7 @@ def provenance() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

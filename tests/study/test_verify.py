@@ -14,6 +14,7 @@ import pytest
 
 from tests.study.test_study import STUDY
 from unmask import cli
+from unmask.checkpoint import cpu_model
 from unmask.study.results import read_table
 from unmask.study.verify import choose, verify_study
 
@@ -35,15 +36,18 @@ def copy_of(report: Path, tmp_path: Path) -> Path:
     return shutil.copytree(report, tmp_path / "report")
 
 
+def first_paragraph(report) -> str:
+    return (report / "report.md").read_text().split("\n\n")[1]
+
+
 def test_the_report_folder_is_stamped_with_commit_command_config_hash_and_machine(report):
     stamp = json.loads((report / "stamp.json").read_text())
     assert stamp["commands"][0].startswith("unmask study run ") and len(stamp["config_sha256"]) == 64
-    assert set(stamp["machine"]) == {"platform", "cpu_count", "python", "torch", "cuda"}
+    assert set(stamp["machine"]) == {"platform", "cpu", "cpu_count", "python", "torch", "cuda"}
+    assert stamp["machine"]["cpu"] == cpu_model() and stamp["machine"]["cpu"] in first_paragraph(report)
     assert sum(stamp["runs_trained_at"].values()) == 4 and stamp["study"]["name"] == "tiny"
-    first_paragraph = (report / "report.md").read_text().split("\n\n")[1]
-    assert (
-        first_paragraph.startswith("Produced by `unmask study run") and stamp["config_sha256"][:12] in first_paragraph
-    )
+    opening = first_paragraph(report)
+    assert opening.startswith("Produced by `unmask study run") and stamp["config_sha256"][:12] in opening
     rows = read_table(report / "results.csv")
     assert len(rows) == 4 and all(r["git_sha"] and r["config_hash"] for r in rows)
     assert (report / "fit.json").is_file()

@@ -47,7 +47,7 @@ def make_stamp(study: StudyConfig, config_path: Path, rows: list[dict], provenan
         "runs_trained_at": dict(Counter(r.get("git_sha") or "unknown" for r in rows).most_common()),
         "report_commit": sha,
         "report_commit_dirty": dirty,
-        "machine": {k: provenance.get(k) for k in ("platform", "cpu_count", "python", "torch", "cuda")},
+        "machine": {k: provenance.get(k) for k in ("platform", "cpu", "cpu_count", "python", "torch", "cuda")},
         "date": datetime.date.today().isoformat(),
         "unigram": {str(U): level for U, level in unigram.items()},
     }
@@ -63,9 +63,13 @@ def stamp_text(stamp: dict) -> str:
     return (
         f"Produced by `{' && '.join(stamp['commands'])}` (config SHA-256 {stamp['config_sha256'][:12]}); runs "
         f"trained at commit {trained}; report written at {commit} on {stamp['date']}; machine: "
-        f"{machine['platform']}, {machine['cpu_count']} CPU cores, torch {machine['torch']}, "
+        f"{machine['platform']}, {cpu_of(machine)}{machine['cpu_count']} CPU cores, torch {machine['torch']}, "
         f"{machine['cuda'] or 'no GPU'}. Re-check any point with `unmask study verify <this folder>`."
     )
+
+
+def cpu_of(machine: dict) -> str:
+    return f"{machine['cpu']}, " if machine.get("cpu") else ""  # stamps before it was recorded: none
 
 
 def read_stamp(report_dir: Path) -> dict[str, Any]:
