@@ -233,6 +233,15 @@ def _jsonable(value):
     raise TypeError(type(value).__name__)
 
 
+SCHEDULE_SENTENCE = {
+    "cosine": "Every point is its own run with its own cosine schedule",
+    "wsd": "Every point is its own run with a warmup-stable-decay schedule: the longest run of each setting is a "
+    "trunk and each shorter one a decay branch forked from it, bitwise the separate run of its length (the "
+    "schedule column of results.csv)",
+}
+"""How the report's opening says the runs were scheduled, per `train.optim.schedule`."""
+
+
 def report_study(config: str | Path, quiet: bool = False) -> Path:
     """Figures and the Markdown + HTML report in OUT/report/; returns the Markdown path."""
     from unmask.run import Run
@@ -264,8 +273,8 @@ def report_study(config: str | Path, quiet: bool = False) -> Path:
         Block("p", stamp_text(stamp)),
         Block(
             "p",
-            f"{len(rows)} finished runs under {study.out}. Every point is its own run with its own cosine "
-            "schedule; a result is the run's final weights (MDM: ELBO with final_mc_passes, an upper bound "
+            f"{len(rows)} finished runs under {study.out}. {SCHEDULE_SENTENCE[study.train.optim.schedule]}; a "
+            "result is the run's final weights (MDM: ELBO with final_mc_passes, an upper bound "
             "on its NLL; AR: exact NLL), both scored on the same validation tokens.",
         ),  # fmt: skip
         Block("h2", "Results (identical settings)"),
