@@ -35,7 +35,7 @@ import pytest
 
 from tests.conftest import TinyRuns, tiny_train_config
 from unmask import cli
-from unmask.config import ConfigError, ModelConfig
+from unmask.config import TRAIN_GROUPS, ConfigError, ModelConfig
 
 TASKS = Path(__file__).parents[1] / "fixtures" / "austen_mc.jsonl"
 TEXT = "It is a truth universally acknowledged, that a single man in possession of a good fortune.\n"
@@ -164,6 +164,7 @@ TRAINED = {
     "model": ModelConfig(size="tiny", vocab_size=384, seq_len=32),
 }
 """The settings the AR run is trained with (`pristine`, tests/bad_input/conftest.py, checks them)."""
+TRAINED |= {f"train.{group}": getattr(TRAINED["train"], group) for group in TRAIN_GROUPS}  # each group's own settings
 
 
 PRINT_ERROR = cli.print_error

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tests.bad_input.contract import DROP
 from tests.bad_input.test_run_dirs import CONFIG_KEYS
-from unmask.config import ConfigError, ModelConfig, TrainConfig
+from unmask.config import TRAIN_FLAT_NAMES, TRAIN_GROUPS, ConfigError, ModelConfig, TrainConfig
 from unmask.run import Run
 
 # ---------------------------------------------------------------------------------------------
@@ -26,6 +26,8 @@ CONFIG_PATHS = [
     *((key,) for key in CONFIG_KEYS),
     *(("model", f.name) for f in dataclasses.fields(ModelConfig)),
     *(("train", f.name) for f in dataclasses.fields(TrainConfig)),
+    *(("train", group, f.name) for group, cls in TRAIN_GROUPS.items() for f in dataclasses.fields(cls)),
+    *(("train", name) for name in TRAIN_FLAT_NAMES),  # a flat name beside its group: refused in one line
     *(("specials", key) for key in ("eod_id", "mask_id", "pad_id")),
     ("data_identity", "manifest_sha256"),
     *(("data_identity", "files", name, key) for name in ("train.bin", "val.bin", "tokenizer.json")

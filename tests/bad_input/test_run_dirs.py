@@ -31,7 +31,7 @@ from tests.bad_input.contract import (
     unmask,
     unmask_lm,
 )
-from unmask.config import MAX_SEQ_LEN, ConfigError, ModelConfig, TrainConfig
+from unmask.config import MAX_SEQ_LEN, TRAIN_GROUPS, ConfigError, ModelConfig, TrainConfig
 from unmask.objectives import OBJECTIVES
 from unmask.run import RUN_FILES
 
@@ -174,7 +174,7 @@ OPTIONAL_KEYS = {"data": {"sample", "eval-text", "eval-tasks", "lm-eval"}, "spec
 OPTIONAL_KEYS |= {"tokenizer_sha256": set(READERS), "data_identity": set(READERS)}
 """Keys a command can do without (older runs lack the last three; `data` only matters for validation)."""
 WRONG_VALUES = {"negative": -1, "huge": 10**12, "string": "x", "null": None, "list": [1]}
-SAME_EXPERIMENT = {"epochs", "batch_size", "seed"}
+SAME_EXPERIMENT = {("train", "epochs"), ("train", "batch_size"), ("train", "seed")}
 """A resumed run checks these against its budget and checkpoints (steps, data position): a change is refused."""
 SHAPE = {"n_layer", "d_model", "vocab_size"}
 """Model fields the weights fix (their parameter count): another value does not fit them."""
@@ -215,7 +215,7 @@ def field_damage(section: str, f: dataclasses.Field, value) -> frozenset[str]:
         return frozenset()
     if f.name in SHAPE or (f.name == "objective" and value not in OBJECTIVES):
         return every
-    return frozenset({"resume"}) if f.name in SAME_EXPERIMENT else frozenset()
+    return frozenset({"resume"}) if (section, f.name) in SAME_EXPERIMENT else frozenset()
 
 
 def missing_field_damage(section: str, name: str) -> frozenset[str]:
@@ -225,7 +225,7 @@ def missing_field_damage(section: str, name: str) -> frozenset[str]:
         return frozenset()
     if section == "model":
         return frozenset(READERS) if name in SHAPE else frozenset()
-    return frozenset({"resume"}) if name in SAME_EXPERIMENT else frozenset()
+    return frozenset({"resume"}) if (section, name) in SAME_EXPERIMENT else frozenset()
 
 
 def run_damage_catalogue() -> dict[str, Damage]:
@@ -245,18 +245,20 @@ def run_damage_catalogue() -> dict[str, Damage]:
         cases[f"config.json:-{key}"] = Damage(
             edit_json("config.json", _pop((key,))), every - OPTIONAL_KEYS.get(key, set())
         )
-    for section, cls in (("train", TrainConfig), ("model", ModelConfig)):
-        cases[f"config.json:{section}=a list"] = Damage(edit_json("config.json", _set((section,), [])), every)
+    sections = {"train": TrainConfig, "model": ModelConfig} | {f"train.{g}": c for g, c in TRAIN_GROUPS.items()}
+    for section, cls in sections.items():  # TrainConfig's groups too: train.optim.lr, train.mdm.t_beta, ...
+        path = tuple(section.split("."))
+        cases[f"config.json:{section}=a list"] = Damage(edit_json("config.json", _set(path, [])), every)
         cases[f"config.json:{section}.unknown_key=1"] = Damage(
-            edit_json("config.json", _set((section, "nope"), 1)), every
+            edit_json("config.json", _set((*path, "nope"), 1)), every
         )
         for f in dataclasses.fields(cls):
             cases[f"config.json:-{section}.{f.name}"] = Damage(
-                edit_json("config.json", _pop((section, f.name))), missing_field_damage(section, f.name), field=True
+                edit_json("config.json", _pop((*path, f.name))), missing_field_damage(section, f.name), field=True
             )
             for label, value in WRONG_VALUES.items():
                 cases[f"config.json:{section}.{f.name}={label}"] = Damage(
-                    edit_json("config.json", _set((section, f.name), value)), field_damage(section, f, value), True
+                    edit_json("config.json", _set((*path, f.name), value)), field_damage(section, f, value), True
                 )
     cases["config.json:unknown top-level key"] = Damage(edit_json("config.json", _set(("zzz",), 1)), frozenset())
     cases["config.json:train.objective=gpt"] = Damage(
