@@ -112,9 +112,13 @@ class StudyConfig:
     def shared(self, objective: str | None = None) -> dict[str, Any]:
         """The shared config's values of the tuned fields (of `objective`'s grid; None: the shared axes): the
         identical-settings point of the tuning grid."""
-        keys = self.tune_for(objective) if objective else self.tune
-        train = self.train.flat()
-        return {k: getattr(self.model, k) if TUNABLE[k] == "model" else train[k] for k in sorted(keys)}
+        return tuned_values(self.model, self.train, self.tune_for(objective) if objective else self.tune)
+
+
+def tuned_values(model: ModelConfig, train: TrainConfig, keys) -> dict[str, Any]:
+    """The values of tuning axes `keys` (train settings by their flat names, or model fields) in these configs."""
+    flat = train.flat()
+    return {k: getattr(model, k) if TUNABLE[k] == "model" else flat[k] for k in sorted(keys)}
 
 
 def load_study(path: str | Path) -> StudyConfig:

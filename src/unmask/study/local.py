@@ -75,8 +75,11 @@ def _run_one(job: Job, queue, replace_stale: bool, parent: int | None = None) ->
     if same is True and _finished(out):
         return job.name  # nothing left to train: its files stay as they are
 
+    def orphaned() -> bool:
+        return parent is not None and os.getppid() != parent
+
     def report(info) -> None:
-        if parent is not None and os.getppid() != parent:
+        if orphaned():
             os.kill(os.getpid(), signal.SIGTERM)  # training's own handler: a checkpoint, then a clean stop
         if queue is not None and (info.step % 10 == 0 or info.step == info.total_steps):  # cheap IPC
             queue.put((job.name, info.step, info.total_steps))
@@ -84,7 +87,7 @@ def _run_one(job: Job, queue, replace_stale: bool, parent: int | None = None) ->
     try:
         train(job.data, out, job.model, job.train, resume=same is True, quiet=True, hooks=[report])
     except TrainingStopped:
-        if parent is not None and os.getppid() != parent:
+        if orphaned():
             os._exit(1)  # orphaned, its checkpoint saved: no one to report to, and no next job to start
         raise
     return job.name

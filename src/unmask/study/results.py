@@ -18,7 +18,7 @@ from unmask.checkpoint import atomic_path
 from unmask.config import ConfigError
 from unmask.model import count_params, flops_per_token
 from unmask.run import Run, is_finite_number
-from unmask.study.grid import TUNABLE, StudyConfig, config_hash, jobs
+from unmask.study.grid import StudyConfig, config_hash, jobs, tuned_values
 
 COLUMNS = [
     "name", "status", "objective", "size", "unique_tokens", "epochs", "seed", "tuned",
@@ -35,9 +35,7 @@ def row_of(job, study: StudyConfig) -> dict[str, Any]:
     """One table row for a job of the study's grid (its run may be missing or unfinished). A run whose files do
     not read back (config, budget, metrics, provenance) is one ConfigError naming the file."""
     path = Path(job.out)
-    grid = study.tune_for(job.train.objective)
-    train = job.train.flat()
-    tuned = {k: getattr(job.model, k) if TUNABLE[k] == "model" else train[k] for k in sorted(grid)}
+    tuned = tuned_values(job.model, job.train, study.tune_for(job.train.objective))
     row: dict[str, Any] = {
         "name": job.name, "objective": job.train.objective, "size": job.model.size, "epochs": job.train.epochs,
         "seed": job.train.seed, "tuned": json.dumps(tuned), "run": str(path),
