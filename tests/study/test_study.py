@@ -121,3 +121,54 @@ def test_the_two_protocols_pick_the_shared_setting_and_each_objectives_best():
     assert {(r["objective"], r["final_val_loss"]) for r in identical} == {("ar", 5.2), ("mdm", 6.0)}
     best = protocol_rows(rows, study, "own_best")
     assert {(r["objective"], r["final_val_loss"]) for r in best} == {("ar", 5.0), ("mdm", 5.7)}
+
+
+def test_scaling_points_are_single_epoch_runs_at_every_size_and_budget_the_grid_lacks():
+    from unmask.config import ConfigError, OptimConfig, TrainConfig
+    from unmask.study.grid import ScalingPoints, StudyConfig, jobs
+
+    study = StudyConfig(
+        train=TrainConfig(optim=OptimConfig(schedule="wsd")),
+        sizes=["demo"],
+        unique_tokens=[1000],
+        epochs={"ar": [1, 4], "mdm": [4, 16]},
+        seeds=[0, 1],
+        scaling=ScalingPoints(sizes=["demo", "tiny"], unique_tokens=[1000, 8000]),
+    )
+    grid = {j.name: j for j in jobs(study)}
+    scaling = {n: j for n, j in grid.items() if not study.in_grid(_row(j))}
+    # 2 objectives x 2 sizes x 2 budgets x 2 seeds, less AR's demo U1000 E1 points, which the grid has (a branch)
+    assert len(scaling) == 16 - 2 and all(j.train.epochs == 1 and j.fork_of is None for j in scaling.values())
+    assert grid["ar-demo-U1000-E1-s0"].fork_of == "ar-demo-U1000-E4-s0"
+    assert {j.model.size for j in scaling.values()} == {"demo", "tiny"} and study.budgets() == [1000, 8000]
+    assert all(j.data.endswith("U8000") for n, j in scaling.items() if "-U8000-" in n)
+    for bad in (ScalingPoints(sizes=["demo"]), ScalingPoints(sizes=["huge"], unique_tokens=[10])):
+        with pytest.raises(ConfigError, match="study.scaling"):
+            StudyConfig(scaling=bad)
+
+
+def _row(job) -> dict:
+    return {"size": job.model.size, "unique_tokens": int(job.data.rsplit("U", 1)[1]), "epochs": job.train.epochs,
+            "objective": job.train.objective}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_single_epoch_scaling_points_identify_the_fits_first_stage_and_get_their_own_table(tmp_path):
+    config = tmp_path / "scaling.yaml"
+    config.write_text(
+        STUDY.format(name="scaling", out=tmp_path / "out", runner="local").replace("epochs: [1, 2]", "epochs: [3]")
+        + "scaling: {sizes: [tiny, demo], unique_tokens: [1000, 2000, 4000, 8000]}\n"
+    )
+    assert cli.main(["study", "run", str(config)]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
+    assert len(rows) == 2 + 16 and {r["status"] for r in rows} == {"finished"}
+    assert cli.main(["study", "fit", str(config), "--n_boot", "0"]) == 0
+    fitted = json.loads((tmp_path / "out" / "fit.json").read_text())["protocols"]["identical"]
+    for objective in ("ar", "mdm"):  # two sizes and four budgets at one epoch: every stage-1 constant is fitted
+        assert {"E", "A", "alpha", "B", "beta"} <= set(fitted["objectives"][objective]["values"])
+    assert list(fitted["observed"]) == ["2000"]  # the comparison stays on the grid: U = 2,000 at 3 epochs
+    assert cli.main(["study", "report", str(config)]) == 0
+    text = (tmp_path / "out" / "report" / "report.md").read_text()
+    scaling = text.split("## Single-epoch scaling points")[1].split("##")[0]
+    assert "8,000" in scaling and "demo" in scaling and "tiny" in scaling
+    assert "U = 8,000 unique tokens" not in text  # no per-epoch table for a budget only the scaling points have

@@ -269,7 +269,7 @@ def set_aside_damaged(study: StudyConfig) -> list[Path]:
     """Move every damaged data folder and run of the grid to OUT/damaged/ (nothing is deleted) so that `study
     run` prepares or trains it again; returns where they went."""
     moved = []
-    for U in study.unique_tokens:
+    for U in study.budgets():
         damage = data_damage(study, U)
         if damage:
             moved.append(set_aside(data_dir(study, U), study, damage))

@@ -12,6 +12,7 @@
     seeds: [0]
     tune: {lr: [0.001, 0.002, 0.004]}              # optional: each objective at its own best over this grid
     tune_objective: {ar: {weight_decay: [0.1, 3.0]}}  # optional: axes one objective alone is tuned over
+    scaling: {sizes: [demo, demo4x], unique_tokens: [25000, 100000]}  # optional: single-epoch points for the fit
     workers: 0                                      # parallel runs (0 = one per CPU core), one thread each
     runner: local                                   # or ray
 
@@ -52,6 +53,16 @@ the names run folders carry), and the model's non-shape fields (init, dropout, .
 
 
 @dataclass
+class ScalingPoints:
+    """Single-epoch runs at the shared settings over model sizes × unique-token budgets: the points stage 1 of the
+    fit (E, A, alpha, B, beta) needs, which a grid of repeated runs at one size lacks (so R_D* and C_crit could
+    not be identified). Only the fit and their own table use them; the grid's comparisons leave them out."""
+
+    sizes: list[str] = field(default_factory=list)
+    unique_tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
 class StudyConfig:
     """A grid of runs over objective, model size, unique tokens U, epochs E, seeds and a tuning grid."""
 
@@ -69,6 +80,7 @@ class StudyConfig:
     tune_objective: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     """Tuning axes of one objective only, added to `tune` for it (e.g. AR's regularisation grid: weight decay,
     dropout, input noise), so the other objective's runs are not multiplied by them."""
+    scaling: ScalingPoints = field(default_factory=ScalingPoints)
     downstream: int = 0
     """Report: zero-shot accuracy of each objective's best runs on this many items of the shipped cloze task
     (unmask.evaluation.cloze); 0 = none."""
@@ -94,6 +106,13 @@ class StudyConfig:
                            f"the model's {model_fields}")  # fmt: skip
             both = sorted(set(axes) & set(self.tune))
             check(not both, f"study.tune_objective.{objective}: {both} are tuned for every objective already")
+        unknown = sorted(set(self.scaling.sizes) - set(SIZES))
+        check(not unknown, f"study.scaling.sizes: unknown {unknown}; choose from {sorted(SIZES)}")
+        check(all(u > 0 for u in self.scaling.unique_tokens), "study.scaling.unique_tokens: every budget must be > 0")
+        check(
+            bool(self.scaling.sizes) == bool(self.scaling.unique_tokens),
+            "study.scaling: give both sizes and unique_tokens (single-epoch points at every size × budget), or neither",
+        )
         check(self.workers >= 0, f"study.workers={self.workers}: must be >= 0")
         check(0 <= self.downstream <= 10_000, f"study.downstream={self.downstream}: must be in [0, 10000] items")
         check(self.runner in ("local", "ray"), f"study.runner={self.runner!r}: must be 'local' or 'ray'")
@@ -105,6 +124,18 @@ class StudyConfig:
     def tune_for(self, objective: str) -> dict[str, list[Any]]:
         """The tuning grid of one objective: the shared axes and its own."""
         return {**self.tune, **self.tune_objective.get(objective, {})}
+
+    def budgets(self) -> list[int]:
+        """Every unique-token budget a run of this study trains on: the grid's and the scaling points'."""
+        return sorted(set(self.unique_tokens) | set(self.scaling.unique_tokens))
+
+    def in_grid(self, row: dict[str, Any]) -> bool:
+        """Whether a results row is a point of the grid (not only a single-epoch scaling point)."""
+        return (
+            row["size"] in self.sizes
+            and row["unique_tokens"] in self.unique_tokens
+            and row["epochs"] in self.epochs[row["objective"]]
+        )
 
     def tuned(self) -> bool:
         return bool(self.tune) or any(self.tune_objective.values())
@@ -188,6 +219,15 @@ def jobs(study: StudyConfig) -> list[Job]:
             if study.train.optim.schedule == "wsd" and epochs != max(study.epochs[objective]):  # a decay branch
                 trunk = point_name(objective, size, U, max(study.epochs[objective]), seed, differs)
                 out[-1] = dataclasses.replace(out[-1], fork_of=trunk)
+    names = {job.name for job in out}
+    for objective, size, U, seed in itertools.product(
+        study.objectives, study.scaling.sizes, study.scaling.unique_tokens, study.seeds
+    ):  # single-epoch scaling points, each its own run (a WSD one too: E = 1 is nobody's branch here)
+        name = point_name(objective, size, U, 1, seed, {})
+        if name not in names:  # the grid has it already
+            model = dataclasses.replace(study.model, size=size)
+            train = study.train.with_flat(objective=objective, epochs=1, seed=seed)
+            out.append(Job(name, str(data_dir(study, U)), str(Path(study.out) / "runs" / name), model, train))
     return out
 
 
@@ -195,7 +235,7 @@ def prepare_data(study: StudyConfig, quiet: bool = True) -> None:
     """One prepared data folder per unique-token budget U (kept when its config is unchanged)."""
     from unmask.data.prepare import prepare
 
-    for U in study.unique_tokens:
+    for U in study.budgets():
         cfg = dataclasses.replace(study.data, unique_tokens=U)
         target = data_dir(study, U)
         if prepared_config(target) == to_dict(cfg):

@@ -143,7 +143,7 @@ def fit_study(config: str | Path, n_boot: int = 200, quiet: bool = False) -> dic
             }
         if {"ar", "mdm"} <= set(fits):
             entry["critical_compute"] = _critical(fits, chosen, critical_compute, critical_compute_power_law)
-        entry["observed"] = observed_crossover(chosen, loss)
+        entry["observed"] = observed_crossover([r for r in chosen if study.in_grid(r)], loss)
         result["protocols"][protocol] = entry
     atomic_write_text(target, json.dumps(result, indent=1, default=_jsonable))
     if not quiet:
@@ -265,7 +265,8 @@ def report_study(config: str | Path, quiet: bool = False) -> Path:
         raise ConfigError(f"{e}; `unmask study run {config}` prepares a damaged data folder again") from None
     out = Path(study.out) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    identical = protocol_rows(rows, study, "identical")
+    grid = [r for r in rows if study.in_grid(r)]  # scaling points: the fit and their own table only
+    identical = protocol_rows(grid, study, "identical")
     provenance = Run(rows[0]["run"]).provenance()
     stamp = make_stamp(study, Path(config), rows, provenance, unigram)
     blocks = [
@@ -293,11 +294,14 @@ def report_study(config: str | Path, quiet: bool = False) -> Path:
                        + (f" (and per objective {study.tune_objective})" if study.tune_objective else "")
                        + "; the chosen values "
                        "in brackets. Choosing on the validation split makes these numbers slightly optimistic."),
-            *_results_blocks(protocol_rows(rows, study, "own_best"), unigram, show_tuned=True),
+            *_results_blocks(protocol_rows(grid, study, "own_best"), unigram, show_tuned=True),
         ]  # fmt: skip
-    blocks += [Block("h2", "Findings"), *[Block("p", line) for line in findings(fitted, identical, unigram)]]
+    if len(grid) < len(rows):
+        blocks += _scaling_blocks([r for r in rows if not study.in_grid(r)], unigram)
+    grid_unigram = {U: level for U, level in unigram.items() if U in study.unique_tokens}
+    blocks += [Block("h2", "Findings"), *[Block("p", line) for line in findings(fitted, identical, grid_unigram)]]
     if study.downstream:
-        blocks += _downstream_blocks(study, rows, out)
+        blocks += _downstream_blocks(study, grid, out)
     for protocol, entry in fitted["protocols"].items():
         blocks.append(Block("h2", f"Fit: {PROTOCOLS[protocol]}"))
         if protocol.startswith("own_best") and not study.tuned():
@@ -307,7 +311,8 @@ def report_study(config: str | Path, quiet: bool = False) -> Path:
         blocks += _fit_blocks(entry, PAPER)
     fits = _fits_of(fitted["protocols"].get("identical", {}))
     if fits:
-        blocks.append(Block("figure", (figure_fit(identical, fits, out), "Fitted vs observed; effective data")))
+        fitted_rows = protocol_rows(rows, study, "identical")
+        blocks.append(Block("figure", (figure_fit(fitted_rows, fits, out), "Fitted vs observed; effective data")))
     blocks += [
         Block("h2", "Configuration and hardware"),
         Block("code", Path(config).read_text()),
@@ -362,18 +367,21 @@ def _downstream_blocks(study: StudyConfig, rows: list[dict], out: Path) -> list:
     ]
 
 
+def _mean_cell(s: dict | None) -> float | str | None:
+    """A table cell for one setting's final loss: the value (one seed) or mean ± standard error over seeds."""
+    if s is None:
+        return None
+    return s["final_val_loss"] if s["n_seeds"] == 1 else f"{s['final_val_loss']:.4f} ± {s['final_val_loss_se']:.4f}"
+
+
 def _results_blocks(rows: list[dict], unigram: dict[int, float], show_tuned: bool = False) -> list:
     """Per U, a table of final losses by epochs (mean ± standard error over seeds when there are several): AR,
     MDM and MDM's distance below the unigram level."""
     from unmask.study.report import Block
 
     def cell(s):
-        if s is None:
-            return None
-        value = (
-            s["final_val_loss"] if s["n_seeds"] == 1 else f"{s['final_val_loss']:.4f} ± {s['final_val_loss_se']:.4f}"
-        )
-        if not show_tuned:
+        value = _mean_cell(s)
+        if s is None or not show_tuned:
             return value
         chosen = ", ".join(f"{k} {v:g}" for k, v in json.loads(s["tuned"]).items())
         return f"{value if isinstance(value, str) else f'{value:.4f}'} ({chosen})"
@@ -381,7 +389,7 @@ def _results_blocks(rows: list[dict], unigram: dict[int, float], show_tuned: boo
     blocks = []
     summary = seed_summary(rows)
     seeds = sorted({r["seed"] for r in rows})
-    for U, level in unigram.items():
+    for U, level in ((U, level) for U, level in unigram.items() if U in {r["unique_tokens"] for r in rows}):
         table = []
         for e in sorted({s["epochs"] for s in summary if s["unique_tokens"] == U}):
             cells = {s["objective"]: s for s in summary if s["unique_tokens"] == U and s["epochs"] == e}
@@ -394,6 +402,26 @@ def _results_blocks(rows: list[dict], unigram: dict[int, float], show_tuned: boo
             Block("table", (["epochs", "AR final loss", "MDM final loss", "MDM below unigram"], table)),
         ]  # fmt: skip
     return blocks
+
+
+def _scaling_blocks(rows: list[dict], unigram: dict[int, float]) -> list:
+    """The single-epoch scaling points (study.scaling): final loss per model size and U, for stage 1 of the fit."""
+    from unmask.study.report import Block
+
+    summary = seed_summary(rows)
+    table = []
+    for N, U in sorted({(s["non_embedding_params"], s["unique_tokens"]) for s in summary}):
+        cells = {s["objective"]: s for s in summary if (s["non_embedding_params"], s["unique_tokens"]) == (N, U)}
+        size = next(iter(cells.values()))["size"]
+        table.append([size, N, f"{U:,}", unigram[U], _mean_cell(cells.get("ar")), _mean_cell(cells.get("mdm"))])
+    return [
+        Block("h2", "Single-epoch scaling points"),
+        Block("p", "One epoch at the shared settings, per model size and unique-token budget (study.scaling): the "
+                   "points stage 1 of the fit (E, A, alpha, B, beta) rests on; the comparisons above leave them out."
+                   + (" Mean ± standard error over seeds." if any(s["n_seeds"] > 1 for s in summary) else "")),
+        Block("table", (["size", "non-embedding parameters", "U", "unigram", "AR final loss", "MDM final loss"],
+                        table)),
+    ]  # fmt: skip
 
 
 def findings(fitted: dict, rows: list[dict], unigram: dict[int, float]) -> list[str]:

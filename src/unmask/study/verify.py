@@ -21,7 +21,7 @@ from typing import Any
 
 from unmask.checkpoint import cpu_model
 from unmask.config import ConfigError, UnmaskError
-from unmask.study.grid import StudyConfig, jobs, prepare_data, study_from_dict
+from unmask.study.grid import ScalingPoints, StudyConfig, jobs, prepare_data, study_from_dict
 from unmask.study.results import read_table, row_of
 from unmask.study.stamp import read_stamp
 
@@ -50,7 +50,7 @@ def verdict_points(rows: list[dict], study: StudyConfig) -> list[str]:
     names: list[str] = []
     protocols = ["identical", "own_best"] if study.tuned() else ["identical"]
     for protocol in protocols:
-        chosen = protocol_rows(rows, study, protocol)
+        chosen = [r for r in protocol_rows(rows, study, protocol) if study.in_grid(r)]
         for key in sorted({(r["objective"], r["unique_tokens"]) for r in chosen}):
             group = [r for r in chosen if (r["objective"], r["unique_tokens"]) == key]
             for r in (min(group, key=lambda r: r["final_val_loss"]), max(group, key=lambda r: r["epochs"])):
@@ -109,8 +109,13 @@ def verify_study(
     names = choose(list(rows.values()), study, points, seed)
     scratch = Path(tempfile.mkdtemp(prefix="unmask-verify-")) if work is None else Path(work)
     try:
+        budgets = {rows[n]["unique_tokens"] for n in names}  # only the chosen points' data is prepared
+        scaling = sorted(budgets & set(study.scaling.unique_tokens))
         rerun = dataclasses.replace(
-            study, out=str(scratch), unique_tokens=sorted({rows[n]["unique_tokens"] for n in names})
+            study,
+            out=str(scratch),
+            unique_tokens=sorted(budgets & set(study.unique_tokens)),
+            scaling=ScalingPoints(study.scaling.sizes if scaling else [], scaling),
         )
         prepare_data(rerun)
         grid = jobs(rerun)
