@@ -19,6 +19,9 @@ from typing import Any, Literal
 
 MAX_SEQ_LEN = 2**20
 """The longest sequence a data folder or model may declare (a typo must not allocate the machine away)."""
+MAX_LAYERS = 1024
+"""More blocks than any published model has (the largest have ~128): a config past it is damaged, and building
+it (even on the meta device) would hang the import or load that reads it."""
 MAX_MC_PASSES = 2**16
 """The most Monte Carlo passes / samples an estimate may ask for (likewise)."""
 
@@ -190,6 +193,9 @@ class ModelConfig:
             check(self.size in SIZES, f"model.size={self.size!r}: must be one of {sorted(SIZES)} or null")
             self.n_layer, self.d_model, self.n_head = SIZES[self.size]
         check(self.n_layer > 0 and self.d_model > 0 and self.n_head > 0, "model: n_layer, d_model, n_head must be > 0")
+        check(
+            self.n_layer <= MAX_LAYERS, f"model.n_layer={self.n_layer}: must be <= {MAX_LAYERS}; the config is damaged"
+        )
         check(1 <= self.vocab_size <= 2**32, f"model.vocab_size={self.vocab_size}: must be in [1, 2**32]")
         check(1 <= self.seq_len <= MAX_SEQ_LEN, f"model.seq_len={self.seq_len}: must be in [1, {MAX_SEQ_LEN}]")
         check(

@@ -4,6 +4,7 @@ reference forward passes the imports are compared with. Nothing is downloaded: e
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import torch
@@ -154,3 +155,19 @@ def dream_reference(model, idx: torch.Tensor) -> torch.Tensor:
     B, T = idx.shape
     logits = model(idx, attention_mask=torch.ones(B, 1, T, T, dtype=torch.bool)).logits
     return torch.cat([logits[:, :1], logits[:, :-1]], 1)
+
+
+def write_sparse(path: Path, shapes: dict[str, tuple[int, ...]], dtype: str = "BF16") -> None:
+    """A safetensors file with the header of these tensors and a hole for their data: the size of a real
+    checkpoint on no disk, for code that reads headers only."""
+    header, offset = {}, 0
+    itemsize = {"BF16": 2, "F16": 2, "F32": 4}[dtype]
+    for name, shape in shapes.items():
+        size = itemsize * int(torch.Size(shape).numel())
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + offset)

@@ -83,6 +83,13 @@ def damage_no_mask_id(folder):
     return "pass --mask_id"
 
 
+def damage_absurd_depth(folder):
+    write_llada(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "n_layers": 10**7}))  # building it would hang
+    return "model.n_layer=10000000: must be <= 1024"
+
+
 def damage_no_config(folder):
     write_llada(folder)
     (folder / "config.json").unlink()

@@ -1,4 +1,4 @@
-"""`unmask bench train|prepare|sample|memory`: throughput and memory figures."""
+"""`unmask bench train|prepare|sample|memory`: throughput and memory figures (memory --checkpoint: an import's)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def bench(
     device: str = "cpu",
     activation_checkpointing: bool = False,
     energy_run: str | None = None,
+    checkpoint: str | None = None,
     json: str | None = None,
 ) -> dict:
     """Throughput: training tokens/s of AR and MDM, `unmask prepare` tokens/s, or every sampler's tokens/s and quality;
@@ -64,6 +65,8 @@ def bench(
         device: 'cpu', 'cuda' or 'auto' (train and sample).
         activation_checkpointing: memory: with each block's activations recomputed in backward.
         energy_run: sample: an energy run (unmask finetune energy) of the MDM run, EDLM's energy in the edlm_nce row.
+        checkpoint: memory: a Hugging Face-format folder instead of a training step: the estimated peak resident
+            memory of `unmask import` and of using the run in bf16 and float32, from its headers (no tensor read).
         json: train, sample and memory: also write the results to this JSON file.
     """
     from unmask.bench import bench_memory, bench_prepare, bench_sample, bench_train
@@ -73,7 +76,15 @@ def bench(
         check_prepare_disk(prepare_mb)
         return bench_prepare(megabytes=prepare_mb)
     check_output_file(option="--json", path=json)
-    if what == "sample":
+    if what == "memory" and checkpoint is not None:
+        from dataclasses import asdict
+
+        from unmask.hub.memory import estimate_checkpoint_memory, print_checkpoint_memory
+
+        estimate = estimate_checkpoint_memory(checkpoint)
+        print_checkpoint_memory(estimate)
+        result = asdict(estimate)
+    elif what == "sample":
         check(bool(run), "bench sample needs --run (an MDM run directory)")
         check(length >= 1 and samples >= 1, f"length={length}, samples={samples}: both must be >= 1")
         result = bench_sample(

@@ -62,9 +62,49 @@ def import_checkpoint(
         raise ConfigError(f"{folder} is not a folder; pass a Hugging Face-format checkpoint folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out} already exists and is not empty; choose a new folder")
+    plan = plan_import(folder, kind, dtype)
+    try:
+        tok, specials = import_tokenizer(folder, plan.hf, plan.cfg, plan.layout, mask_id, pad_id)
+        out.mkdir(parents=True, exist_ok=True)
+        recipes = {
+            p.unmask: _joiner(plan.shards, p, dt) for p, (_, _, dt) in zip(plan.pieces, plan.entries, strict=True)
+        }
+        write_streamed(out / "last.safetensors", plan.entries, stream(recipes, plan.shards.release), {"format": "pt"})
+    finally:
+        plan.shards.close()
+    _link_or_copy(out / "last.safetensors", out / "best.safetensors")
+    tok.save(str(out / "tokenizer.json"))
+    origin = {
+        "folder": str(folder.resolve()),
+        "layout": plan.layout.name,
+        "architectures": plan.hf.get("architectures"),
+    }
+    write_run_files(out, plan.cfg, plan.layout.objective, specials, origin)
+    return out
+
+
+@dataclasses.dataclass
+class ImportPlan:
+    """What importing a folder will write, read from config.json and the shards' headers (no tensor data)."""
+
+    hf: dict
+    layout: Layout
+    cfg: ModelConfig
+    shards: Shards
+    """Open (memory-mapped, nothing read yet): the caller closes them."""
+    pieces: list[Piece]
+    entries: list[tuple[str, list[int], torch.dtype]]
+    """Per unmask tensor, in the model's order: name, shape and the dtype it is written in."""
+
+
+def plan_import(folder: Path, kind: str | None, dtype: str | None) -> ImportPlan:
+    """The layout, model config and tensor plan of a checkpoint folder, every shape checked against config.json."""
     hf = read_json(folder / "config.json", "not a Hugging Face-format checkpoint folder")
     layout = detect_layout(hf, folder, kind)
-    cfg = layout.model_config(hf)
+    try:
+        cfg = layout.model_config(hf)
+    except ConfigError as e:
+        raise ConfigError(str(e) if str(folder) in str(e) else f"{folder / 'config.json'}: {e}") from None
     shards = Shards(folder)
     try:
         meta = meta_state(cfg)
@@ -72,17 +112,10 @@ def import_checkpoint(
         assert [p.unmask for p in pieces] == list(meta), f"the {layout.name} layout must cover every unmask tensor"
         check_shapes(shards, pieces, meta, folder)
         entries = [(p.unmask, list(meta[p.unmask].shape), _dtype(shards, p, dtype)) for p in pieces]
-        tok, specials = import_tokenizer(folder, hf, cfg, layout, mask_id, pad_id)
-        out.mkdir(parents=True, exist_ok=True)
-        recipes = {p.unmask: _joiner(shards, p, dt) for p, (_, _, dt) in zip(pieces, entries, strict=True)}
-        write_streamed(out / "last.safetensors", entries, stream(recipes, shards.release), {"format": "pt"})
-    finally:
+    except BaseException:
         shards.close()
-    _link_or_copy(out / "last.safetensors", out / "best.safetensors")
-    tok.save(str(out / "tokenizer.json"))
-    origin = {"folder": str(folder.resolve()), "layout": layout.name, "architectures": hf.get("architectures")}
-    write_run_files(out, cfg, layout.objective, specials, origin)
-    return out
+        raise
+    return ImportPlan(hf, layout, cfg, shards, pieces, entries)
 
 
 def meta_state(cfg: ModelConfig) -> dict[str, torch.Tensor]:
