@@ -82,6 +82,12 @@ def test_compute_optimal_n_minimises_loss_at_fixed_compute():
     assert sizes[np.argmin(chinchilla(sizes, C / (6 * sizes)))] == pytest.approx(n_opt, rel=0.01)
 
 
+def test_compute_optimal_n_at_a_vanishing_term_is_zero_or_unbounded_not_an_error():
+    # a bootstrap resample can fit A = 0 (size does not matter) or B = 0 (data does not): once a math domain error
+    assert compute_optimal_n({**BASE, "A": 0.0}, 1e9) == 0.0
+    assert compute_optimal_n({**BASE, "B": 0.0}, 1e9) == np.inf
+
+
 def test_repeated_data_is_worth_less_and_saturates():
     N, U = 1e6, 1e9  # R_N = 0
     epochs = np.array([1, 2, 10, 100, 1e4])

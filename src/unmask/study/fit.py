@@ -121,7 +121,8 @@ class FitResult:
 def compute_optimal_n(params: Mapping[str, float], D: ArrayLike) -> np.ndarray | float:
     """N_opt(D) = (αA/(βB))^(1/α) · D^(β/α): the loss-minimising N at compute 6·N·D (see the module docstring)."""
     A, alpha, B, beta = params["A"], params["alpha"], params["B"], params["beta"]
-    return np.exp((math.log(alpha * A / (beta * B)) + beta * np.log(D)) / alpha)
+    with np.errstate(divide="ignore", over="ignore"):  # A = 0 (N does not matter): 0; B = 0: ∞ (a bootstrap edge)
+        return np.exp((np.log(alpha * A) - np.log(beta * B) + beta * np.log(D)) / alpha)
 
 
 def _effective(base, R, r_star: float | None, name: str):
@@ -406,7 +407,8 @@ def fit_law(
         if not has_N:
             unidentified["rn_star"] = "one model size: there is no N term whose excess parameters could decay"
         else:
-            ratio = N[rep] / np.minimum(N[rep], compute_optimal_n(values, U[rep]))
+            with np.errstate(divide="ignore"):
+                ratio = N[rep] / np.minimum(N[rep], compute_optimal_n(values, U[rep]))
             if not np.any(ratio > 1 + 1e-9):
                 fit_rn = False
                 unidentified["rn_star"] = (
