@@ -68,6 +68,8 @@ def test_a_four_point_sweep_runs_resumes_fits_and_reports(tmp_path, capsys):
         assert (report / f"{name}.png").stat().st_size > 5_000 and (report / f"{name}.svg").exists()
     html = (report / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2 and "<table>" in html  # self-contained
+    plateau = text.split("## Leaving the unigram plateau (MDM)")[1].split("##")[0]
+    assert plateau.count("| 2,000 |") == 2  # MDM's two runs, each with its exit epoch or 'never'
 
     # a tuning grid added later keeps the runs at the shared value and trains only the new points
     config.write_text(config.read_text() + "tune: {lr: [0.002, 0.004]}\n")
@@ -172,3 +174,14 @@ def test_single_epoch_scaling_points_identify_the_fits_first_stage_and_get_their
     scaling = text.split("## Single-epoch scaling points")[1].split("##")[0]
     assert "8,000" in scaling and "demo" in scaling and "tiny" in scaling
     assert "U = 8,000 unique tokens" not in text  # no per-epoch table for a budget only the scaling points have
+
+
+def test_a_run_leaves_the_plateau_at_its_first_validation_enough_below_the_unigram_level(tmp_path):
+    from unmask.study.pipeline import plateau_exit
+
+    curve = [(1.6, 6.00), (3.2, 5.97), (4.8, 5.94), (6.4, 5.50), (8.0, 6.10)]
+    lines = [{"step": 10, "loss": 6.5}] + [{"step": i, "epoch": e, "val_loss": v} for i, (e, v) in enumerate(curve)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    assert plateau_exit(tmp_path, level=6.0) == 4.8  # 5.94 is 0.06 below: the first at least 0.05 below
+    assert plateau_exit(tmp_path, level=6.0, margin=0.2) == 6.4
+    assert plateau_exit(tmp_path, level=5.0) is None

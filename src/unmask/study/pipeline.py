@@ -296,6 +296,7 @@ def report_study(config: str | Path, quiet: bool = False) -> Path:
                        "in brackets. Choosing on the validation split makes these numbers slightly optimistic."),
             *_results_blocks(protocol_rows(grid, study, "own_best"), unigram, show_tuned=True),
         ]  # fmt: skip
+    blocks += _plateau_blocks(grid, unigram)
     if len(grid) < len(rows):
         blocks += _scaling_blocks([r for r in rows if not study.in_grid(r)], unigram)
     grid_unigram = {U: level for U, level in unigram.items() if U in study.unique_tokens}
@@ -402,6 +403,42 @@ def _results_blocks(rows: list[dict], unigram: dict[int, float], show_tuned: boo
             Block("table", (["epochs", "AR final loss", "MDM final loss", "MDM below unigram"], table)),
         ]  # fmt: skip
     return blocks
+
+
+PLATEAU_MARGIN = 0.05
+"""A run has left the unigram plateau at its first validation at least this far below the unigram level."""
+
+
+def plateau_exit(run: str | Path, level: float, margin: float = PLATEAU_MARGIN) -> float | None:
+    """The epoch of a run's first validation loss at least `margin` nats below `level` (None: never)."""
+    from unmask.run import read_metrics
+
+    for record in read_metrics(run):
+        if "val_loss" in record and record["val_loss"] <= level - margin:
+            return record.get("epoch")
+    return None
+
+
+def _plateau_blocks(rows: list[dict], unigram: dict[int, float]) -> list:
+    """Per MDM setting of the grid, the epoch each seed leaves the unigram plateau, and its final loss."""
+    from unmask.study.report import Block
+
+    mdm = [r for r in rows if r["objective"] == "mdm"]
+    if not mdm:
+        return []
+    table = []
+    for s in sorted(seed_summary(mdm), key=lambda s: (s["unique_tokens"], s["epochs"], s["tuned"])):
+        runs = sorted((r for r in mdm if setting_key(r) == setting_key(s)), key=lambda r: r["seed"])
+        exits = [plateau_exit(r["run"], unigram[r["unique_tokens"]]) for r in runs]
+        tuned = ", ".join(f"{k} {v}" for k, v in json.loads(s["tuned"]).items()) or "—"
+        table.append([f"{s['unique_tokens']:,}", s["epochs"], tuned,
+                      " / ".join("never" if e is None else f"{e:g}" for e in exits), _mean_cell(s)])  # fmt: skip
+    return [
+        Block("h2", "Leaving the unigram plateau (MDM)"),
+        Block("p", f"The epoch of each seed's first validation at least {PLATEAU_MARGIN} nats below the unigram "
+                   "cross-entropy of the validation split (seeds in order; 'never': not within the run)."),
+        Block("table", (["U", "epochs", "setting", "leaves the plateau at epoch", "final loss"], table)),
+    ]  # fmt: skip
 
 
 def _scaling_blocks(rows: list[dict], unigram: dict[int, float]) -> list:
