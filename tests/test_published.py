@@ -60,12 +60,14 @@ def report_pieces(report_dir: Path) -> list[str]:
     rows = [r for r in read_table(report_dir / "results.csv") if r["status"] == "finished"]
     fitted = json.loads((report_dir / "fit.json").read_text())
     unigram = {int(U): level for U, level in stamp["unigram"].items()}
-    identical = protocol_rows(rows, study, "identical")
+    grid = [r for r in rows if study.in_grid(r)]  # the single-epoch scaling points have their own table
+    identical = protocol_rows(grid, study, "identical")
     pieces = [stamp_text(stamp), to_markdown(_results_blocks(identical, unigram)).strip()]
-    if study.tune:
-        own_best = protocol_rows(rows, study, "own_best")
+    if study.tuned():
+        own_best = protocol_rows(grid, study, "own_best")
         pieces.append(to_markdown(_results_blocks(own_best, unigram, show_tuned=True)).strip())
-    return pieces + findings(fitted, identical, unigram)
+    grid_unigram = {U: level for U, level in unigram.items() if U in study.unique_tokens}
+    return pieces + findings(fitted, identical, grid_unigram)
 
 
 def report_mismatches(report_dir: Path) -> list[str]:
