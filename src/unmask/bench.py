@@ -14,7 +14,7 @@ import torch
 
 from unmask.config import DataConfig, MdmConfig, ModelConfig, TrainConfig
 from unmask.model import Transformer, count_params
-from unmask.objectives import LossOutput, Specials, get_objective
+from unmask.objectives import LossOutput, Specials, get_objective, objective_for
 from unmask.runtime import Runtime
 from unmask.training import make_optimizer
 from unmask.training.step import accumulate_gradients, apply_update
@@ -124,8 +124,8 @@ def build_side(
     else:
         model = Transformer(cfg).to(runtime.device)
         step_model = runtime.prepare_model(model)
-        objective = get_objective(side)
-        loss_fn = objective.make_loss(train_cfg, seq_len)
+        objective = objective_for(train_cfg)
+        loss_fn = objective.loss
         batch = x.cpu() if objective.host_batches else x  # as the training loop hands it over
         optimizer = make_optimizer(model, train_cfg.optim)
     generator = torch.Generator(get_objective(train_cfg.objective).noise_device(runtime.device))
@@ -277,7 +277,7 @@ def step_memory(model: torch.nn.Module, objective: str, batch_size: int, seq_len
                           f"torch {torch.__version__}): {e}") from None  # fmt: skip
     train_cfg = TrainConfig(objective=objective, mdm=MdmConfig(eps=1 - 1e-9))
     optimizer = make_optimizer(model, train_cfg.optim)
-    loss_fn = get_objective(objective).make_loss(train_cfg, seq_len)
+    loss_fn = objective_for(train_cfg).loss
     x = torch.randint(3, model.cfg.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(0))
     device = model_device(model)
 

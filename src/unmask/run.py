@@ -26,7 +26,7 @@ from typing import Any
 
 from unmask.checkpoint import sha256_of
 from unmask.config import ConfigError, ModelConfig, TrainConfig, from_dict
-from unmask.objectives import Objective, Specials, get_objective
+from unmask.objectives import Objective, Specials, objective_for
 
 WEIGHTS = ("best", "last")
 RUN_FILES = (
@@ -89,7 +89,7 @@ class Run:
             raise ConfigError(f"{self.path / 'config.json'} is invalid: {e}") from None
         except TypeError:
             raise ConfigError(f"{self.path / 'config.json'} is invalid: 'model' and 'train' must be mappings") from None
-        self.objective: Objective = get_objective(self.train_config.objective)
+        self.objective: Objective = objective_for(self.train_config)
 
     @property
     def name(self) -> str:

@@ -170,7 +170,7 @@ def test_the_nce_loss_falls_and_the_run_opens_as_an_energy_run(energy_run, base_
     assert run.objective.energy and run.model_config.energy_head and run.train_config.init_from
     run.load_model("last"), run.load_model("best")  # safetensors, parameter count checked
     start = model_with_zero_head(run)
-    before = validation_loss(start, tiny_data.split("val"), run.objective, run.specials, run.train_config, mc_passes=2)
+    before = validation_loss(start, tiny_data.split("val"), run.objective, run.specials, mc_passes=2)
     vals = [r["val_loss"] for r in run.metrics() if "val_loss" in r]
     losses = [r["loss"] for r in run.metrics() if "loss" in r]
     print(f"NCE validation loss: start {before.loss:.4f} (2 ln 2), curve {[round(v, 3) for v in vals]}")

@@ -11,7 +11,7 @@ import torch
 
 from unmask.config import TrainConfig
 from unmask.model import select_positions
-from unmask.objectives import Specials, get_objective
+from unmask.objectives import Specials, get_objective, objective_for
 
 V, MASK, EOS, PAD = 32, 1, 2, 3
 SP = Specials(mask_id=MASK, pad_id=PAD, eod_id=EOS)
@@ -51,7 +51,7 @@ def batch() -> torch.Tensor:
 
 
 def loss_of(name: str, model, x, seed: int = 0, **cfg):
-    loss = get_objective(name).make_loss(TrainConfig.from_flat(objective=name, **cfg), x.shape[-1])
+    loss = objective_for(TrainConfig.from_flat(objective=name, **cfg)).loss
     return loss(model, x, SP, torch.Generator().manual_seed(seed))
 
 
@@ -91,5 +91,5 @@ def test_ar_scores_only_the_answer_and_its_end_of_text():
 
 
 def test_conversation_tokens_are_counted_as_seen_not_the_flags():
-    assert get_objective("sft_ar").count_real(batch(), PAD) == 7 + 9
-    assert get_objective("mdm").count_real(batch()[:, 0], PAD) == 7 + 9
+    assert get_objective("sft_ar").real_tokens(batch(), PAD) == 7 + 9
+    assert get_objective("mdm").real_tokens(batch()[:, 0], PAD) == 7 + 9

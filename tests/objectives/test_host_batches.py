@@ -11,7 +11,7 @@ import torch
 
 from unmask.config import ModelConfig, TrainConfig
 from unmask.model import Transformer
-from unmask.objectives import OBJECTIVES, get_objective
+from unmask.objectives import OBJECTIVES, get_objective, objective_for
 from unmask.objectives.base import Specials
 
 SP = Specials(mask_id=1, pad_id=2, eod_id=3)
@@ -32,10 +32,9 @@ def _batch(name: str, padded: bool) -> torch.Tensor:
 
 
 def _loss(name: str, model: torch.nn.Module, x: torch.Tensor, seed: int = 0):
-    objective = get_objective(name)
-    loss_fn = objective.make_loss(TrainConfig(objective=name), 16)
+    objective = objective_for(TrainConfig(objective=name))
     generator = torch.Generator(objective.noise_device(torch.device("cpu"))).manual_seed(seed)
-    return loss_fn(model, x, SP, generator)
+    return objective.loss(model, x, SP, generator)
 
 
 def _model(name: str, device: str = "cpu") -> Transformer:

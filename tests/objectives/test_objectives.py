@@ -11,7 +11,7 @@ from torch import nn
 
 from unmask.config import ModelConfig, TrainConfig
 from unmask.model import Transformer, select_positions
-from unmask.objectives import OBJECTIVES, Specials, get_objective, make_orderings, mask_probability
+from unmask.objectives import OBJECTIVES, Specials, get_objective, make_orderings, mask_probability, objective_for
 from unmask.objectives.ar import ar_loss, ar_orderings_loss
 from unmask.objectives.mdm import mdm_loss
 
@@ -145,12 +145,11 @@ def test_ar_orderings_has_no_leakage_along_its_ordering():
 
 @pytest.mark.parametrize("objective", ["ar", "mdm", "ar_orderings"])
 def test_token_count_is_known_before_the_forward(objective):
-    record = get_objective(objective)
+    record = objective_for(TrainConfig.from_flat(objective=objective, n_orderings=3))
     model = tiny(causal=record.causal)
     x = torch.randint(3, V, (3, 8))
     x[2, 5:] = PAD
-    loss_fn = record.make_loss(TrainConfig.from_flat(objective=objective, n_orderings=3), 8)
-    out = loss_fn(model, x, SP, torch.Generator().manual_seed(0))
+    out = record.loss(model, x, SP, torch.Generator().manual_seed(0))
     assert out.n_tokens == record.n_targets(x, PAD)
     assert torch.isfinite(out.loss_sum)
 

@@ -9,7 +9,7 @@ import torch
 
 from unmask.config import ConfigError, ModelConfig, R2ftConfig, TrainConfig
 from unmask.model import Transformer, select_positions
-from unmask.objectives import Specials, get_objective
+from unmask.objectives import Specials, objective_for
 from unmask.objectives.r2ft import continuation_logp, r2ft_batch, r2ft_loss
 
 V, MASK, EOS, PAD = 64, 1, 2, 3
@@ -132,7 +132,7 @@ def test_the_objectives_gradient_raises_the_winners_margin_on_a_real_denoiser():
     model = Transformer(ModelConfig(size="tiny", vocab_size=V, seq_len=T, causal=False))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     x = batch()
-    loss_fn = get_objective("r2ft").make_loss(TrainConfig(objective="r2ft"), T)
+    loss_fn = objective_for(TrainConfig(objective="r2ft")).loss
 
     def margin() -> float:
         with torch.no_grad():
@@ -153,7 +153,7 @@ def test_the_objectives_gradient_raises_the_winners_margin_on_a_real_denoiser():
 
 def test_the_filler_without_its_tokens_is_refused_and_bad_weights_get_one_line():
     with pytest.raises(ConfigError, match="r2ft.filler_tokens"):
-        get_objective("r2ft").make_loss(TrainConfig(objective="r2ft", r2ft=R2ftConfig(filler_rate=0.1)), T)
+        objective_for(TrainConfig(objective="r2ft", r2ft=R2ftConfig(filler_rate=0.1)))
     for bad, match in [
         (dict(beta_w=-1.0), "train.r2ft.beta_w=-1.0: must be a finite number >= 0"),
         (dict(gamma=float("nan")), "train.r2ft.gamma=nan"),

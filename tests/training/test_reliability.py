@@ -129,22 +129,17 @@ def test_every_checkpoint_corrupt_is_an_error_not_a_silent_restart(tiny_data, tm
 
 def nan_on_steps(monkeypatch, steps: set[int]) -> None:
     """Make the MDM loss non-finite on the given (1-based) training steps; validation is untouched."""
-    real = objectives.OBJECTIVES["mdm"]
     calls = {"n": 0}
 
-    def make_loss(cfg, seq_len):
-        loss_fn = real.make_loss(cfg, seq_len)
-
-        def loss(model, x, sp, generator=None):
-            out = loss_fn(model, x, sp, generator)
+    class NaNOnSteps(objectives.OBJECTIVES["mdm"]):
+        def loss(self, model, x, sp, generator=None):
+            out = super().loss(model, x, sp, generator)
             calls["n"] += 1
             if calls["n"] in steps:
                 return objectives.LossOutput(out.loss_sum * float("nan"), out.n_tokens)
             return out
 
-        return loss
-
-    monkeypatch.setitem(objectives.OBJECTIVES, "mdm", dataclasses.replace(real, make_loss=make_loss))
+    monkeypatch.setitem(objectives.OBJECTIVES, "mdm", NaNOnSteps)
 
 
 def test_non_finite_steps_are_skipped_and_counted(tiny_data, tmp_path, monkeypatch):

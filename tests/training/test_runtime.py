@@ -12,7 +12,7 @@ import torch
 
 from tests.conftest import tiny_model_config, tiny_train_config
 from unmask.model import Transformer
-from unmask.objectives import Specials, get_objective
+from unmask.objectives import Specials, get_objective, objective_for
 from unmask.run import Run, read_metrics
 from unmask.training import make_optimizer, train
 
@@ -25,7 +25,7 @@ requires_cuda = pytest.mark.skipif(
 def test_activation_checkpointing_changes_memory_not_results(tiny_data, objective):
     cfg = tiny_model_config(tiny_data, causal=get_objective(objective).causal)
     x = tiny_data.batch("train", np.arange(8))
-    loss_fn = get_objective(objective).make_loss(tiny_train_config(objective=objective), tiny_data.seq_len)
+    loss_fn = objective_for(tiny_train_config(objective=objective)).loss
     grads = []
     for recompute in (False, True):
         torch.manual_seed(0)
@@ -59,7 +59,7 @@ def test_the_bf16_path_keeps_fp32_master_weights_and_losses_on_the_cpu_too(tiny_
     from unmask.runtime import Runtime
 
     cfg = tiny_model_config(tiny_data, causal=get_objective(objective).causal)
-    loss_fn = get_objective(objective).make_loss(tiny_train_config(objective=objective), tiny_data.seq_len)
+    loss_fn = objective_for(tiny_train_config(objective=objective)).loss
     with torch.autocast("cpu", torch.bfloat16):
         out = loss_fn(Transformer(cfg), tiny_data.batch("train", np.arange(4)),
                       Specials(tiny_data.mask_id, tiny_data.pad_id), torch.Generator().manual_seed(1))  # fmt: skip

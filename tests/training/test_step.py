@@ -9,7 +9,7 @@ import torch
 from tests.conftest import tiny_train_config
 from unmask.config import ModelConfig
 from unmask.model import Transformer, read_weights
-from unmask.objectives import Specials, get_objective
+from unmask.objectives import Specials, objective_for
 from unmask.run import Run
 from unmask.runtime import Runtime
 from unmask.training import Budget, Trainer, learning_rate, make_optimizer, train
@@ -27,11 +27,11 @@ def test_a_runs_first_step_is_the_step_functions(tiny_data, tiny_data_dir, tmp_p
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(0, Budget.of(tiny_data, cfg), cfg.optim)
     x = tiny_data.batch("train", tiny_data.epoch_order(0, cfg.seed)[: cfg.batch_size])
-    loss = get_objective(objective)
+    loss = objective_for(cfg)
     runtime = Runtime(torch.device("cpu"), compile=False)
     loss_sum = accumulate_gradients(
         model=model, micro_batches=[(k, 1.0, chunk) for k, chunk in enumerate(x.split(4))],
-        loss_fn=loss.make_loss(cfg, tiny_data.seq_len), specials=Specials(tiny_data.mask_id, tiny_data.pad_id),
+        loss_fn=loss.loss, specials=Specials(tiny_data.mask_id, tiny_data.pad_id),
         generator=torch.Generator(), runtime=runtime, seed=cfg.seed, step=0, n_step=loss.n_targets(x, tiny_data.pad_id),
     )  # fmt: skip
     _, stepped = apply_update(parameters=list(model.parameters()), optimizer=optimizer, grad_clip=cfg.optim.grad_clip,

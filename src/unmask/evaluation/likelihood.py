@@ -51,7 +51,6 @@ def run_validation(
         sequences,
         run.objective,
         run.specials,
-        cfg,
         mc_passes=mc_passes or cfg.eval.mc_passes,
         seed=seed,
         batch_size=cfg.eval.batch_size,

@@ -9,20 +9,16 @@ fine-tuning run like SFT: resumable, its base checked by path.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from unmask.config import ADAPT_DEFAULTS, ConfigError, TrainConfig
-from unmask.finetune.sft import run_finetuning
+from unmask.finetune.sft import finetuning_config, run_finetuning
 from unmask.run import Run
 
 
 def adapt_config(base: str | Path, train: TrainConfig) -> TrainConfig:
     """`train` with the adaptation objective and the base as its starting point; the base must be an AR run."""
-    run = Run(base)
-    if run.objective.name != "ar":
-        raise ConfigError(f"run {run.path} was trained with {run.objective.name}; adaptation starts from an 'ar' run")
-    return dataclasses.replace(train, objective="mdm_adapt", init_from=str(run.path.resolve()))
+    return finetuning_config("mdm_adapt", base, train)
 
 
 def adapt(

@@ -17,18 +17,14 @@ import dataclasses
 from pathlib import Path
 
 from unmask.config import ENERGY_DEFAULTS, ConfigError, TrainConfig
+from unmask.finetune.sft import finetuning_config
 from unmask.objectives.energy import nce_loss
 from unmask.run import Run
 
 
 def energy_config(base: str | Path, train: TrainConfig) -> TrainConfig:
     """`train` with the energy objective and the MDM run `base` as its starting point and frozen noise model."""
-    run = Run(base)
-    if run.objective.decoder != "mdm" or run.objective.energy:
-        raise ConfigError(
-            f"run {run.path} was trained with {run.objective.name}; an energy model starts from an MDM run"
-        )
-    return dataclasses.replace(train, objective="energy", init_from=str(run.path.resolve()))
+    return finetuning_config("energy", base, train)
 
 
 def train_energy(

@@ -7,15 +7,13 @@ and runs pre-training's loop: budget, schedule, checkpoints, resume and signals.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-from unmask.config import R2FT_DEFAULTS, ConfigError, TrainConfig
+from unmask.config import R2FT_DEFAULTS, TrainConfig
 from unmask.data.instructions import InstructionData
-from unmask.finetune.sft import run_finetuning
-from unmask.run import Run
+from unmask.finetune.sft import finetuning_config, run_finetuning
 
 FILLER_TOP = 32
 """The filler draws from this many of the most frequent answer tokens."""
@@ -37,16 +35,7 @@ def frequent_tokens(data: str | Path, top: int = FILLER_TOP) -> tuple[list[int],
 
 def r2ft_config(base: str | Path, data: str | Path, train: TrainConfig) -> TrainConfig:
     """`train` with objective r2ft, the SFT run `base` as its starting point, and the filler's tokens when it is on."""
-    run = Run(base)
-    name = run.objective.name
-    if name != "sft_mdm":
-        fix = (
-            "R2FT fine-tunes a masked diffusion model: SFT an 'mdm' base with unmask finetune sft, then start from that"
-            if run.objective.causal
-            else f"fine-tune it first with unmask finetune sft {run.path} --data DIR, then start R2FT from that run"
-        )
-        raise ConfigError(f"run {run.path} was trained with {name}; R2FT starts from an sft_mdm run: {fix}")
-    cfg = dataclasses.replace(train, objective="r2ft", init_from=str(run.path.resolve()))
+    cfg = finetuning_config("r2ft", base, train)
     if cfg.r2ft.filler_rate > 0 and not cfg.r2ft.filler_tokens:
         tokens, counts = frequent_tokens(data)
         cfg = cfg.with_flat(r2ft_filler_tokens=tokens, r2ft_filler_counts=counts)

@@ -12,18 +12,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 from unmask.config import SFT_DEFAULTS, ConfigError, TrainConfig
+from unmask.objectives import get_objective
 from unmask.run import Run
-
-SFT_OBJECTIVES = {"mdm": "sft_mdm", "mdm_adapt": "sft_mdm", "ar": "sft_ar"}
-"""Base objective → its fine-tuning objective."""
 
 
 def sft_config(base: str | Path, train: TrainConfig) -> TrainConfig:
-    """`train` with the objective that fine-tunes `base` and the base as its starting point."""
+    """`train` with the objective that fine-tunes `base` (sft_ar for a causal one) and the base as its starting
+    point."""
+    return finetuning_config("sft_ar" if Run(base).objective.causal else "sft_mdm", base, train)
+
+
+def finetuning_config(objective: str, base: str | Path, train: TrainConfig) -> TrainConfig:
+    """`train` with `objective` and the run `base` as its starting point, once the objective accepts that base
+    (Objective.check_base: one line naming the base and the fix)."""
     run = Run(base)
-    objective = SFT_OBJECTIVES.get(run.objective.name)
-    if objective is None:
-        raise ConfigError(f"run {run.path} was trained with {run.objective.name}; SFT starts from an 'mdm' or 'ar' run")
+    get_objective(objective).check_base(run)
     return dataclasses.replace(train, objective=objective, init_from=str(run.path.resolve()))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from unmask.config import TrainConfig
+from unmask.config import ArConfig, OrderingsConfig, TrainConfig
 from unmask.objectives.base import LossOutput, Objective, Specials, padding, token_cross_entropy
 from unmask.runtime import model_device, to_device
 
@@ -83,14 +83,6 @@ def corrupt_inputs(
     return torch.where(hit, pool[pick], x)
 
 
-def _ar_train_loss(cfg: TrainConfig, seq_len: int):
-    if not cfg.ar.input_noise:
-        return ar_loss
-    return lambda model, x, sp, generator=None: ar_loss(
-        model, x, sp, generator, cfg.ar.input_noise, cfg.ar.input_noise_kind
-    )
-
-
 def make_orderings(n: int, seq_len: int, seed: int) -> torch.Tensor:
     """(n, T): the identity and n-1 fixed random permutations that keep token 0 first."""
     g = torch.Generator().manual_seed(seed)
@@ -98,11 +90,6 @@ def make_orderings(n: int, seq_len: int, seed: int) -> torch.Tensor:
     for _ in range(n - 1):
         rows.append(torch.cat([torch.zeros(1, dtype=torch.long), 1 + torch.randperm(seq_len - 1, generator=g)]))
     return torch.stack(rows)
-
-
-def run_orderings(cfg: TrainConfig, seq_len: int) -> torch.Tensor:
-    """The orderings of an ar_orderings run, rebuilt from its config."""
-    return make_orderings(cfg.orderings.n, seq_len, cfg.seed)
 
 
 def ar_orderings_loss(
@@ -134,33 +121,65 @@ def _ar_targets(x: torch.Tensor, pad_id: int) -> int:
     return int((x != pad_id).sum()) - x.shape[0]
 
 
-def _orderings_loss(cfg: TrainConfig, seq_len: int):
-    orderings = run_orderings(cfg, seq_len)
-    return lambda model, x, sp, generator=None: ar_orderings_loss(model, x, sp, generator, orderings)
+class AR(Objective):
+    """Next-token prediction; options: train.ar (input noise)."""
+
+    name, causal, exact, decoder = "ar", True, True, "ar"
+    host_batches = True
+    scores_first_token = False
+
+    def __init__(self, options: ArConfig | None = None):
+        self.options = options or ArConfig()
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> AR:
+        return cls(cfg.ar)
+
+    def loss(self, model, x, sp, generator=None) -> LossOutput:
+        if not self.options.input_noise:
+            return ar_loss(model, x, sp, generator)
+        return ar_loss(model, x, sp, generator, self.options.input_noise, self.options.input_noise_kind)
+
+    def n_targets(self, x: torch.Tensor, pad_id: int) -> int:
+        return _ar_targets(x, pad_id)
+
+    def validation_passes(self, model, batches, passes, generator, sp, max_batch_tokens) -> torch.Tensor:
+        """The exact NLL: one pass reading clean inputs whatever the training noise."""
+        return self.loss_pass(ar_loss, model, batches, generator, sp)[None]
 
 
-def _identity_order_loss(cfg: TrainConfig, seq_len: int):
-    identity = run_orderings(cfg, seq_len)[:1]  # validation reads left to right
-    return lambda model, x, sp, generator=None: ar_orderings_loss(model, x, sp, generator, identity)
+class AROrderings(Objective):
+    """AR over N fixed token orderings; options: train.orderings, and the run's seed (it fixes the orderings)."""
 
+    name, causal, exact, decoder = "ar_orderings", True, True, "ar"
+    query_is_target = True
+    scores_first_token = False
 
-AR = Objective(
-    name="ar",
-    causal=True,
-    exact=True,
-    decoder="ar",
-    make_loss=_ar_train_loss,
-    n_targets=_ar_targets,
-    host_batches=True,
-    make_eval_loss=lambda cfg, seq_len: ar_loss,  # validation reads clean inputs whatever the training noise
-)
-AR_ORDERINGS = Objective(
-    name="ar_orderings",
-    causal=True,
-    exact=True,
-    decoder="ar",
-    make_loss=_orderings_loss,
-    n_targets=_ar_targets,
-    query_is_target=True,
-    make_eval_loss=_identity_order_loss,
-)
+    def __init__(self, options: OrderingsConfig | None = None, seed: int = 0):
+        self.options, self.seed = options or OrderingsConfig(), seed
+        self._orderings: dict[int, torch.Tensor] = {}
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> AROrderings:
+        return cls(cfg.orderings, cfg.seed)
+
+    def orderings(self, seq_len: int) -> torch.Tensor:
+        """(n, seq_len): the run's orderings, built once per length."""
+        if seq_len not in self._orderings:
+            self._orderings[seq_len] = make_orderings(self.options.n, seq_len, self.seed)
+        return self._orderings[seq_len]
+
+    def loss(self, model, x, sp, generator=None) -> LossOutput:
+        return ar_orderings_loss(model, x, sp, generator, self.orderings(x.shape[1]))
+
+    def n_targets(self, x: torch.Tensor, pad_id: int) -> int:
+        return _ar_targets(x, pad_id)
+
+    def validation_passes(self, model, batches, passes, generator, sp, max_batch_tokens) -> torch.Tensor:
+        """The exact NLL, read left to right: one pass in the identity ordering."""
+        identity = self.orderings(batches[0].shape[1])[:1]
+
+        def left_to_right(model, x, sp, generator=None) -> LossOutput:
+            return ar_orderings_loss(model, x, sp, generator, identity)
+
+        return self.loss_pass(left_to_right, model, batches, generator, sp)[None]

@@ -1,7 +1,7 @@
-"""The Objective record: everything the rest of unmask needs to know about a training objective.
+"""The Objective class: everything the rest of unmask needs to know about a training objective.
 
-Training, validation, evaluation and sampling read these fields instead of comparing objective
-names, so a new objective is one record in one module, registered with `register`.
+Training, validation, evaluation and sampling read its attributes and call its methods instead of comparing
+objective names, so a new objective is one small subclass in one module, registered with `register`.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
-from unmask.config import TrainConfig
+from unmask.config import ConfigError, TrainConfig
 
 
 @dataclass
@@ -45,50 +45,97 @@ LossFn = Callable[[torch.nn.Module, torch.Tensor, Specials, "torch.Generator | N
 """loss(model, x (B, T) token ids with pad_id as padding, specials, generator) -> LossOutput."""
 
 
-@dataclass(frozen=True)
 class Objective:
-    name: str
-    causal: bool
+    """A training objective: the class says what it is (attention, decoder, likelihood or bound), an instance
+    holds its own options (`from_config` picks them out of the run's TrainConfig) and computes.
+
+    Subclasses set the class attributes and define `loss` and `n_targets`; the rest has defaults.
+    `unmask.objectives.get_objective(name)` gives an instance with default options, enough for readers of
+    the class-level facts; `objective_for(cfg)` gives a run's configured one.
+    """
+
+    name: ClassVar[str]
+    causal: ClassVar[bool]
     """Causal attention (the AR family) or bidirectional (MDM): the model's one switch."""
-    exact: bool
+    exact: ClassVar[bool]
     """Validation gives the exact NLL (one deterministic pass) or an upper bound on it (MC passes)."""
-    decoder: Literal["ar", "mdm"]
+    decoder: ClassVar[Literal["ar", "mdm"]]
     """Which sampler decodes a run: left to right with a KV cache ('ar') or by unmasking ('mdm')."""
-    make_loss: Callable[[TrainConfig, int], LossFn]
-    """The training loss of a run, from its config and seq_len."""
-    n_targets: Callable[[torch.Tensor, int], int]
-    """n_targets(x, pad_id): tokens a batch's loss is normalised by, known before the forward pass
-    (so gradient accumulation can normalise each micro-batch by the whole step's count)."""
-    query_is_target: bool = False
+    query_is_target: ClassVar[bool] = False
     """The queries carry the position of the token to predict (ar_orderings); decoders pass it on."""
-    make_eval_loss: Callable[[TrainConfig, int], LossFn] | None = None
-    """Exact objectives: the validation loss, read left to right (default: make_loss)."""
-    mc_pass_sums: Callable | None = None
-    """Bound objectives: a batched estimator of K Monte Carlo passes (default: K loops of the loss);
-    see unmask.objectives.validation."""
-    real_tokens: Callable[[torch.Tensor, int], int] | None = None
-    """real_tokens(x, pad_id): the tokens a batch holds, counted as seen (default: those != pad_id); an
-    objective whose batches are not (B, T) token ids (fine-tuning's (B, 2, T)) says how to count them."""
-    validation: Literal["tokens", "own_loss"] = "tokens"
+    validation: ClassVar[Literal["tokens", "own_loss"]] = "tokens"
     """What validation_loss scores: 'tokens', every real token but each sequence's first, the same for every
     objective (the study's protocol); or 'own_loss', the training loss normalised by n_targets, for batches that
     are not plain sequences (fine-tuning's held-out conversations) or a loss that is no likelihood (R2FT, NCE)."""
-    from_ar: bool = False
+    scores_first_token: ClassVar[bool] = True
+    """'tokens' validation: the estimator (`validation_passes`) also scores each sequence's first token, as K passes
+    of a training loss over every real token do; AR and MDM's estimators take it as context."""
+    from_ar: ClassVar[bool] = False
     """Starts from an AR run's weights (AR -> diffusion adaptation, `unmask finetune adapt`): the attention turns
     bidirectional and the logits keep the AR model's shift (ModelConfig.shift_logits, Dream's recipe)."""
-    energy: bool = False
+    energy: ClassVar[bool] = False
     """The model ends in a scalar energy head (EDLM's E(x0, x_t), ModelConfig.energy_head): its runs weight an
-    MDM's samples (`unmask sample --energy_run`) and are never decoded themselves."""
-    loss_name: str | None = None
+    MDM's samples (`unmask sample --energy_run`) and are never decoded themselves. Its loss samples from the base
+    run (train.init_from) all along, so a run needs one and resumes only while it is unchanged."""
+    loss_name: ClassVar[str | None] = None
     """What the validation loss is, when it is not a likelihood (default: NLL or ELBO, from `exact`)."""
-    conversations: bool = False
+    conversations: ClassVar[bool] = False
     """The run trains on an instruction folder's templated conversations ((B, 2, T) batches: unmask finetune
     prepare), not on a token data folder's sequences (unmask prepare)."""
-    host_batches: bool = False
+    host_batches: ClassVar[bool] = False
     """The training loss takes its batch and generator on the host and moves to the model's device only what the
     forward needs: its noise, masks and the positions it scores, whose number sets tensor shapes, are known without
     waiting for the device (no host-device sync in a step). Otherwise the loop moves the batch first and the
     generator is the device's."""
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> Objective:
+        """The objective of a run, given its own options group of `cfg` (none by default)."""
+        return cls()
+
+    def loss(
+        self, model: torch.nn.Module, x: torch.Tensor, sp: Specials, generator: torch.Generator | None = None
+    ) -> LossOutput:
+        """The training loss of a batch x: (B, T) token ids with pad_id as padding (fine-tuning: (B, 2, T))."""
+        raise NotImplementedError
+
+    def n_targets(self, x: torch.Tensor, pad_id: int) -> int:
+        """Tokens a batch's loss is normalised by, known before the forward pass (so gradient accumulation can
+        normalise each micro-batch by the whole step's count)."""
+        raise NotImplementedError
+
+    def real_tokens(self, x: torch.Tensor, pad_id: int) -> int:
+        """The tokens a batch holds, counted as seen: those != pad_id."""
+        return int((x != pad_id).sum())
+
+    def validation_passes(
+        self, model: torch.nn.Module, batches: list, passes: int, generator: torch.Generator, sp: Specials,
+        max_batch_tokens: int,
+    ) -> torch.Tensor:  # fmt: skip
+        """The validation estimator: (K,) summed loss of each of K passes over `batches` (CPU tensors): by
+        default K passes of the training loss, or one for an exact objective (its loss draws no noise)."""
+        if self.exact:
+            return self.loss_pass(self.loss, model, batches, generator, sp)[None]
+        return torch.stack([self.loss_pass(self.loss, model, batches, generator, sp) for _ in range(passes)])
+
+    @staticmethod
+    def loss_pass(loss: LossFn, model: torch.nn.Module, batches: list, generator, sp: Specials) -> torch.Tensor:
+        """One pass of `loss` over `batches`, each moved to the model's device: its summed loss."""
+        device = next(model.parameters()).device
+        return sum(loss(model, x.to(device), sp, generator).loss_sum for x in batches)
+
+    def check_base(self, base) -> None:
+        """Refuse, in one line, a base run (an unmask.run.Run, train.init_from) this objective cannot start from;
+        base None: a run from scratch. By default the base must share the attention direction and read left to
+        right (an ar_orderings model's queries mean something else)."""
+        if base is None:
+            return
+        if base.objective.causal != self.causal or base.objective.query_is_target:
+            want = "a left-to-right AR" if self.causal else "an MDM (bidirectional)"
+            raise ConfigError(
+                f"train.objective={self.name} fine-tunes {want} run, but {base.path} is a "
+                f"{base.objective.name} run; pick a base run of that kind"
+            )
 
     @property
     def bound_name(self) -> str:
@@ -100,13 +147,13 @@ class Objective:
         """Where the training loss's generator draws: the host for host_batches objectives, else the device."""
         return torch.device("cpu") if self.host_batches else device
 
-    def count_real(self, x: torch.Tensor, pad_id: int) -> int:
-        return self.real_tokens(x, pad_id) if self.real_tokens else int((x != pad_id).sum())
-
     def context_limit(self, seq_len: int) -> int:
         """Tokens one scoring forward can cover: an AR model reads seq_len inputs and predicts one more,
         unless its queries sit one position ahead (query_is_target); a bidirectional model reads seq_len."""
         return seq_len + 1 if self.decoder == "ar" and not self.query_is_target else seq_len
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
 
 
 def padding(x: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from unmask.config import ConfigError, TrainConfig
+from unmask.config import ConfigError, NceConfig, TrainConfig
 from unmask.objectives.base import LossOutput, Objective, Specials, padding
 
 
@@ -38,11 +38,11 @@ def nce_terms(energy_data: torch.Tensor, energy_samples: torch.Tensor) -> torch.
     return -F.logsigmoid(-energy_data) - F.logsigmoid(energy_samples)
 
 
-def noise_levels(B: int, cfg: TrainConfig, generator, device) -> torch.Tensor:
+def noise_levels(B: int, options: NceConfig, generator, device) -> torch.Tensor:
     """t_b ~ U[nce.t_min, nce.t_max] (B,), stratified over the batch like pre-training's levels."""
     u = torch.rand((), generator=generator, device=device)
     strata = (u + torch.arange(B, device=device) / B) % 1.0
-    return cfg.nce.t_min + (cfg.nce.t_max - cfg.nce.t_min) * strata
+    return options.t_min + (options.t_max - options.t_min) * strata
 
 
 @torch.no_grad()
@@ -67,34 +67,45 @@ def frozen_base(path: str | Path, device) -> torch.nn.Module:
     return model.requires_grad_(False)
 
 
-def _loss(cfg: TrainConfig, seq_len: int):
-    if not cfg.init_from:
-        raise ConfigError("train.objective=energy needs train.init_from: the MDM run whose samples are NCE's noise")
-    cache: dict = {}
+class Energy(Objective):
+    """EDLM's energy model by NCE; options: train.nce, and the base run (train.init_from) whose samples are the
+    noise."""
 
-    def loss(model, x, sp: Specials, generator=None) -> LossOutput:
+    name, causal, exact, decoder = "energy", False, False, "mdm"
+    validation = "own_loss"  # the mean NCE loss per sequence: 2 ln 2 ≈ 1.386 is chance
+    energy = True
+    loss_name = "NCE loss"
+
+    def __init__(self, options: NceConfig | None = None, base: str | None = None):
+        self.options, self.base = options or NceConfig(), base
+        self._frozen: dict = {}  # the base model per device, loaded on first use
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> Energy:
+        return cls(cfg.nce, cfg.init_from)
+
+    def loss(self, model, x, sp: Specials, generator=None) -> LossOutput:
+        if not self.base:
+            raise ConfigError("train.objective=energy needs train.init_from: the MDM run whose samples are NCE's noise")
         B = len(x)
-        if x.device not in cache:  # loaded once per device, on first use
-            cache[x.device] = frozen_base(cfg.init_from, x.device)
+        if x.device not in self._frozen:
+            self._frozen[x.device] = frozen_base(self.base, x.device)
         real, key_padding = padding(x, sp.pad_id)  # (B, T)
-        t = noise_levels(B, cfg, generator, x.device)  # (B,)
+        t = noise_levels(B, self.options, generator, x.device)  # (B,)
         masked = (torch.rand(x.shape, generator=generator, device=x.device) < t[:, None]) & real  # (B, T)
-        samples = model_samples(cache[x.device], x, masked, sp, key_padding, generator)  # (B, T)
+        samples = model_samples(self._frozen[x.device], x, masked, sp, key_padding, generator)  # (B, T)
         both_padding = None if key_padding is None else key_padding.repeat(2, 1)
         energies = model(torch.cat([x, samples]), key_padding_mask=both_padding, energy_mask=masked.repeat(2, 1))
         return LossOutput(nce_terms(energies[:B], energies[B:]).sum(), B)  # rows 0..B-1 data, B..2B-1 samples
 
-    return loss
+    def n_targets(self, x: torch.Tensor, pad_id: int) -> int:
+        """Each sequence weighs the same: the mean NCE loss over the batch."""
+        return len(x)
 
-
-ENERGY = Objective(
-    name="energy",
-    causal=False,
-    exact=False,
-    decoder="mdm",
-    make_loss=_loss,
-    n_targets=lambda x, pad_id: len(x),  # each sequence weighs the same: the mean NCE loss over the batch
-    validation="own_loss",  # the mean NCE loss per sequence: 2 ln 2 ≈ 1.386 is chance
-    energy=True,
-    loss_name="NCE loss",
-)
+    def check_base(self, base) -> None:
+        if base is None:
+            raise ConfigError(f"train.objective={self.name} needs train.init_from: the MDM run it contrasts with")
+        if base.objective.decoder != "mdm" or base.objective.energy:
+            raise ConfigError(
+                f"run {base.path} was trained with {base.objective.name}; an energy model starts from an MDM run"
+            )

@@ -8,11 +8,9 @@ zero-shot scoring (unmask.evaluation.conditional) alike.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from unmask.config import TrainConfig
+from unmask.config import ConfigError, MdmConfig, TrainConfig
 from unmask.objectives.base import LossOutput, Objective, Specials, padding, token_cross_entropy
 from unmask.runtime import model_device, to_device
 
@@ -188,30 +186,45 @@ def elbo_pass_sums(
     return sums
 
 
-def _mdm_targets(x: torch.Tensor, pad_id: int) -> int:
-    """MDM predicts every real token."""
-    return int((x != pad_id).sum())
+class MDM(Objective):
+    """Masked diffusion's ELBO; options: train.mdm (the noise of the training ELBO)."""
+
+    name, causal, exact, decoder = "mdm", False, False, "mdm"
+    host_batches = True
+    scores_first_token = False
+
+    def __init__(self, options: MdmConfig | None = None):
+        self.options = options or MdmConfig()
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> MDM:
+        return cls(cfg.mdm)
+
+    def loss(self, model, x, sp, generator=None) -> LossOutput:
+        o = self.options
+        return mdm_loss(model, x, sp, generator, o.eps, o.t_min, tuple(o.t_beta), o.t_beta_mix)
+
+    def n_targets(self, x: torch.Tensor, pad_id: int) -> int:
+        """MDM predicts every real token."""
+        return int((x != pad_id).sum())
+
+    def validation_passes(self, model, batches, passes, generator, sp, max_batch_tokens) -> torch.Tensor:
+        """The batched count estimator of the ELBO (elbo_pass_sums), never the training noise's options."""
+        return elbo_pass_sums(model, batches, passes, generator, sp, max_batch_tokens)
 
 
-def _mdm_loss(cfg: TrainConfig, seq_len: int):
-    t_beta = tuple(cfg.mdm.t_beta)
-    return lambda model, x, sp, generator=None: mdm_loss(
-        model, x, sp, generator, cfg.mdm.eps, cfg.mdm.t_min, t_beta, cfg.mdm.t_beta_mix
-    )
+class MDMAdapt(MDM):
+    """MDM's loss on an AR run's weights: AR -> diffusion adaptation (Dream: bidirectional attention, shifted
+    logits)."""
 
+    name = "mdm_adapt"
+    from_ar = True
 
-MDM = Objective(
-    name="mdm",
-    causal=False,
-    exact=False,
-    decoder="mdm",
-    make_loss=_mdm_loss,
-    n_targets=_mdm_targets,
-    host_batches=True,
-    mc_pass_sums=lambda model, batches, K, g, sp, cfg, max_tokens: elbo_pass_sums(model, batches, K, g, sp, max_tokens),
-)
-MDM_ADAPT = dataclasses.replace(MDM, name="mdm_adapt", from_ar=True)
-"""MDM's loss on an AR run's weights: AR -> diffusion adaptation (Dream: bidirectional attention, shifted logits)."""
+    def check_base(self, base) -> None:
+        if base is not None and base.objective.name != "ar":
+            raise ConfigError(
+                f"run {base.path} was trained with {base.objective.name}; adaptation starts from an 'ar' run"
+            )
 
 
 def guided_logits(

@@ -34,9 +34,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from unmask.config import ConfigError, TrainConfig
-from unmask.objectives.base import LossOutput, Objective, Specials
-from unmask.objectives.sft import conversation_tokens, planes, with_eos_padding
+from unmask.config import ConfigError, R2ftConfig, TrainConfig
+from unmask.objectives.base import LossOutput, Specials
+from unmask.objectives.sft import ConversationObjective, planes, with_eos_padding
 
 
 @dataclass
@@ -150,33 +150,41 @@ def r2ft_loss(
     return preference - beta_a * logp_winner
 
 
-def _loss(cfg: TrainConfig, seq_len: int):
-    filler_tokens = torch.tensor(cfg.r2ft.filler_tokens, dtype=torch.long)
-    filler_weights = torch.tensor(cfg.r2ft.filler_counts, dtype=torch.float)
-    if cfg.r2ft.filler_rate > 0 and not cfg.r2ft.filler_tokens:
-        raise ConfigError(
-            "train.r2ft.filler_rate > 0 needs train.r2ft.filler_tokens and filler_counts: "
-            "unmask finetune r2ft counts them from the data"
-        )
+class R2FT(ConversationObjective):
+    """Rejective fine-tuning of an SFT'd MDM; options: train.r2ft."""
 
-    def loss(model, x, sp: Specials, generator=None) -> LossOutput:
-        b = r2ft_batch(x, sp, generator, cfg.r2ft.max_phrase, filler_tokens, filler_weights, cfg.r2ft.filler_rate)
+    name, causal, exact, decoder = "r2ft", False, False, "mdm"
+    loss_name = "R2FT preference loss (not a likelihood)"
+
+    def __init__(self, options: R2ftConfig | None = None):
+        o = self.options = options or R2ftConfig()
+        if o.filler_rate > 0 and not o.filler_tokens:
+            raise ConfigError(
+                "train.r2ft.filler_rate > 0 needs train.r2ft.filler_tokens and filler_counts: "
+                "unmask finetune r2ft counts them from the data"
+            )
+        self.filler_tokens = torch.tensor(o.filler_tokens, dtype=torch.long)
+        self.filler_weights = torch.tensor(o.filler_counts, dtype=torch.float)
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> R2FT:
+        return cls(cfg.r2ft)
+
+    def loss(self, model, x, sp: Specials, generator=None) -> LossOutput:
+        o = self.options
+        b = r2ft_batch(x, sp, generator, o.max_phrase, self.filler_tokens, self.filler_weights, o.filler_rate)
         logp = continuation_logp(model, b.inputs, b.region, [b.winner, *b.rejected], sp.mask_id)  # (1 + N, B)
-        per_row = r2ft_loss(logp[0], logp[1:], cfg.r2ft.beta_w, cfg.r2ft.beta_l, cfg.r2ft.beta_a, cfg.r2ft.gamma)
+        per_row = r2ft_loss(logp[0], logp[1:], o.beta_w, o.beta_l, o.beta_a, o.gamma)
         return LossOutput(per_row.sum(), len(x))
 
-    return loss
-
-
-R2FT = Objective(
-    name="r2ft",
-    causal=False,
-    exact=False,
-    decoder="mdm",
-    make_loss=_loss,
-    n_targets=lambda x, pad_id: len(x),  # each conversation weighs the same: the mean over the batch
-    real_tokens=conversation_tokens,
-    conversations=True,
-    validation="own_loss",
-    loss_name="R2FT preference loss (not a likelihood)",
-)
+    def check_base(self, base) -> None:
+        if base is None or base.objective.name == "sft_mdm":
+            return
+        fix = (
+            "R2FT fine-tunes a masked diffusion model: SFT an 'mdm' base with unmask finetune sft, then start from that"
+            if base.objective.causal
+            else f"fine-tune it first with unmask finetune sft {base.path} --data DIR, then start R2FT from that run"
+        )
+        raise ConfigError(
+            f"run {base.path} was trained with {base.objective.name}; R2FT starts from an sft_mdm run: {fix}"
+        )

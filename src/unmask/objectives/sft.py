@@ -17,9 +17,11 @@ tokens (AR), or the mean over conversations of the per-answer-token ELBO over K 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
-from unmask.config import TrainConfig
+from unmask.config import ConfigError, MdmConfig, TrainConfig
 from unmask.objectives.ar import ar_token_nll
 from unmask.objectives.base import LossOutput, Objective, Specials
 from unmask.objectives.mdm import mask_probability, masked_token_ce
@@ -55,48 +57,64 @@ def mdm_sft_loss(
     return ce.sum()
 
 
-def _mdm_loss(cfg: TrainConfig, seq_len: int):
-    def loss(model, x, sp: Specials, generator=None) -> LossOutput:
+def conversation_tokens(x: torch.Tensor, pad_id: int) -> int:
+    return int((x[:, 0] != pad_id).sum())
+
+
+class ConversationObjective(Objective):
+    """What the fine-tuning objectives on instruction batches share: how a batch counts its tokens, validation
+    by their own loss, and SFT's bases."""
+
+    conversations = True
+    validation = "own_loss"
+    sft_bases: ClassVar[tuple[str, ...]] = ()
+    """The base objectives `unmask finetune sft` fine-tunes with this objective."""
+
+    def real_tokens(self, x: torch.Tensor, pad_id: int) -> int:
+        return conversation_tokens(x, pad_id)
+
+    def n_targets(self, x: torch.Tensor, pad_id: int) -> int:
+        """Each conversation weighs the same: the mean over the batch."""
+        return len(x)
+
+    def check_base(self, base) -> None:
+        if base is not None and base.objective.name not in self.sft_bases:
+            raise ConfigError(
+                f"run {base.path} was trained with {base.objective.name}; SFT starts from an 'mdm' or 'ar' run"
+            )
+
+
+class SFTMDM(ConversationObjective):
+    """LLaDA's SFT of an MDM; options: train.mdm (eps)."""
+
+    name, causal, exact, decoder = "sft_mdm", False, False, "mdm"
+    host_batches = True
+    sft_bases = ("mdm", "mdm_adapt")
+
+    def __init__(self, options: MdmConfig | None = None):
+        self.options = options or MdmConfig()
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> SFTMDM:
+        return cls(cfg.mdm)
+
+    def loss(self, model, x, sp: Specials, generator=None) -> LossOutput:
         tokens, learned = with_eos_padding(*planes(x), sp)
-        return LossOutput(mdm_sft_loss(model, tokens, learned, sp.mask_id, generator, cfg.mdm.eps), len(x))
-
-    return loss
+        return LossOutput(mdm_sft_loss(model, tokens, learned, sp.mask_id, generator, self.options.eps), len(x))
 
 
-def _ar_loss(cfg: TrainConfig, seq_len: int):
-    def loss(model, x, sp: Specials, generator=None) -> LossOutput:
+class SFTAR(ConversationObjective):
+    """Next-token cross-entropy over the answers; no options."""
+
+    name, causal, exact, decoder = "sft_ar", True, True, "ar"
+    sft_bases = ("ar",)
+
+    def loss(self, model, x, sp: Specials, generator=None) -> LossOutput:
         tokens, learned = planes(x)
         scored = learned[:, 1:]  # input position j predicts token j + 1
         nll, _ = ar_token_nll(model, tokens, scored=scored)  # right padding: no scored position sees it
         return LossOutput(nll.sum(), scored)
 
-    return loss
-
-
-def conversation_tokens(x: torch.Tensor, pad_id: int) -> int:
-    return int((x[:, 0] != pad_id).sum())
-
-
-SFT_MDM = Objective(
-    name="sft_mdm",
-    causal=False,
-    exact=False,
-    decoder="mdm",
-    make_loss=_mdm_loss,
-    n_targets=lambda x, pad_id: len(x),  # each conversation weighs the same: the mean over the batch
-    real_tokens=conversation_tokens,
-    conversations=True,
-    validation="own_loss",
-    host_batches=True,
-)
-SFT_AR = Objective(
-    name="sft_ar",
-    causal=True,
-    exact=True,
-    decoder="ar",
-    make_loss=_ar_loss,
-    n_targets=lambda x, pad_id: int(x[:, 1, 1:].sum()),
-    real_tokens=conversation_tokens,
-    conversations=True,
-    validation="own_loss",
-)
+    def n_targets(self, x: torch.Tensor, pad_id: int) -> int:
+        """The learned targets: the answer tokens after each sequence's first."""
+        return int(x[:, 1, 1:].sum())

@@ -5,9 +5,9 @@ its context (AR cannot predict it; MDM conditions on it, never masked). Exact ob
 ar_orderings read left to right) give the mean NLL per token in one deterministic pass. Bound
 objectives (MDM) give the mean per-token ELBO of those tokens given the first, an *upper bound*
 on their NLL, averaged over K Monte Carlo passes whose noise is fixed by a seed so that curves
-compare; its standard error is the spread of the K pass means (the passes are i.i.d.). A bound
-objective without a batched estimator (`mc_pass_sums`) is validated with K passes of its own
-training loss, over the tokens its `n_targets` counts. Objectives whose validation is their own
+compare; its standard error is the spread of the K pass means (the passes are i.i.d.). The estimator is
+the objective's `validation_passes`: by default K passes of its own training loss, over the tokens its
+`n_targets` counts. Objectives whose validation is their own
 training loss (fine-tuning, R2FT, NCE: `Objective.validation`) are validated by the same function.
 
 Bits per byte divide the summed NLL by ln 2 times the UTF-8 bytes of the scored tokens, so
@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from unmask.config import TrainConfig
 from unmask.objectives.base import Objective, Specials
 
 
@@ -70,7 +69,6 @@ def validation_loss(
     sequences,
     objective: Objective,
     specials: Specials,
-    train_cfg: TrainConfig | None = None,
     *,
     mc_passes: int = 32,
     seed: int = 0,
@@ -84,17 +82,17 @@ def validation_loss(
 
     What is scored follows `objective.validation`, because two questions get two estimators:
     'tokens' (the study's protocol): every real token but the first of each sequence, the same tokens for
-        every objective, so AR's NLL and MDM's ELBO compare (MDM: its batched count estimator, mc_pass_sums);
+        every objective, so AR's NLL and MDM's ELBO compare (the objective's estimator, validation_passes:
+        MDM's batched count estimator);
     'own_loss': the objective's training loss normalised by its n_targets, for batches that are not plain
         sequences (fine-tuning's conversations) or a loss that is no likelihood (R2FT's preference, NCE),
         where "the same tokens" has no meaning; no bits per byte.
 
     sequences: `unmask.data.Sequences` or any n_sequences(), batch(indices) -> CPU batch, seq_len.
-    train_cfg: the run's config (objective options: MDM's eps, the orderings' seed).
+    objective: the run's own (unmask.objectives.objective_for), holding its options (the orderings' seed).
     batch_size: sequences per batch; MDM noise levels are stratified across them.
     byte_lengths: token_byte_lengths of the tokenizer; None = no bits per byte.
     """
-    cfg = train_cfg or TrainConfig(objective=objective.name)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -103,23 +101,13 @@ def validation_loss(
     own_loss = objective.validation == "own_loss"
     if own_loss:
         denominator = sum(objective.n_targets(x, specials.pad_id) for x in batches)
-        n_tokens, n_bytes = sum(objective.count_real(x, specials.pad_id) for x in batches), 0
+        n_tokens, n_bytes = sum(objective.real_tokens(x, specials.pad_id) for x in batches), 0
     else:
         denominator, n_bytes = _protocol_tokens(objective, batches, specials, byte_lengths)
         n_tokens = denominator
     generator = torch.Generator(device).manual_seed(seed)  # exact objectives read left to right: no noise
-
-    def one_pass(loss_fn) -> torch.Tensor:
-        return sum(loss_fn(model, x.to(device), specials, generator).loss_sum for x in batches)
-
     with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
-        if objective.exact:
-            pass_sums = one_pass((objective.make_eval_loss or objective.make_loss)(cfg, sequences.seq_len))[None]
-        elif objective.mc_pass_sums is not None and not own_loss:
-            pass_sums = objective.mc_pass_sums(model, batches, mc_passes, generator, specials, cfg, max_batch_tokens)
-        else:  # K passes of the training loss
-            loss_fn = objective.make_loss(cfg, sequences.seq_len)
-            pass_sums = torch.stack([one_pass(loss_fn) for _ in range(mc_passes)])
+        pass_sums = objective.validation_passes(model, batches, mc_passes, generator, specials, max_batch_tokens)
     model.train(was_training)
     passes = len(pass_sums)
     pass_means = pass_sums.double().cpu().numpy() / max(denominator, 1)  # host-device sync: once per evaluation
@@ -133,10 +121,8 @@ def _protocol_tokens(objective, batches, specials, byte_lengths) -> tuple[int, i
     """(tokens, UTF-8 bytes) the protocol scores: every real token but the first of each sequence (a bound
     objective without a batched estimator whose loss covers all real tokens, as its n_targets says: all of them)."""
     real = [x != specials.pad_id for x in batches]
-    all_real = (
-        not objective.exact
-        and objective.mc_pass_sums is None
-        and all(objective.n_targets(x, specials.pad_id) == int(r.sum()) for x, r in zip(batches, real, strict=True))
+    all_real = objective.scores_first_token and all(
+        objective.n_targets(x, specials.pad_id) == int(r.sum()) for x, r in zip(batches, real, strict=True)
     )
     scored = real if all_real else [r[:, 1:] for r in real]
     targets = batches if all_real else [x[:, 1:] for x in batches]

@@ -22,15 +22,11 @@ from unmask.run import Run
 
 
 def start_from(base_path: str, data, objective: Objective) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(model config, initial weights) of an `objective` run on `data` starting from the base run's last weights."""
+    """(model config, initial weights) of an `objective` run on `data` starting from the base run's last weights.
+
+    Which base runs an objective may start from is its own rule (Objective.check_base), checked here too."""
     base = Run(base_path)
-    base_causal = objective.causal or objective.from_ar  # adaptation starts from a left-to-right model
-    if base.objective.causal != base_causal or base.objective.query_is_target:
-        want = "a left-to-right AR" if base_causal else "an MDM (bidirectional)"
-        raise ConfigError(
-            f"train.objective={objective.name} fine-tunes {want} run, but {base.path} is a "
-            f"{base.objective.name} run; pick a base run of that kind"
-        )
+    objective.check_base(base)
     base_vocab, data_vocab = base.tokenizer().get_vocab(), data.tokenizer().get_vocab()
     changed = [t for t, i in base_vocab.items() if data_vocab.get(t) != i]
     if changed:
@@ -44,9 +40,6 @@ def start_from(base_path: str, data, objective: Objective) -> tuple[ModelConfig,
     base_cfg = base.model_config
     if data.vocab_size < base_cfg.vocab_size:
         raise ConfigError(f"data {data.path}: vocabulary {data.vocab_size} < base's {base_cfg.vocab_size}")
-    if objective.energy and (base.objective.decoder != "mdm" or base.objective.energy):
-        raise ConfigError(f"train.objective={objective.name} starts from an MDM run; {base.path} is a "
-                          f"{base.objective.name} run")  # fmt: skip
     weights = read_weights(base.weights("last"))
     for name in ("embed.weight", "head.weight"):  # head: an untied output projection (an imported Llama, LLaDA)
         if name in weights:

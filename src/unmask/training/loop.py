@@ -24,7 +24,7 @@ from unmask.config import ConfigError, ModelConfig, TrainConfig
 from unmask.data.dataset import TokenData, open_data
 from unmask.data.instructions import InstructionData
 from unmask.model import Transformer
-from unmask.objectives import Specials, get_objective
+from unmask.objectives import Specials, objective_for
 from unmask.objectives.validation import ValidationLoss, token_byte_lengths, validation_loss
 from unmask.progress import progress_bar
 from unmask.run import Run
@@ -94,17 +94,17 @@ def train(
     else:
         cfg, data_set = train or TrainConfig(), open_data(data if data is not None else "data/austen")
         model_cfg = dataclasses.replace(model or ModelConfig())
-    objective = get_objective(cfg.objective)
+    objective = objective_for(cfg)
     check_data_kind(objective, data_set)
     if resume and objective.energy:  # it samples from its base all along: the same base, unchanged
         check_base_unchanged(saved)
-    if objective.energy and not cfg.init_from:
-        raise ConfigError(f"train.objective={objective.name} needs train.init_from: the MDM run it contrasts with")
     initial_weights = None
     if cfg.init_from and not resume:  # resumed: the checkpoint holds the weights
         if model is not None:
             raise ConfigError("train.init_from gives the model (its base run's); drop the model options")
-        model_cfg, initial_weights = start_from(cfg.init_from, data_set, objective)
+        model_cfg, initial_weights = start_from(cfg.init_from, data_set, objective)  # checks the base
+    elif not resume:
+        objective.check_base(None)  # from scratch: refused by an objective that needs a base run
     model_cfg = dataclasses.replace(
         model_cfg,
         size=None,
@@ -209,18 +209,17 @@ class Trainer:
     ) -> None:  # fmt: skip
         self.out, self.data, self.cfg, self.budget, self.runtime = saver.out, data, cfg, budget, runtime
         self.state, self.saver, self.quiet, self.tensorboard, self.hooks = state, saver, quiet, tensorboard, hooks
-        objective = get_objective(cfg.objective)
+        objective = objective_for(cfg)
         self.objective, self.specials = objective, Specials(data.mask_id, data.pad_id, data.eod_id)
         self.model = runtime.prepare_model(state.model)  # DDP-wrapped, compiled or not; state.model keeps the weights
         # reseeded per micro-batch (see noise_seed); on the host where the loss draws there (Objective.host_batches)
         self.generator = torch.Generator(objective.noise_device(runtime.device))
-        self.loss_fn = objective.make_loss(cfg, data.seq_len)
+        self.loss_fn = objective.loss
         self.validate = partial(
             validation_loss,
             sequences=data.split("val"),
             objective=objective,
             specials=self.specials,
-            train_cfg=cfg,
             mc_passes=cfg.eval.mc_passes,
             seed=cfg.seed,
             batch_size=cfg.eval.batch_size,
@@ -289,7 +288,7 @@ class Trainer:
         x = self.data.batch("train", self.order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
         # Counted on the CPU copy of the global batch, before the move: no device sync.
         pad_id = self.specials.pad_id
-        n_real, n_step = self.objective.count_real(x, pad_id), self.objective.n_targets(x, pad_id)
+        n_real, n_step = self.objective.real_tokens(x, pad_id), self.objective.n_targets(x, pad_id)
         world, rank = self.runtime.world_size, self.runtime.rank
         chunks = x.split(cfg.micro_batch_size or -(-cfg.batch_size // world))
         mine = []
