@@ -81,8 +81,8 @@ def bench(
 
         from unmask.hub.memory import estimate_checkpoint_memory, print_checkpoint_memory
 
-        estimate = estimate_checkpoint_memory(checkpoint)
-        print_checkpoint_memory(estimate)
+        estimate = estimate_checkpoint_memory(folder=checkpoint)
+        print_checkpoint_memory(memory=estimate)
         result = asdict(estimate)
     elif what == "sample":
         check(bool(run), "bench sample needs --run (an MDM run directory)")

@@ -105,7 +105,8 @@ def _copies(shards, piece, dtype: torch.dtype) -> int:
     return int(len(parts) > 1) + int(cast.dtype != joined.dtype) + int(not cast.is_contiguous())
 
 
-def print_checkpoint_memory(m: CheckpointMemory) -> None:
+def print_checkpoint_memory(memory: CheckpointMemory) -> None:
+    m = memory
     from rich.console import Console
     from rich.table import Table
 
