@@ -185,3 +185,13 @@ def test_a_run_leaves_the_plateau_at_its_first_validation_enough_below_the_unigr
     assert plateau_exit(tmp_path, level=6.0) == 4.8  # 5.94 is 0.06 below: the first at least 0.05 below
     assert plateau_exit(tmp_path, level=6.0, margin=0.2) == 6.4
     assert plateau_exit(tmp_path, level=5.0) is None
+
+
+def test_an_own_best_table_names_list_valued_settings():
+    from unmask.study.pipeline import _results_blocks
+    from unmask.study.report import to_markdown
+
+    row = {"objective": "mdm", "size": "demo", "unique_tokens": 1000, "epochs": 4, "seed": 0,
+           "tuned": json.dumps({"local_prior": 5.0, "mdm_t_beta": [3.0, 3.0]}), "final_val_loss": 5.5}  # fmt: skip
+    text = to_markdown(_results_blocks([row], {1000: 6.0}, show_tuned=True))
+    assert "5.5000 (local_prior 5, mdm_t_beta [3, 3])" in text

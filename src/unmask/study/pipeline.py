@@ -368,6 +368,13 @@ def _downstream_blocks(study: StudyConfig, rows: list[dict], out: Path) -> list:
     ]
 
 
+def tuned_text(value: Any) -> str:
+    """A tuned value in a table: 0.002, 5, [3, 3] (a list axis such as mdm_t_beta; [] = off)."""
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(tuned_text(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _mean_cell(s: dict | None) -> float | str | None:
     """A table cell for one setting's final loss: the value (one seed) or mean ± standard error over seeds."""
     if s is None:
@@ -384,7 +391,7 @@ def _results_blocks(rows: list[dict], unigram: dict[int, float], show_tuned: boo
         value = _mean_cell(s)
         if s is None or not show_tuned:
             return value
-        chosen = ", ".join(f"{k} {v:g}" for k, v in json.loads(s["tuned"]).items())
+        chosen = ", ".join(f"{k} {tuned_text(v)}" for k, v in json.loads(s["tuned"]).items())
         return f"{value if isinstance(value, str) else f'{value:.4f}'} ({chosen})"
 
     blocks = []
@@ -430,7 +437,7 @@ def _plateau_blocks(rows: list[dict], unigram: dict[int, float]) -> list:
     for s in sorted(seed_summary(mdm), key=lambda s: (s["unique_tokens"], s["epochs"], s["tuned"])):
         runs = sorted((r for r in mdm if setting_key(r) == setting_key(s)), key=lambda r: r["seed"])
         exits = [plateau_exit(r["run"], unigram[r["unique_tokens"]]) for r in runs]
-        tuned = ", ".join(f"{k} {v}" for k, v in json.loads(s["tuned"]).items()) or "—"
+        tuned = ", ".join(f"{k} {tuned_text(v)}" for k, v in json.loads(s["tuned"]).items()) or "—"
         table.append([f"{s['unique_tokens']:,}", s["epochs"], tuned,
                       " / ".join("never" if e is None else f"{e:g}" for e in exits), _mean_cell(s)])  # fmt: skip
     return [
