@@ -14,7 +14,7 @@ import torch
 
 from unmask.config import DataConfig, MdmConfig, ModelConfig, TrainConfig
 from unmask.model import Transformer, count_params
-from unmask.objectives import LossOutput, Specials, get_objective, objective_for
+from unmask.objectives import Batch, LossOutput, Specials, get_objective, objective_for
 from unmask.runtime import Runtime
 from unmask.training import make_optimizer
 from unmask.training.step import accumulate_gradients, apply_update
@@ -114,10 +114,10 @@ def build_side(
         model = ReferenceGPT(vocab_size, seq_len, cfg.d_model, cfg.n_layer, cfg.n_head).to(runtime.device)
         reference_loss = torch.compile(model.loss) if runtime.compile else model.loss
 
-        def loss_fn(model, tokens, sp, generator) -> LossOutput:  # its mean loss as a sum, as unmask's losses give
-            return LossOutput(reference_loss(tokens) * tokens.numel(), tokens.numel())
+        def loss_fn(model, batch, sp, generator) -> LossOutput:  # its mean loss as a sum, as unmask's losses give
+            return LossOutput(reference_loss(batch.tokens) * batch.tokens.numel(), batch.tokens.numel())
 
-        step_model, batch = model, x
+        step_model, batch = model, Batch(x)
         optimizer = reference_optimizer(
             model, train_cfg.optim.lr, (train_cfg.optim.beta1, train_cfg.optim.beta2), train_cfg.optim.weight_decay
         )
@@ -126,7 +126,7 @@ def build_side(
         step_model = runtime.prepare_model(model)
         objective = objective_for(train_cfg)
         loss_fn = objective.loss
-        batch = x.cpu() if objective.host_batches else x  # as the training loop hands it over
+        batch = Batch(x.cpu() if objective.host_batches else x)  # as the training loop hands it over
         optimizer = make_optimizer(model, train_cfg.optim)
     generator = torch.Generator(get_objective(train_cfg.objective).noise_device(runtime.device))
     sp = Specials(mask_id=1, pad_id=2)
@@ -139,16 +139,16 @@ def build_side(
 
 
 def timed_step(
-    *, step_model: torch.nn.Module, model: torch.nn.Module, optimizer, loss_fn, batch: torch.Tensor, sp: Specials,
+    *, step_model: torch.nn.Module, model: torch.nn.Module, optimizer, loss_fn, batch: Batch, sp: Specials,
     generator: torch.Generator, runtime: Runtime, step: int, check_finite: bool = True,
 ) -> None:  # fmt: skip
     """One training step as the loop takes it (unmask.training.step): the loss under the runtime's autocast,
     backward, the loss read for the log and the finite check (check_finite), clipping at 1, the optimiser."""
     loss_sum = accumulate_gradients(
         model=step_model, micro_batches=[(0, 1.0, batch)], loss_fn=loss_fn, specials=sp, generator=generator,
-        runtime=runtime, seed=0, step=step, n_step=batch.numel(),
+        runtime=runtime, seed=0, step=step, n_step=batch.tokens.numel(),
     )  # fmt: skip
-    loss = float(loss_sum) / batch.numel() if check_finite else None
+    loss = float(loss_sum) / batch.tokens.numel() if check_finite else None
     apply_update(parameters=list(model.parameters()), optimizer=optimizer, grad_clip=1.0, loss=loss)
 
 
@@ -278,7 +278,7 @@ def step_memory(model: torch.nn.Module, objective: str, batch_size: int, seq_len
     train_cfg = TrainConfig(objective=objective, mdm=MdmConfig(eps=1 - 1e-9))
     optimizer = make_optimizer(model, train_cfg.optim)
     loss_fn = objective_for(train_cfg).loss
-    x = torch.randint(3, model.cfg.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(3, model.cfg.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(0))
     device = model_device(model)
 
     runtime = Runtime(device, compile=False, bf16=True)  # the GPU's precision, traced on any device
@@ -289,7 +289,7 @@ def step_memory(model: torch.nn.Module, objective: str, batch_size: int, seq_len
         for _ in range(2):
             tracker.reset_mod_stats()  # per-module figures are per step; the peak is kept
             # fake tensors cannot be read: no finite check (the real step reads one scalar)
-            timed_step(step_model=model, model=model, optimizer=optimizer, loss_fn=loss_fn, batch=x, sp=sp,
+            timed_step(step_model=model, model=model, optimizer=optimizer, loss_fn=loss_fn, batch=Batch(tokens), sp=sp,
                        generator=generator, runtime=runtime, step=0, check_finite=False)  # fmt: skip
     peak = tracker.get_tracker_snapshot("peak")[device]
     by_kind = {MEMORY_KINDS[kind.value]: n for kind, n in peak.items() if kind != "Total"}

@@ -27,10 +27,12 @@ def test_training_split_has_exactly_U_tokens(tiny_data):
 def test_sequences_cover_the_budget_once_with_padding_only_at_the_end(tiny_data):
     n = tiny_data.n_sequences("train")
     batch = tiny_data.batch("train", np.arange(n))
-    real = batch != tiny_data.pad_id
+    assert batch.loss_mask is None  # plain sequences: every real token counts
+    tokens = batch.tokens
+    real = tokens != tiny_data.pad_id
     assert int(real.sum()) == TINY_DATA.unique_tokens
     assert real[:-1].all()  # only the last sequence is padded
-    assert np.array_equal(batch[real].numpy(), np.asarray(tiny_data.tokens["train"], dtype=np.int64))
+    assert np.array_equal(tokens[real].numpy(), np.asarray(tiny_data.tokens["train"], dtype=np.int64))
 
 
 def test_validation_and_training_documents_are_disjoint(tiny_data):

@@ -145,7 +145,7 @@ def val_loss(model, data, objective: str, **options):
 def test_validation_elbo_of_a_factorised_model_converges_to_its_exact_nll(tiny_data):
     model = Factorised(seq_len=tiny_data.seq_len, vocab=tiny_data.vocab_size)
     n = tiny_data.n_sequences("val")
-    x = tiny_data.batch("val", np.arange(n))
+    x = tiny_data.batch("val", np.arange(n)).tokens
     scored = x != tiny_data.pad_id
     scored[:, 0] = False  # the first token of each sequence is context, as for AR
     exact = float(torch.stack([model.exact_nll(row) for row in x])[scored].mean())
@@ -257,7 +257,7 @@ def test_stratified_estimator_has_lower_variance_than_random_t(tiny_data, tiny_m
     from unmask.run import Run
 
     model = Run(tiny_mdm_run).load_model("last")
-    x = tiny_data.batch("val", np.arange(3))
+    x = tiny_data.batch("val", np.arange(3)).tokens
     reqs = [(row[:20].tolist(), row[20:28].tolist()) for row in x]  # 8-token answers
     spread = {}
     for estimator in ("stratified", "random_t"):

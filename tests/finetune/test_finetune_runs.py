@@ -62,8 +62,8 @@ def test_the_folder_extends_the_base_tokenizer_and_keeps_its_special_ids(bases, 
     assert min(data.manifest["role_ids"].values()) >= len(base_vocab)
     ids = base.special_ids
     assert (data.eod_id, data.mask_id, data.pad_id) == (ids.eod_id, ids.mask_id, ids.pad_id)
-    x = data.batch("train", [0, 1, 2])  # (B, 2, T): tokens, learned flags
-    assert x.shape == (3, 2, 64) and set(x[:, 1].unique().tolist()) <= {0, 1}
+    batch = data.batch("train", [0, 1, 2])  # tokens, learned flags as the loss mask
+    assert batch.tokens.shape == batch.loss_mask.shape == (3, 64) and batch.loss_mask.dtype == torch.bool
     assert data.n_sequences("train") + data.n_sequences("val") + data.manifest["dropped"]["train"]["count"] == 200
 
 

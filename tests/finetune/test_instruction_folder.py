@@ -36,9 +36,9 @@ def folder(tmp_path, tokenizer_json):
 def test_rows_come_back_as_written_padded_and_flagged(folder):
     data = open_data(folder)
     assert isinstance(data, InstructionData) and not list(folder.parent.glob(".d.tmp*"))
-    x = data.batch("train", [1, 0])
-    assert x[:, 0].tolist() == [[8, 9, 0, 2, 2, 2], [5, 6, 7, 0, 2, 2]]
-    assert x[:, 1].tolist() == [[0, 0, 1, 0, 0, 0], [0, 1, 1, 1, 0, 0]]
+    batch = data.batch("train", [1, 0])
+    assert batch.tokens.tolist() == [[8, 9, 0, 2, 2, 2], [5, 6, 7, 0, 2, 2]]
+    assert batch.loss_mask.int().tolist() == [[0, 0, 1, 0, 0, 0], [0, 1, 1, 1, 0, 0]]
     assert data.n_sequences("train") == 2 and data.n_tokens("train") == 7 and data.n_sequences("val") == 1
     data.verify()
 

@@ -39,12 +39,12 @@ def held_out_margin(run_dir, data) -> float:
     """Mean over held-out conversations and 4 fixed cuts of lp(winner) − lp(repeated phrase)."""
     model = Run(run_dir).load_model("last").eval()
     folder = InstructionData(data)
-    x = folder.batch("val", np.arange(folder.n_sequences("val")))
+    batch = folder.batch("val", np.arange(folder.n_sequences("val")))
     sp = Specials(folder.mask_id, folder.pad_id, folder.eod_id)
     with torch.no_grad():
         margins = []
         for seed in range(4):
-            b = r2ft_batch(x, sp, torch.Generator().manual_seed(seed))
+            b = r2ft_batch(batch, sp, torch.Generator().manual_seed(seed))
             lp = continuation_logp(model, b.inputs, b.region, [b.winner, *b.rejected], sp.mask_id)
             margins.append((lp[0] - lp[1]).mean().item())
     return sum(margins) / len(margins)

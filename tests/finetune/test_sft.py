@@ -1,6 +1,6 @@
-"""SFT objectives on instruction batches (B, 2, T): the prompt is never masked and never scored (checked on the
-tensors the model receives), MDM answers are padded with learned end-of-text, and each MDM conversation is
-normalised by its answer length."""
+"""SFT objectives on instruction batches (tokens, learned flags as the loss mask): the prompt is never masked and
+never scored (checked on the tensors the model receives), MDM answers are padded with learned end-of-text, and
+each MDM conversation is normalised by its answer length."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from unmask.config import TrainConfig
 from unmask.model import select_positions
-from unmask.objectives import Specials, get_objective, objective_for
+from unmask.objectives import Batch, Specials, get_objective, objective_for
 
 V, MASK, EOS, PAD = 32, 1, 2, 3
 SP = Specials(mask_id=MASK, pad_id=PAD, eod_id=EOS)
@@ -38,32 +38,32 @@ class Spy(torch.nn.Module):
         return logits if output_mask is None else select_positions(logits, output_mask)
 
 
-def batch() -> torch.Tensor:
+def batch() -> Batch:
     """Two conversations as an instruction folder stores them: right-padded with PAD, learned flags beside."""
     rows = [
         ([10, 11, 12, 13, 20, 21, EOS], [0] * 4 + [1] * 3),
         ([10, 11, 20, 21, 20, 21, 20, 21, EOS], [0] * 2 + [1] * 7),
     ]
-    x = torch.tensor([[PAD] * 12, [0] * 12]).repeat(2, 1, 1)  # (B, 2, T)
-    for b, (ids, learned) in enumerate(rows):
-        x[b, 0, : len(ids)], x[b, 1, : len(ids)] = torch.tensor(ids), torch.tensor(learned)
-    return x
+    tokens, learned = torch.full((2, 12), PAD), torch.zeros(2, 12, dtype=torch.bool)  # (B, T) each
+    for b, (ids, flags) in enumerate(rows):
+        tokens[b, : len(ids)], learned[b, : len(ids)] = torch.tensor(ids), torch.tensor(flags, dtype=torch.bool)
+    return Batch(tokens, learned)
 
 
-def loss_of(name: str, model, x, seed: int = 0, **cfg):
+def loss_of(name: str, model, batch: Batch, seed: int = 0, **cfg):
     loss = objective_for(TrainConfig.from_flat(objective=name, **cfg)).loss
-    return loss(model, x, SP, torch.Generator().manual_seed(seed))
+    return loss(model, batch, SP, torch.Generator().manual_seed(seed))
 
 
 def test_mdm_sees_padding_as_learned_end_of_text_and_never_masks_or_scores_the_prompt():
     x = batch()
-    prompt = x[:, 1] == 0
-    prompt[x[:, 0] == PAD] = False  # padding is not prompt: it becomes learned end-of-text
+    prompt = ~x.loss_mask
+    prompt[x.tokens == PAD] = False  # padding is not prompt: it becomes learned end-of-text
     model = Spy()
     for seed in range(50):
         loss_of("sft_mdm", model, x, seed)
     for x_t, output_mask in model.calls:
-        assert torch.equal(x_t[prompt], x[:, 0][prompt])  # the prompt reaches the model as it is
+        assert torch.equal(x_t[prompt], x.tokens[prompt])  # the prompt reaches the model as it is
         assert not (output_mask & prompt).any()  # and no prompt position is scored
         assert torch.equal(x_t == MASK, output_mask)  # every masked position is scored
         assert not (x_t == PAD).any()  # padding arrives as end-of-text (or masked)
@@ -85,11 +85,11 @@ def test_ar_scores_only_the_answer_and_its_end_of_text():
     model = Spy()
     out = loss_of("sft_ar", model, x)
     inputs, output_mask = model.calls[0]
-    assert torch.equal(inputs, x[:, 0, :-1]) and torch.equal(output_mask, x[:, 1, 1:].bool())
+    assert torch.equal(inputs, x.tokens[:, :-1]) and torch.equal(output_mask, x.loss_mask[:, 1:])
     assert out.n_tokens == 3 + 7 == get_objective("sft_ar").n_targets(x, PAD)
     assert out.loss_sum.item() == pytest.approx(10 * math.log(V))
 
 
 def test_conversation_tokens_are_counted_as_seen_not_the_flags():
     assert get_objective("sft_ar").real_tokens(batch(), PAD) == 7 + 9
-    assert get_objective("mdm").real_tokens(batch()[:, 0], PAD) == 7 + 9
+    assert get_objective("mdm").real_tokens(Batch(batch().tokens), PAD) == 7 + 9

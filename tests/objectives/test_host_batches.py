@@ -11,27 +11,27 @@ import torch
 
 from unmask.config import ModelConfig, TrainConfig
 from unmask.model import Transformer
-from unmask.objectives import OBJECTIVES, get_objective, objective_for
+from unmask.objectives import OBJECTIVES, Batch, get_objective, objective_for
 from unmask.objectives.base import Specials
 
 SP = Specials(mask_id=1, pad_id=2, eod_id=3)
 HOST_BATCHED = [name for name, o in OBJECTIVES.items() if o.host_batches]
 
 
-def _batch(name: str, padded: bool) -> torch.Tensor:
+def _batch(name: str, padded: bool) -> Batch:
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(4, 64, (4, 16), generator=g)
     if padded:
         tokens[0, -5:] = SP.pad_id
     if not name.startswith("sft"):
-        return tokens
-    learned = torch.zeros_like(tokens)
-    learned[:, 6:] = 1  # the prompt is the first 6 tokens
-    learned[tokens == SP.pad_id] = 0
-    return torch.stack([tokens, learned], 1)  # (B, 2, T)
+        return Batch(tokens)
+    learned = torch.zeros_like(tokens, dtype=torch.bool)
+    learned[:, 6:] = True  # the prompt is the first 6 tokens
+    learned[tokens == SP.pad_id] = False
+    return Batch(tokens, learned)
 
 
-def _loss(name: str, model: torch.nn.Module, x: torch.Tensor, seed: int = 0):
+def _loss(name: str, model: torch.nn.Module, x: Batch, seed: int = 0):
     objective = objective_for(TrainConfig(objective=name))
     generator = torch.Generator(objective.noise_device(torch.device("cpu"))).manual_seed(seed)
     return objective.loss(model, x, SP, generator)
@@ -66,7 +66,7 @@ def test_the_meta_device_catches_a_sync():
 
 def test_flat_indices_select_the_same_logits_as_a_boolean_mask():
     model = _model("mdm")
-    x = _batch("mdm", padded=False)
+    x = _batch("mdm", padded=False).tokens
     masked = torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) < 0.5
     by_mask = model(x, output_mask=masked)
     by_index = model(x, output_mask=masked.flatten().nonzero().squeeze(1))

@@ -11,7 +11,15 @@ from torch import nn
 
 from unmask.config import ModelConfig, TrainConfig
 from unmask.model import Transformer, select_positions
-from unmask.objectives import OBJECTIVES, Specials, get_objective, make_orderings, mask_probability, objective_for
+from unmask.objectives import (
+    OBJECTIVES,
+    Batch,
+    Specials,
+    get_objective,
+    make_orderings,
+    mask_probability,
+    objective_for,
+)
 from unmask.objectives.ar import ar_loss, ar_orderings_loss
 from unmask.objectives.mdm import mdm_loss
 
@@ -149,8 +157,8 @@ def test_token_count_is_known_before_the_forward(objective):
     model = tiny(causal=record.causal)
     x = torch.randint(3, V, (3, 8))
     x[2, 5:] = PAD
-    out = record.loss(model, x, SP, torch.Generator().manual_seed(0))
-    assert out.n_tokens == record.n_targets(x, PAD)
+    out = record.loss(model, Batch(x), SP, torch.Generator().manual_seed(0))
+    assert out.n_tokens == record.n_targets(Batch(x), PAD)
     assert torch.isfinite(out.loss_sum)
 
 

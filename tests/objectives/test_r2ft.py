@@ -1,6 +1,6 @@
-"""R2FT on instruction batches (B, 2, T): the prompt and the answer before the cut reach the model as they are,
-everything after the cut is masks, the winner and rejected targets follow the authors' rule (checked on the
-tensors over many seeds), and the loss prefers the winner, on a real denoiser too."""
+"""R2FT on instruction batches (tokens, learned flags as the loss mask): the prompt and the answer before the cut
+reach the model as they are, everything after the cut is masks, the winner and rejected targets follow the authors'
+rule (checked on the tensors over many seeds), and the loss prefers the winner, on a real denoiser too."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from unmask.config import ConfigError, ModelConfig, R2ftConfig, TrainConfig
 from unmask.model import Transformer, select_positions
-from unmask.objectives import Specials, objective_for
+from unmask.objectives import Batch, Specials, objective_for
 from unmask.objectives.r2ft import continuation_logp, r2ft_batch, r2ft_loss
 
 V, MASK, EOS, PAD = 64, 1, 2, 3
@@ -17,17 +17,18 @@ SP = Specials(mask_id=MASK, pad_id=PAD, eod_id=EOS)
 T = 40
 
 
-def batch() -> torch.Tensor:
-    """Three conversations as an instruction folder stores them; the last has two turns (cut in the last answer)."""
+def batch(copies: int = 1) -> Batch:
+    """Three conversations as an instruction folder stores them, `copies` times; the last has two turns (cut in
+    the last answer)."""
     rows = [
         ([10, 11, 12, 13, *range(20, 35), EOS], [0] * 4 + [1] * 16),
         ([10, 11, 20, 21, EOS], [0] * 2 + [1] * 3),
         ([10, 11, 40, 41, EOS, 12, 13, *range(50, 60), EOS], [0, 0, 1, 1, 1, 0, 0] + [1] * 11),
     ]
-    x = torch.tensor([[PAD] * T, [0] * T]).repeat(len(rows), 1, 1)  # (B, 2, T)
-    for b, (ids, learned) in enumerate(rows):
-        x[b, 0, : len(ids)], x[b, 1, : len(ids)] = torch.tensor(ids), torch.tensor(learned)
-    return x
+    tokens, learned = torch.full((len(rows), T), PAD), torch.zeros(len(rows), T, dtype=torch.bool)  # (B, T) each
+    for b, (ids, flags) in enumerate(rows):
+        tokens[b, : len(ids)], learned[b, : len(ids)] = torch.tensor(ids), torch.tensor(flags, dtype=torch.bool)
+    return Batch(tokens.repeat(copies, 1), learned.repeat(copies, 1))
 
 
 ANSWER = [(4, 19), (2, 4), (7, 17)]  # (first answer position, its end-of-text) of each row of batch()
@@ -36,7 +37,7 @@ ANSWER = [(4, 19), (2, 4), (7, 17)]  # (first answer position, its end-of-text) 
 @pytest.mark.parametrize("filler", [False, True])
 def test_the_batch_follows_the_rule_on_every_seed(filler):
     x = batch()
-    tokens = x[:, 0].masked_fill(x[:, 0] == PAD, EOS)  # the winner: padding as end-of-text
+    tokens = x.tokens.masked_fill(x.tokens == PAD, EOS)  # the winner: padding as end-of-text
     kwargs = dict(filler_tokens=torch.tensor([5, 6]), filler_weights=torch.tensor([3.0, 1.0]), filler_rate=0.5)
     cuts, phrases = set(), set()
     for seed in range(300):
@@ -71,7 +72,7 @@ def test_the_batch_follows_the_rule_on_every_seed(filler):
 
 
 def test_the_filler_substitutes_frequent_tokens_at_its_rate_in_proportion_to_their_counts():
-    x = batch().repeat(200, 1, 1)
+    x = batch(copies=200)
     b = r2ft_batch(
         x, SP, torch.Generator().manual_seed(0), filler_tokens=torch.tensor([5, 6]),
         filler_weights=torch.tensor([3.0, 1.0]), filler_rate=0.2,

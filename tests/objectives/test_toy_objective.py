@@ -15,7 +15,7 @@ import torch
 
 from tests.conftest import tiny_model_config, tiny_train_config
 from unmask import cli
-from unmask.objectives import OBJECTIVES, LossOutput, Objective, register
+from unmask.objectives import OBJECTIVES, Batch, LossOutput, Objective, register
 from unmask.objectives.mdm import masked_token_ce
 from unmask.run import Run
 from unmask.training import train
@@ -26,15 +26,16 @@ TASKS = Path(__file__).parents[1] / "fixtures" / "austen_mc.jsonl"
 class Toy(Objective):
     name, causal, exact, decoder = "toy_half_mask", False, False, "mdm"
 
-    def loss(self, model, x, sp, generator=None) -> LossOutput:
+    def loss(self, model, batch: Batch, sp, generator=None) -> LossOutput:
+        x = batch.tokens  # (B, T); plain sequences carry no loss mask
         real = x != sp.pad_id
         masked = (torch.rand(x.shape, generator=generator, device=x.device) < 0.5) & real
         weight = torch.full((len(x),), 2.0, device=x.device)
         ce, _ = masked_token_ce(model, x, masked, weight, sp.mask_id, None if bool(real.all()) else real)
         return LossOutput(ce.sum(), int(real.sum()))
 
-    def n_targets(self, x, pad_id) -> int:
-        return int((x != pad_id).sum())
+    def n_targets(self, batch: Batch, pad_id) -> int:
+        return int((batch.tokens != pad_id).sum())
 
 
 @pytest.fixture

@@ -71,8 +71,7 @@ def real_tokens(run: Run, n: int = 8) -> torch.Tensor:
     """(n, seq_len) real token ids: the trained run's validation split, else words through the run's tokenizer."""
     T = run.model_config.seq_len
     if run.data_path is not None and run.data_path.is_dir():
-        x = run.data().split("val").batch(np.arange(n))
-        return x[:, :T]
+        return run.data().split("val").batch(np.arange(n)).tokens[:, :T]
     ids = run.tokenizer().encode(text_of_words(n * T)).ids
     return torch.tensor(ids[: n * T]).view(n, T)
 
@@ -145,7 +144,7 @@ def test_bf16_elbo_and_nll_match_float32(pairs):
               f"gap {abs(got.loss - ref.loss):.5f} nats")  # fmt: skip
         assert abs(got.loss - ref.loss) < MAX_ELBO_GAP
     mdm = Run(pairs["trained-mdm"][1])
-    batch = mdm.data().split("val").batch(np.arange(2))
+    batch = mdm.data().split("val").batch(np.arange(2)).tokens
     g = torch.Generator().manual_seed(0)
     sums = elbo_pass_sums(model=mdm.load_model(), batches=[batch], passes=2, generator=g, sp=mdm.specials)
     assert sums.dtype == torch.float32  # bf16 logits, float32 cross-entropy and sums

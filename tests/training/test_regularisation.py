@@ -8,7 +8,7 @@ import torch
 
 from tests.objectives.test_objectives import SP, V, tiny
 from unmask.config import ArConfig, ConfigError, OptimConfig, TrainConfig
-from unmask.objectives import objective_for
+from unmask.objectives import Batch, objective_for
 from unmask.objectives.ar import ar_loss, corrupt_inputs
 from unmask.training.optim import make_optimizer
 
@@ -54,11 +54,11 @@ def test_ar_input_noise_is_training_only_validation_reads_clean_inputs():
     ar = objective_for(cfg)
     model = tiny(causal=True, seq_len=16)
     x = torch.randint(3, V, (8, 16), generator=torch.Generator().manual_seed(0))
-    train_loss = ar.loss(model, x, SP, torch.Generator().manual_seed(0))
-    eval_sum = ar.validation_passes(model, [x], 1, torch.Generator().manual_seed(0), SP, 16_384)
+    train_loss = ar.loss(model, Batch(x), SP, torch.Generator().manual_seed(0))
+    eval_sum = ar.validation_passes(model, [Batch(x)], 1, torch.Generator().manual_seed(0), SP, 16_384)
     assert torch.equal(eval_sum, ar_loss(model, x, SP).loss_sum[None])
     assert not torch.equal(train_loss.loss_sum, eval_sum[0])
-    off = objective_for(cfg.with_flat(ar_input_noise=0.0)).loss(model, x, SP, torch.Generator().manual_seed(0))
+    off = objective_for(cfg.with_flat(ar_input_noise=0.0)).loss(model, Batch(x), SP, torch.Generator().manual_seed(0))
     assert torch.equal(off.loss_sum, ar_loss(model, x, SP).loss_sum)  # off: the plain loss, bitwise
 
 

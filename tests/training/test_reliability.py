@@ -132,8 +132,8 @@ def nan_on_steps(monkeypatch, steps: set[int]) -> None:
     calls = {"n": 0}
 
     class NaNOnSteps(objectives.OBJECTIVES["mdm"]):
-        def loss(self, model, x, sp, generator=None):
-            out = super().loss(model, x, sp, generator)
+        def loss(self, model, batch, sp, generator=None):
+            out = super().loss(model, batch, sp, generator)
             calls["n"] += 1
             if calls["n"] in steps:
                 return objectives.LossOutput(out.loss_sum * float("nan"), out.n_tokens)
@@ -297,8 +297,7 @@ def test_shard_writer_and_reader_round_trip(tmp_path_factory, chunks, limit, seq
                 "dtype": np.dtype(dtype).name, "unique_tokens": len(expected), "val_tokens": 0}  # fmt: skip
     (folder / "manifest.json").write_text(json.dumps(manifest))
     data = TokenData(folder)
-    batch = data.batch("train", np.arange(data.n_sequences("train")))
-    flat = batch.flatten().tolist()
+    flat = data.batch("train", np.arange(data.n_sequences("train"))).tokens.flatten().tolist()
     assert flat[: len(expected)] == expected
     assert set(flat[len(expected) :]) <= {pad} and len(flat) - len(expected) < seq_len
 

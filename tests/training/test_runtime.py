@@ -87,7 +87,7 @@ def test_gpu_training_uses_bf16_autocast_with_fp32_master_weights_and_fused_adam
     model = Transformer(tiny_model_config(tiny_data)).cuda()
     assert make_optimizer(model, tiny_train_config().optim).defaults["fused"]
     with torch.autocast("cuda", torch.bfloat16):
-        assert model(tiny_data.batch("train", np.arange(1)).cuda()).dtype == torch.bfloat16
+        assert model(tiny_data.batch("train", np.arange(1)).tokens.cuda()).dtype == torch.bfloat16
 
 
 @requires_cuda

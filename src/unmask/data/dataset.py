@@ -14,6 +14,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from unmask.config import ConfigError
+from unmask.data.batch import Batch
 from unmask.data.instructions import InstructionData, is_instruction_folder
 from unmask.data.manifest import CHECKED_FILES, REDO, check_size, file_identity, open_tokens, read_manifest
 from unmask.data.tokenizer import load_tokenizer
@@ -53,8 +54,8 @@ class TokenData:
         """The `train` or `val` tokens as fixed-length sequences."""
         return Sequences(self.tokens[split], self.seq_len, self.pad_id)
 
-    def batch(self, split: str, indices: np.ndarray):
-        """Sequences `indices` of `split` as a (B, T) int64 tensor, padded with pad_id."""
+    def batch(self, split: str, indices: np.ndarray) -> Batch:
+        """Sequences `indices` of `split`, padded with pad_id."""
         return self.split(split).batch(indices)
 
     def identity(self) -> dict:
@@ -111,8 +112,8 @@ class Sequences:
     def n_sequences(self) -> int:
         return -(-len(self.tokens) // self.seq_len)
 
-    def batch(self, indices: np.ndarray):
-        """Sequences `indices` as a (B, T) int64 tensor, padded with pad_id."""
+    def batch(self, indices: np.ndarray) -> Batch:
+        """Sequences `indices` (B, T), padded with pad_id; every real token counts (no loss mask)."""
         import torch  # lazily: preparing data never needs torch
 
         tokens, T = self.tokens, self.seq_len
@@ -124,4 +125,4 @@ class Sequences:
         for row in np.flatnonzero(~full):  # only the one partial sequence at the end
             chunk = tokens[indices[row] * T :]
             out[row, : len(chunk)] = chunk
-        return torch.from_numpy(out)
+        return Batch(torch.from_numpy(out))

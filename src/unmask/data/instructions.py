@@ -9,8 +9,7 @@ pre-training run reads a token folder (budget, epoch shuffles, resume, identity 
   train.bin, val.bin   token ids, one row of seq_len per conversation, right-padded with pad_id
   train.learned, val.learned   one byte per token: 1 where the token is learned (assistant text + EOS)
 
-A batch is one (B, 2, T) int64 tensor, plane 0 the tokens and plane 1 the learned flags, so it travels
-through the training loop (device copy, micro-batches, processes) as one tensor.
+A batch is a `Batch`: the tokens, and the learned flags as its loss mask.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from unmask.config import ConfigError, os_reason
+from unmask.data.batch import Batch
 from unmask.data.manifest import DTYPES, check_size, file_identity
 
 KIND = "instructions"
@@ -100,7 +100,7 @@ class InstructionData:
     def split(self, split: str) -> Conversations:
         return Conversations(*self.rows[split], self.pad_id)
 
-    def batch(self, split: str, indices: np.ndarray):
+    def batch(self, split: str, indices: np.ndarray) -> Batch:
         return self.split(split).batch(indices)
 
     def identity(self) -> dict:
@@ -115,7 +115,7 @@ class InstructionData:
 
 
 class Conversations:
-    """A split's rows as (B, 2, T) batches: tokens and learned flags stacked."""
+    """A split's rows as batches: the tokens, and the learned flags as the loss mask."""
 
     def __init__(self, tokens: np.ndarray, learned: np.ndarray, pad_id: int):
         self.tokens, self.learned, self.pad_id = tokens, learned, pad_id
@@ -124,12 +124,11 @@ class Conversations:
     def n_sequences(self) -> int:
         return len(self.tokens)
 
-    def batch(self, indices: np.ndarray):
+    def batch(self, indices: np.ndarray) -> Batch:
         import torch
 
         idx = np.asarray(indices)
-        both = np.stack([self.tokens[idx].astype(np.int64), self.learned[idx].astype(np.int64)], 1)
-        return torch.from_numpy(both)
+        return Batch(torch.from_numpy(self.tokens[idx].astype(np.int64)), torch.from_numpy(self.learned[idx] != 0))
 
 
 def write_instruction_folder(

@@ -16,6 +16,7 @@ is; `register` adds one (a fine-tuning objective, or a toy in a test) without to
 from __future__ import annotations
 
 from unmask.config import ConfigError, TrainConfig
+from unmask.data.batch import Batch
 from unmask.objectives.ar import AR, AROrderings, make_orderings
 from unmask.objectives.base import LossOutput, Objective, Specials
 from unmask.objectives.energy import Energy
@@ -54,6 +55,7 @@ def objective_for(cfg: TrainConfig) -> Objective:
 
 __all__ = [
     "OBJECTIVES",
+    "Batch",
     "LossOutput",
     "Objective",
     "Specials",

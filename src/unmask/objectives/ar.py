@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from unmask.config import ArConfig, OrderingsConfig, TrainConfig
+from unmask.data.batch import Batch
 from unmask.objectives.base import LossOutput, Objective, Specials, padding, token_cross_entropy
 from unmask.runtime import model_device, to_device
 
@@ -135,17 +136,21 @@ class AR(Objective):
     def from_config(cls, cfg: TrainConfig) -> AR:
         return cls(cfg.ar)
 
-    def loss(self, model, x, sp, generator=None) -> LossOutput:
+    def loss(self, model, batch: Batch, sp, generator=None) -> LossOutput:
         if not self.options.input_noise:
-            return ar_loss(model, x, sp, generator)
-        return ar_loss(model, x, sp, generator, self.options.input_noise, self.options.input_noise_kind)
+            return ar_loss(model, batch.tokens, sp, generator)
+        return ar_loss(model, batch.tokens, sp, generator, self.options.input_noise, self.options.input_noise_kind)
 
-    def n_targets(self, x: torch.Tensor, pad_id: int) -> int:
-        return _ar_targets(x, pad_id)
+    def n_targets(self, batch: Batch, pad_id: int) -> int:
+        return _ar_targets(batch.tokens, pad_id)
 
     def validation_passes(self, model, batches, passes, generator, sp, max_batch_tokens) -> torch.Tensor:
         """The exact NLL: one pass reading clean inputs whatever the training noise."""
-        return self.loss_pass(ar_loss, model, batches, generator, sp)[None]
+
+        def clean(model, batch: Batch, sp, generator=None) -> LossOutput:
+            return ar_loss(model, batch.tokens, sp, generator)
+
+        return self.loss_pass(clean, model, batches, generator, sp)[None]
 
 
 class AROrderings(Objective):
@@ -169,17 +174,18 @@ class AROrderings(Objective):
             self._orderings[seq_len] = make_orderings(self.options.n, seq_len, self.seed)
         return self._orderings[seq_len]
 
-    def loss(self, model, x, sp, generator=None) -> LossOutput:
+    def loss(self, model, batch: Batch, sp, generator=None) -> LossOutput:
+        x = batch.tokens
         return ar_orderings_loss(model, x, sp, generator, self.orderings(x.shape[1]))
 
-    def n_targets(self, x: torch.Tensor, pad_id: int) -> int:
-        return _ar_targets(x, pad_id)
+    def n_targets(self, batch: Batch, pad_id: int) -> int:
+        return _ar_targets(batch.tokens, pad_id)
 
     def validation_passes(self, model, batches, passes, generator, sp, max_batch_tokens) -> torch.Tensor:
         """The exact NLL, read left to right: one pass in the identity ordering."""
-        identity = self.orderings(batches[0].shape[1])[:1]
+        identity = self.orderings(batches[0].tokens.shape[1])[:1]
 
-        def left_to_right(model, x, sp, generator=None) -> LossOutput:
-            return ar_orderings_loss(model, x, sp, generator, identity)
+        def left_to_right(model, batch: Batch, sp, generator=None) -> LossOutput:
+            return ar_orderings_loss(model, batch.tokens, sp, generator, identity)
 
         return self.loss_pass(left_to_right, model, batches, generator, sp)[None]

@@ -14,6 +14,7 @@ from typing import ClassVar, Literal
 import torch
 
 from unmask.config import ConfigError, TrainConfig
+from unmask.data.batch import Batch
 
 
 @dataclass
@@ -41,8 +42,8 @@ class Specials:
     """End-of-text: fine-tuning objectives pad answers with it; pre-training never needs it."""
 
 
-LossFn = Callable[[torch.nn.Module, torch.Tensor, Specials, "torch.Generator | None"], LossOutput]
-"""loss(model, x (B, T) token ids with pad_id as padding, specials, generator) -> LossOutput."""
+LossFn = Callable[[torch.nn.Module, Batch, Specials, "torch.Generator | None"], LossOutput]
+"""loss(model, batch, specials, generator) -> LossOutput."""
 
 
 class Objective:
@@ -80,7 +81,7 @@ class Objective:
     loss_name: ClassVar[str | None] = None
     """What the validation loss is, when it is not a likelihood (default: NLL or ELBO, from `exact`)."""
     conversations: ClassVar[bool] = False
-    """The run trains on an instruction folder's templated conversations ((B, 2, T) batches: unmask finetune
+    """The run trains on an instruction folder's templated conversations (batches with a loss mask: unmask finetune
     prepare), not on a token data folder's sequences (unmask prepare)."""
     host_batches: ClassVar[bool] = False
     """The training loss takes its batch and generator on the host and moves to the model's device only what the
@@ -94,25 +95,25 @@ class Objective:
         return cls()
 
     def loss(
-        self, model: torch.nn.Module, x: torch.Tensor, sp: Specials, generator: torch.Generator | None = None
+        self, model: torch.nn.Module, batch: Batch, sp: Specials, generator: torch.Generator | None = None
     ) -> LossOutput:
-        """The training loss of a batch x: (B, T) token ids with pad_id as padding (fine-tuning: (B, 2, T))."""
+        """The training loss of a batch: its tokens, with pad_id as padding, and for conversations its loss mask."""
         raise NotImplementedError
 
-    def n_targets(self, x: torch.Tensor, pad_id: int) -> int:
+    def n_targets(self, batch: Batch, pad_id: int) -> int:
         """Tokens a batch's loss is normalised by, known before the forward pass (so gradient accumulation can
         normalise each micro-batch by the whole step's count)."""
         raise NotImplementedError
 
-    def real_tokens(self, x: torch.Tensor, pad_id: int) -> int:
+    def real_tokens(self, batch: Batch, pad_id: int) -> int:
         """The tokens a batch holds, counted as seen: those != pad_id."""
-        return int((x != pad_id).sum())
+        return int((batch.tokens != pad_id).sum())
 
     def validation_passes(
         self, model: torch.nn.Module, batches: list, passes: int, generator: torch.Generator, sp: Specials,
         max_batch_tokens: int,
     ) -> torch.Tensor:  # fmt: skip
-        """The validation estimator: (K,) summed loss of each of K passes over `batches` (CPU tensors): by
+        """The validation estimator: (K,) summed loss of each of K passes over `batches` (on the CPU): by
         default K passes of the training loss, or one for an exact objective (its loss draws no noise)."""
         if self.exact:
             return self.loss_pass(self.loss, model, batches, generator, sp)[None]
@@ -122,7 +123,7 @@ class Objective:
     def loss_pass(loss: LossFn, model: torch.nn.Module, batches: list, generator, sp: Specials) -> torch.Tensor:
         """One pass of `loss` over `batches`, each moved to the model's device: its summed loss."""
         device = next(model.parameters()).device
-        return sum(loss(model, x.to(device), sp, generator).loss_sum for x in batches)
+        return sum(loss(model, batch.to(device), sp, generator).loss_sum for batch in batches)
 
     def check_base(self, base) -> None:
         """Refuse, in one line, a base run (an unmask.run.Run, train.init_from) this objective cannot start from;

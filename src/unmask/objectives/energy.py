@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from unmask.config import ConfigError, NceConfig, TrainConfig
+from unmask.data.batch import Batch
 from unmask.objectives.base import LossOutput, Objective, Specials, padding
 
 
@@ -84,7 +85,8 @@ class Energy(Objective):
     def from_config(cls, cfg: TrainConfig) -> Energy:
         return cls(cfg.nce, cfg.init_from)
 
-    def loss(self, model, x, sp: Specials, generator=None) -> LossOutput:
+    def loss(self, model, batch: Batch, sp: Specials, generator=None) -> LossOutput:
+        x = batch.tokens
         if not self.base:
             raise ConfigError("train.objective=energy needs train.init_from: the MDM run whose samples are NCE's noise")
         B = len(x)
@@ -98,9 +100,9 @@ class Energy(Objective):
         energies = model(torch.cat([x, samples]), key_padding_mask=both_padding, energy_mask=masked.repeat(2, 1))
         return LossOutput(nce_terms(energies[:B], energies[B:]).sum(), B)  # rows 0..B-1 data, B..2B-1 samples
 
-    def n_targets(self, x: torch.Tensor, pad_id: int) -> int:
+    def n_targets(self, batch: Batch, pad_id: int) -> int:
         """Each sequence weighs the same: the mean NCE loss over the batch."""
-        return len(x)
+        return len(batch)
 
     def check_base(self, base) -> None:
         if base is None:

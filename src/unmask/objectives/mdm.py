@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from unmask.config import ConfigError, MdmConfig, TrainConfig
+from unmask.data.batch import Batch
 from unmask.objectives.base import LossOutput, Objective, Specials, padding, token_cross_entropy
 from unmask.runtime import model_device, to_device
 
@@ -200,17 +201,17 @@ class MDM(Objective):
     def from_config(cls, cfg: TrainConfig) -> MDM:
         return cls(cfg.mdm)
 
-    def loss(self, model, x, sp, generator=None) -> LossOutput:
+    def loss(self, model, batch: Batch, sp, generator=None) -> LossOutput:
         o = self.options
-        return mdm_loss(model, x, sp, generator, o.eps, o.t_min, tuple(o.t_beta), o.t_beta_mix)
+        return mdm_loss(model, batch.tokens, sp, generator, o.eps, o.t_min, tuple(o.t_beta), o.t_beta_mix)
 
-    def n_targets(self, x: torch.Tensor, pad_id: int) -> int:
+    def n_targets(self, batch: Batch, pad_id: int) -> int:
         """MDM predicts every real token."""
-        return int((x != pad_id).sum())
+        return int((batch.tokens != pad_id).sum())
 
     def validation_passes(self, model, batches, passes, generator, sp, max_batch_tokens) -> torch.Tensor:
         """The batched count estimator of the ELBO (elbo_pass_sums), never the training noise's options."""
-        return elbo_pass_sums(model, batches, passes, generator, sp, max_batch_tokens)
+        return elbo_pass_sums(model, [b.tokens for b in batches], passes, generator, sp, max_batch_tokens)
 
 
 class MDMAdapt(MDM):

@@ -1,6 +1,6 @@
 """Rejective fine-tuning (R2FT, arXiv 2509.15188) of an SFT'd MDM: the batch rule and the preference loss.
 
-A batch x is an instruction batch (B, 2, T) (see unmask.objectives.sft). Per conversation, with the
+A batch is an instruction batch, its loss mask the learned flags (see unmask.objectives.sft). Per conversation, with the
 loss's generator (seeded per micro-batch, so a run is reproducible and resumable):
 
   1. the answer is the last run of learned positions (its text and end-of-text); padding becomes
@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from unmask.config import ConfigError, R2ftConfig, TrainConfig
+from unmask.data.batch import Batch
 from unmask.objectives.base import LossOutput, Specials
-from unmask.objectives.sft import ConversationObjective, planes, with_eos_padding
+from unmask.objectives.sft import ConversationObjective, with_eos_padding
 
 
 @dataclass
@@ -69,7 +70,7 @@ def answer_span(learned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def r2ft_batch(
-    x: torch.Tensor,
+    batch: Batch,
     sp: Specials,
     generator: torch.Generator | None = None,
     max_phrase: int = 14,
@@ -77,8 +78,8 @@ def r2ft_batch(
     filler_weights: torch.Tensor | None = None,
     filler_rate: float = 0.0,
 ) -> R2FTBatch:
-    """Steps 1-6 of the module docstring on an instruction batch x (B, 2, T)."""
-    raw_tokens, raw_learned = planes(x)
+    """Steps 1-6 of the module docstring on an instruction batch."""
+    raw_tokens, raw_learned = batch.tokens, batch.loss_mask
     start, eos = answer_span(raw_learned)  # (B,): before padding is flagged learned
     tokens, _ = with_eos_padding(raw_tokens, raw_learned, sp)  # (B, T): padding → end-of-text
     B, T = tokens.shape
@@ -170,12 +171,12 @@ class R2FT(ConversationObjective):
     def from_config(cls, cfg: TrainConfig) -> R2FT:
         return cls(cfg.r2ft)
 
-    def loss(self, model, x, sp: Specials, generator=None) -> LossOutput:
+    def loss(self, model, batch: Batch, sp: Specials, generator=None) -> LossOutput:
         o = self.options
-        b = r2ft_batch(x, sp, generator, o.max_phrase, self.filler_tokens, self.filler_weights, o.filler_rate)
+        b = r2ft_batch(batch, sp, generator, o.max_phrase, self.filler_tokens, self.filler_weights, o.filler_rate)
         logp = continuation_logp(model, b.inputs, b.region, [b.winner, *b.rejected], sp.mask_id)  # (1 + N, B)
         per_row = r2ft_loss(logp[0], logp[1:], o.beta_w, o.beta_l, o.beta_a, o.gamma)
-        return LossOutput(per_row.sum(), len(x))
+        return LossOutput(per_row.sum(), len(batch))
 
     def check_base(self, base) -> None:
         if base is None or base.objective.name == "sft_mdm":

@@ -1,8 +1,8 @@
 """Supervised fine-tuning on instruction data: LLaDA's recipe for MDM, prompt-free next-token CE for AR.
 
-A batch x is (B, 2, T): plane 0 the templated conversations (right-padded with pad_id), plane 1 the
-learned flags (assistant text and its end-of-text; see unmask.finetune.chat and
-unmask.data.instructions). The prompt is never masked and never scored.
+A batch holds the templated conversations (B, T), right-padded with pad_id, and as its loss mask the learned
+flags (assistant text and its end-of-text; see unmask.finetune.chat and unmask.data.instructions). The prompt
+is never masked and never scored.
 
     sft_mdm   the answer is padded with end-of-text tokens that are learned too (the model learns where an
               answer stops), only answer positions are masked, each with probability p_b, and each
@@ -22,14 +22,10 @@ from typing import ClassVar
 import torch
 
 from unmask.config import ConfigError, MdmConfig, TrainConfig
+from unmask.data.batch import Batch
 from unmask.objectives.ar import ar_token_nll
 from unmask.objectives.base import LossOutput, Objective, Specials
 from unmask.objectives.mdm import mask_probability, masked_token_ce
-
-
-def planes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens (B, T), learned (B, T) bool) of an instruction batch (B, 2, T)."""
-    return x[:, 0], x[:, 1].bool()
 
 
 def with_eos_padding(tokens: torch.Tensor, learned: torch.Tensor, sp: Specials) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,10 +53,6 @@ def mdm_sft_loss(
     return ce.sum()
 
 
-def conversation_tokens(x: torch.Tensor, pad_id: int) -> int:
-    return int((x[:, 0] != pad_id).sum())
-
-
 class ConversationObjective(Objective):
     """What the fine-tuning objectives on instruction batches share: how a batch counts its tokens, validation
     by their own loss, and SFT's bases."""
@@ -70,12 +62,9 @@ class ConversationObjective(Objective):
     sft_bases: ClassVar[tuple[str, ...]] = ()
     """The base objectives `unmask finetune sft` fine-tunes with this objective."""
 
-    def real_tokens(self, x: torch.Tensor, pad_id: int) -> int:
-        return conversation_tokens(x, pad_id)
-
-    def n_targets(self, x: torch.Tensor, pad_id: int) -> int:
+    def n_targets(self, batch: Batch, pad_id: int) -> int:
         """Each conversation weighs the same: the mean over the batch."""
-        return len(x)
+        return len(batch)
 
     def check_base(self, base) -> None:
         if base is not None and base.objective.name not in self.sft_bases:
@@ -98,9 +87,9 @@ class SFTMDM(ConversationObjective):
     def from_config(cls, cfg: TrainConfig) -> SFTMDM:
         return cls(cfg.mdm)
 
-    def loss(self, model, x, sp: Specials, generator=None) -> LossOutput:
-        tokens, learned = with_eos_padding(*planes(x), sp)
-        return LossOutput(mdm_sft_loss(model, tokens, learned, sp.mask_id, generator, self.options.eps), len(x))
+    def loss(self, model, batch: Batch, sp: Specials, generator=None) -> LossOutput:
+        tokens, learned = with_eos_padding(batch.tokens, batch.loss_mask, sp)
+        return LossOutput(mdm_sft_loss(model, tokens, learned, sp.mask_id, generator, self.options.eps), len(batch))
 
 
 class SFTAR(ConversationObjective):
@@ -109,12 +98,12 @@ class SFTAR(ConversationObjective):
     name, causal, exact, decoder = "sft_ar", True, True, "ar"
     sft_bases = ("ar",)
 
-    def loss(self, model, x, sp: Specials, generator=None) -> LossOutput:
-        tokens, learned = planes(x)
+    def loss(self, model, batch: Batch, sp: Specials, generator=None) -> LossOutput:
+        tokens, learned = batch.tokens, batch.loss_mask
         scored = learned[:, 1:]  # input position j predicts token j + 1
         nll, _ = ar_token_nll(model, tokens, scored=scored)  # right padding: no scored position sees it
         return LossOutput(nll.sum(), scored)
 
-    def n_targets(self, x: torch.Tensor, pad_id: int) -> int:
+    def n_targets(self, batch: Batch, pad_id: int) -> int:
         """The learned targets: the answer tokens after each sequence's first."""
-        return int(x[:, 1, 1:].sum())
+        return int(batch.loss_mask[:, 1:].sum())

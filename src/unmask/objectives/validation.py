@@ -88,7 +88,7 @@ def validation_loss(
         sequences (fine-tuning's conversations) or a loss that is no likelihood (R2FT's preference, NCE),
         where "the same tokens" has no meaning; no bits per byte.
 
-    sequences: `unmask.data.Sequences` or any n_sequences(), batch(indices) -> CPU batch, seq_len.
+    sequences: `unmask.data.Sequences` or any n_sequences(), batch(indices) -> Batch on the CPU, seq_len.
     objective: the run's own (unmask.objectives.objective_for), holding its options (the orderings' seed).
     batch_size: sequences per batch; MDM noise levels are stratified across them.
     byte_lengths: token_byte_lengths of the tokenizer; None = no bits per byte.
@@ -100,8 +100,8 @@ def validation_loss(
     batches = [sequences.batch(np.arange(s, min(s + batch_size, n_seq))) for s in range(0, n_seq, batch_size)]
     own_loss = objective.validation == "own_loss"
     if own_loss:
-        denominator = sum(objective.n_targets(x, specials.pad_id) for x in batches)
-        n_tokens, n_bytes = sum(objective.real_tokens(x, specials.pad_id) for x in batches), 0
+        denominator = sum(objective.n_targets(b, specials.pad_id) for b in batches)
+        n_tokens, n_bytes = sum(objective.real_tokens(b, specials.pad_id) for b in batches), 0
     else:
         denominator, n_bytes = _protocol_tokens(objective, batches, specials, byte_lengths)
         n_tokens = denominator
@@ -120,12 +120,12 @@ def validation_loss(
 def _protocol_tokens(objective, batches, specials, byte_lengths) -> tuple[int, int]:
     """(tokens, UTF-8 bytes) the protocol scores: every real token but the first of each sequence (a bound
     objective without a batched estimator whose loss covers all real tokens, as its n_targets says: all of them)."""
-    real = [x != specials.pad_id for x in batches]
+    real = [b.tokens != specials.pad_id for b in batches]
     all_real = objective.scores_first_token and all(
-        objective.n_targets(x, specials.pad_id) == int(r.sum()) for x, r in zip(batches, real, strict=True)
+        objective.n_targets(b, specials.pad_id) == int(r.sum()) for b, r in zip(batches, real, strict=True)
     )
     scored = real if all_real else [r[:, 1:] for r in real]
-    targets = batches if all_real else [x[:, 1:] for x in batches]
+    targets = [b.tokens if all_real else b.tokens[:, 1:] for b in batches]
     n_tokens = sum(int(s.sum()) for s in scored)
     if byte_lengths is None:
         return n_tokens, 0

@@ -21,6 +21,7 @@ import torch
 
 from unmask.checkpoint import Checkpoints, RunLock, check_output_dir
 from unmask.config import ConfigError, ModelConfig, TrainConfig
+from unmask.data.batch import Batch
 from unmask.data.dataset import TokenData, open_data
 from unmask.data.instructions import InstructionData
 from unmask.model import Transformer
@@ -59,8 +60,8 @@ class StepBatch:
     """One process's share of the global batch of one step."""
 
     step: int
-    micro_batches: list[tuple[int, float, torch.Tensor]]
-    """(index k within the global batch, weight 1, or 0 for a stand-in, tokens on the device)."""
+    micro_batches: list[tuple[int, float, Batch]]
+    """(index k within the global batch, weight 1, or 0 for a stand-in, the batch on the device)."""
     n_real: int
     """Real (non-padding) tokens of the global batch."""
     n_step: int
@@ -285,19 +286,19 @@ class Trainer:
         epoch, i = divmod(step, self.budget.steps_per_epoch)
         if self.order_epoch != epoch:
             self.order, self.order_epoch = self.data.epoch_order(epoch, cfg.seed), epoch
-        x = self.data.batch("train", self.order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
+        batch = self.data.batch("train", self.order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
         # Counted on the CPU copy of the global batch, before the move: no device sync.
         pad_id = self.specials.pad_id
-        n_real, n_step = self.objective.real_tokens(x, pad_id), self.objective.n_targets(x, pad_id)
+        n_real, n_step = self.objective.real_tokens(batch, pad_id), self.objective.n_targets(batch, pad_id)
         world, rank = self.runtime.world_size, self.runtime.rank
-        chunks = x.split(cfg.micro_batch_size or -(-cfg.batch_size // world))
+        chunks = batch.split(cfg.micro_batch_size or -(-cfg.batch_size // world))
         mine = []
         for j in range(-(-len(chunks) // world)):
             k = j * world + rank
             # A process without a micro-batch in the last round repeats one with weight 0: collectives need all.
             weight = float(k < len(chunks))
             chunk = chunks[k if weight else 0]
-            mine.append((k, weight, chunk if self.objective.host_batches else self.runtime.to_device(chunk)))
+            mine.append((k, weight, chunk if self.objective.host_batches else chunk.map(self.runtime.to_device)))
         return StepBatch(step, mine, n_real, n_step)
 
     def train_step(self) -> tuple[StepInfo, int]:

@@ -8,17 +8,17 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from unmask.objectives import LossOutput, Specials
+from unmask.objectives import Batch, LossOutput, Specials
 from unmask.runtime import Runtime
 from unmask.training.state import noise_seed
 
-LossFn = Callable[[torch.nn.Module, torch.Tensor, Specials, torch.Generator], LossOutput]
+LossFn = Callable[[torch.nn.Module, Batch, Specials, torch.Generator], LossOutput]
 
 
 def accumulate_gradients(
     *,
     model: torch.nn.Module,
-    micro_batches: Sequence[tuple[int, float, torch.Tensor]],
+    micro_batches: Sequence[tuple[int, float, Batch]],
     loss_fn: LossFn,
     specials: Specials,
     generator: torch.Generator,
@@ -27,17 +27,17 @@ def accumulate_gradients(
     step: int,
     n_step: int,
 ) -> torch.Tensor:
-    """Forward and backward over this process's micro-batches (k, weight, tokens) of the global batch of `step`;
+    """Forward and backward over this process's micro-batches (k, weight, batch) of the global batch of `step`;
     returns their weighted loss sum (a tensor on the device: reading it waits for the device).
 
     Micro-batch k's noise is seeded by (seed, step, k) and every gradient is divided by n_step, the global batch's
     loss targets: the same gradients on any number of processes and micro-batches."""
     loss_sum = torch.zeros((), device=runtime.device)
-    for j, (k, weight, tokens) in enumerate(micro_batches):
+    for j, (k, weight, batch) in enumerate(micro_batches):
         generator.manual_seed(noise_seed(seed, step, k))
         with runtime.no_grad_sync(model, last=j == len(micro_batches) - 1):
             with runtime.autocast():
-                out = loss_fn(model, tokens, specials, generator)
+                out = loss_fn(model, batch, specials, generator)
             # DDP and FSDP2 average gradients over processes; scaling by world makes the sum exact.
             (out.loss_sum * (weight * runtime.world_size / n_step)).backward()
         loss_sum += out.loss_sum.detach() * weight
