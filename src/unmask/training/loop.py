@@ -158,7 +158,8 @@ def train(
 
 
 def check_data_kind(objective, data_set) -> None:
-    """Conversations for the fine-tuning objectives, token sequences for the others: the batches differ in shape."""
+    """Conversations for the fine-tuning objectives, token sequences for the others: only conversations carry a loss
+    mask."""
     if objective.conversations and not isinstance(data_set, InstructionData):
         raise ConfigError(
             f"train.objective={objective.name} trains on conversations, but {data_set.path} is a token data folder "
