@@ -2,15 +2,18 @@
 # Regenerate every number the docs publish from the code in this checkout (2 CPU cores: about 90 minutes).
 #
 #   bash scripts/regenerate_published.sh [STEP ...]    # steps: mini demo finetune edlm prior emma adapt (default: all)
+#   bash scripts/regenerate_published.sh long          # Study II on Austen and on Emma: ~3 hours more, never by default
 #
 # Results land in runs/ (git-ignored); the committed copies are refreshed where a step says so:
 #   mini      docs/study/mini/       the CPU mini-study's report folder (report, table, fit, stamp, figures)
 #   demo      docs/demo/results.json, docs/demo_loss_vs_epochs.png    (README and docs/study.md quote them)
 #   finetune  runs/published/finetune/*.json  SFT / R2FT task metrics on the demo's bases (docs/finetuning.md)
 #   edlm      runs/published/edlm/*.json      EDLM rows of `unmask bench sample` (docs/finetuning.md)
-#   prior     runs/studies/local-prior/report  the local attention prior on Austen, 3 seeds (docs/study.md)
+#   prior     runs/studies/local-prior/report  the local attention prior on Austen, 3 seeds, and mask-rate sampling
+#             against it, 2 seeds (docs/study/mask-rate)
 #   emma      runs/studies/*-emma/report       the same checks on *Emma* alone, a corpus not tuned on
 #   adapt     docs/finetune/adapt.json         AR -> MDM adaptation vs MDM from scratch (after demo and emma)
+#   long      docs/study/long, docs/study/long-emma   Study II (after emma, which writes runs/emma.jsonl)
 # The prose around the numbers is written by hand from these files; tests/test_published.py checks that the
 # README's and the reports' numbers are the committed files' numbers, and (slow) that the code still
 # produces the committed demo and study points.
@@ -84,6 +87,7 @@ fi
 if want prior; then
     say "local prior on Austen, 3 seeds"
     study configs/studies/local-prior.yaml
+    study configs/studies/mask-rate.yaml docs/study/mask-rate
 fi
 
 if want emma; then
@@ -98,6 +102,7 @@ with gzip.open(default_corpus_path(), "rt") as f, open("runs/emma.jsonl", "w") a
 EOF
     study configs/studies/local-prior-emma.yaml
     study configs/studies/mini-emma.yaml
+    study configs/studies/mask-rate-emma.yaml docs/study/mask-rate-emma
 fi
 if want adapt; then
     say "AR -> MDM adaptation: the demo's ar-E12 (Austen) and the Emma check's AR, against MDM from scratch"
@@ -110,5 +115,10 @@ if want adapt; then
     for E in 8 16 32; do adapt runs/demo/ar-E12 $A/demo-E$E $E; done
     for E in 24 48; do adapt runs/studies/mini-emma/runs/ar-demo-U12500-E16-s0 $A/emma-E$E $E; done
     $PY scripts/adapt_table.py > docs/finetune/adapt.json
+fi
+if want long; then
+    say "Study II: Austen, then Emma (2 workers each)"
+    study configs/studies/long.yaml docs/study/long
+    study configs/studies/long-emma.yaml docs/study/long-emma
 fi
 say "done"
