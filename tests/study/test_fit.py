@@ -241,3 +241,19 @@ def test_critical_compute_power_law_recovers_k():
         critical_compute_power_law([1e8, 1e8], [1e20, 2e20])
     with pytest.raises(FitError, match="missing"):
         critical_compute_power_law([1e8, 2e8], [1e20, None])
+
+
+def test_a_size_term_the_fit_drives_to_zero_is_named_not_reported():
+    # At one epoch the larger model is no better (the long study's demo4x against demo: within noise, often a
+    # little worse): the size term can only go to zero, A/N^alpha at a bound. It is named as unidentified, not
+    # reported as A = 0; the data term and R_D* are still fitted.
+    truth = {"E": 1.69, "B": 410.7, "beta": 0.28, "rd_star": 15.0}
+    grid = [(n, d, d) for n in (3e5, 1.2e6) for d in np.geomspace(1e4, 1e6, 8)]
+    grid += [(3e5, e * u, u) for u in (1e4, 3e4, 1e5) for e in (2, 4, 8, 16, 32, 64)]
+    N, D, U = np.array(grid).T
+    worse = np.where((N > 1e6) & (D <= U), 1.01, 1.0)  # the larger model, 1% worse at every single-epoch point
+    loss = law_loss(truth, N, D, U) * worse * np.exp(0.002 * np.random.default_rng(0).standard_normal(len(N)))
+    fit = fit_law([Point(*row) for row in zip(N, D, U, loss, strict=True)])
+    assert {"A", "alpha"} <= set(fit.unidentified) and "A" not in fit.values
+    assert "model size term vanished" in fit.unidentified["A"] and "vanished" in fit.unidentified["rn_star"]
+    assert fit.values["beta"] == pytest.approx(0.28, rel=0.2) and fit.values["rd_star"] == pytest.approx(15, rel=0.3)

@@ -195,3 +195,15 @@ def test_an_own_best_table_names_list_valued_settings():
            "tuned": json.dumps({"local_prior": 5.0, "mdm_t_beta": [3.0, 3.0]}), "final_val_loss": 5.5}  # fmt: skip
     text = to_markdown(_results_blocks([row], {1000: 6.0}, show_tuned=True))
     assert "5.5000 (local_prior 5, mdm_t_beta [3, 3])" in text
+
+
+@pytest.mark.parametrize(("bound", "verdict"), [(77.4, "lies above AR's whole interval"), (20.0, "does not exceed")])
+def test_an_mdm_lower_bound_is_compared_with_ars_interval(bound, verdict):
+    from unmask.study.pipeline import findings
+
+    fits = {"ar": {"values": {"rd_star": 9.2}, "intervals_95": {"rd_star": [5.9, 35.6]}, "unidentified": {}},
+            "mdm": {"values": {}, "intervals_95": {}, "unidentified": {"rd_star": "no saturation: ..."},
+                    "lower_bounds": {"rd_star": bound}}}  # fmt: skip
+    lines = findings({"protocols": {"own_best": {"objectives": fits}}}, [], {})
+    assert any("R_D* = 9.2 [5.9, 35.6] for AR" in line and f"R_D* ≥ {bound:.3g}" in line and verdict in line
+               for line in lines), lines  # fmt: skip

@@ -46,6 +46,11 @@ R_STAR_BOUNDS = (1e-2, 1e6)
 """Search range for R_D*, R_N*; at the upper bound repeated data (excess parameters) lose nothing measurable."""
 CHI2_1_95 = 3.84
 """95% quantile of χ² with one degree of freedom."""
+EXPONENT_BOUND = 3.0
+"""Search bound for α and β; an exponent there marks a term the fit drove to zero."""
+VANISHING_NATS = 1e-3
+"""A stage-1 term smaller than this at every single-epoch point (or with its exponent at EXPONENT_BOUND) is one the
+points do not resolve: the fit set it to zero rather than measured it."""
 NO_SATURATION = "no saturation"
 """How the reason for an R* that the data only bound from below begins."""
 
@@ -247,7 +252,7 @@ def _stage1(logN, logD, log_obs, has_N: bool, has_D: bool, delta: float, n_start
     starts = [grid[i] for i in np.argsort(scores)[: n_starts if given else max(n_starts, 1)]]
     if given:
         starts.insert(0, np.array([math.log(init[k]) if k in ("E", "A", "B") else init[k] for k in names]))
-    bounds = [(None, None)] + [(None, None), (1e-3, 3.0)] * (int(has_N) + int(has_D))
+    bounds = [(None, None)] + [(None, None), (1e-3, EXPONENT_BOUND)] * (int(has_N) + int(has_D))
     theta = _lbfgs(fun, starts, bounds)
     return {k: (math.exp(v) if k in ("E", "A", "B") else float(v)) for k, v in zip(names, theta, strict=True)}
 
@@ -389,6 +394,11 @@ def fit_law(
         )
 
     values = _stage1(np.log(N[single]), np.log(D[single]), np.log(L[single]), has_N, has_D, delta, n_starts, init)
+    vanished = _vanished_terms(values, N[single], D[single])
+    for coef, expo in vanished:
+        del values[coef], values[expo]
+        unidentified |= dict.fromkeys((coef, expo), vanished[coef, expo])
+    n_term, d_term = has_N and "A" in values, has_D and "B" in values
 
     # Stage 2: which repetition constants the repeated points can see.
     rep = ~single
@@ -396,16 +406,18 @@ def fit_law(
         rep &= np.isclose(N, only_at["N"], rtol=1e-6)
         notes.append(f"repeated points at other model sizes than N = {only_at['N']:.4g} are left out")
     n_rep = int(rep.sum())
-    if not has_D:
+    if not d_term:
         why = "B and beta are not identified, so repeated data (D > U) cannot be modelled"
         unidentified |= {"rd_star": why, "rn_star": why}
     elif n_rep == 0:
         why = "no repeated points (every run has D ≤ U, one epoch or less)"
         unidentified |= {"rd_star": why, "rn_star": why}
     else:
-        fit_rn = has_N
+        fit_rn = n_term
         if not has_N:
             unidentified["rn_star"] = "one model size: there is no N term whose excess parameters could decay"
+        elif not n_term:
+            unidentified["rn_star"] = "the N term vanished at the fit: there are no excess parameters to decay"
         else:
             with np.errstate(divide="ignore"):
                 ratio = N[rep] / np.minimum(N[rep], compute_optimal_n(values, U[rep]))
@@ -440,6 +452,21 @@ def fit_law(
                 else:
                     values[name] = r_star
     return FitResult(values, unidentified, only_at, tuple(notes), n1, n_rep, lower_bounds)
+
+
+def _vanished_terms(values: dict[str, float], N: np.ndarray, D: np.ndarray) -> dict[tuple[str, str], str]:
+    """The stage-1 terms (A, alpha) / (B, beta) the fit drove to zero, each with why it is not identified."""
+    out = {}
+    for coef, expo, x, what in (("A", "alpha", N, "model size"), ("B", "beta", D, "data size")):
+        if coef not in values:
+            continue
+        largest = float(np.max(values[coef] * x ** -values[expo]))
+        if largest < VANISHING_NATS or values[expo] >= EXPONENT_BOUND * (1 - 1e-6):
+            out[coef, expo] = (
+                f"the {what} term vanished at the fit ({coef}/x^{expo} ≤ {largest:.2g} nats at every single-epoch "
+                f"point, {expo} = {values[expo]:.3g}): the single-epoch runs do not resolve a {what} dependence"
+            )
+    return out
 
 
 # ---------------------------------------------------------------- uncertainty

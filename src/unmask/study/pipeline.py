@@ -138,6 +138,7 @@ def fit_study(config: str | Path, n_boot: int = 200, quiet: bool = False) -> dic
                 "values": fit.values,
                 "intervals_95": {k: list(v[:2]) for k, v in intervals.items()},
                 "unidentified": fit.unidentified,
+                "lower_bounds": fit.lower_bounds,
                 "only_at": fit.only_at,
                 "notes": list(fit.notes),
             }
@@ -494,7 +495,17 @@ def findings(fitted: dict, rows: list[dict], unigram: dict[int, float]) -> list[
         fits = entry["objectives"]
         rd = {o: f.get("values", {}).get("rd_star") for o, f in fits.items()}
         ci = {o: f.get("intervals_95", {}).get("rd_star") for o, f in fits.items()}
-        if rd.get("ar") and rd.get("mdm") and ci.get("ar") and ci.get("mdm"):
+        bound = {o: f.get("lower_bounds", {}).get("rd_star") for o, f in fits.items()}
+        if rd.get("ar") and ci.get("ar") and not rd.get("mdm") and bound.get("mdm"):
+            above = bound["mdm"] > ci["ar"][1]
+            lines.append(
+                f"{name}: R_D* = {rd['ar']:.3g} [{ci['ar'][0]:.3g}, {ci['ar'][1]:.3g}] for AR; for MDM only a 95% "
+                f"lower bound, R_D* ≥ {bound['mdm']:.3g} (no decay fits as well), which "
+                + ("lies above AR's whole interval: MDM's repeated data keeps its value longer, as far as the fitted "
+                   "law describes MDM's runs." if above else "does not exceed AR's interval: no difference is "
+                   "established.")
+            )  # fmt: skip
+        elif rd.get("ar") and rd.get("mdm") and ci.get("ar") and ci.get("mdm"):
             apart = ci["mdm"][0] > ci["ar"][1]
             lines.append(
                 f"{name}: R_D* = {rd['mdm']:.3g} for MDM vs {rd['ar']:.3g} for AR; the 95% intervals "
