@@ -257,3 +257,15 @@ def test_a_size_term_the_fit_drives_to_zero_is_named_not_reported():
     assert {"A", "alpha"} <= set(fit.unidentified) and "A" not in fit.values
     assert "model size term vanished" in fit.unidentified["A"] and "vanished" in fit.unidentified["rn_star"]
     assert fit.values["beta"] == pytest.approx(0.28, rel=0.2) and fit.values["rd_star"] == pytest.approx(15, rel=0.3)
+
+
+def test_stage_two_takes_a_first_stage_without_a_floor():
+    # Stage 1 can put E at 0 (the long study's single-epoch runs show no floor): log E is -inf there, not an error.
+    from unmask.study.fit import HUBER_DELTA, _stage2
+
+    truth = {"E": 0.0, "B": 30.0, "beta": 0.15, "rd_star": 15.0}
+    U = np.repeat([1e4, 3e4, 1e5], 6)
+    D = U * np.tile([2, 4, 8, 16, 32, 64], 3)
+    N = np.full_like(U, 3e5)
+    stars, *_ = _stage2(truth, N, D, U, np.log(law_loss(truth, N, D, U)), False, HUBER_DELTA, 4, None)
+    assert stars["rd_star"] == pytest.approx(15.0, rel=1e-3)

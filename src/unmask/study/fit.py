@@ -295,7 +295,9 @@ def _stage2(base: dict[str, float], N, D, U, log_obs, fit_rn: bool, delta: float
 
     def model(theta):
         D_eff, dlogD = _saturate(UD, RD, theta[0])
-        t = [np.full(n, math.log(base["E"])), math.log(base["B"]) - base["beta"] * np.log(D_eff)]
+        with np.errstate(divide="ignore"):  # E = 0 (stage 1 found no floor): log 0 = -inf, which logaddexp takes
+            log_e = np.log(base["E"])
+        t = [np.full(n, log_e), math.log(base["B"]) - base["beta"] * np.log(D_eff)]
         d = [np.zeros((n, k)), np.zeros((n, k))]
         d[1][:, 0] = -base["beta"] * dlogD
         if has_N:
