@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import gc
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,19 +50,12 @@ def current_rss() -> int:
     """This process's resident set now, in bytes (Linux /proc; elsewhere the peak so far, an upper bound)."""
     try:
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _page_size()
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
         import resource
-        import sys
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak if sys.platform == "darwin" else peak * 1024
-
-
-def _page_size() -> int:
-    import os
-
-    return os.sysconf("SC_PAGE_SIZE")
 
 
 def estimate_checkpoint_memory(
@@ -75,7 +70,8 @@ def estimate_checkpoint_memory(
         copies = [_copies(plan.shards, p, dt) for p, (_, _, dt) in zip(plan.pieces, plan.entries, strict=True)]
     finally:
         plan.shards.close()
-    outs = [math.prod(shape) * dt.itemsize for _, shape, dt in plan.entries]
+    numels = [math.prod(shape) for _, shape, _ in plan.entries]
+    outs = [n * dt.itemsize for n, (_, _, dt) in zip(numels, plan.entries, strict=True)]
     gc.collect()
     baseline = current_rss()
     tok = import_tokenizer(folder, plan.hf, plan.cfg, plan.layout, None, None)  # refuses what the import refuses
@@ -84,14 +80,13 @@ def estimate_checkpoint_memory(
     held = [src + out * n for src, out, n in zip(sources, outs, copies, strict=True)]
     largest = max(range(len(held)), key=held.__getitem__)
     run_bytes = sum(outs)
-    n_params = sum(math.prod(shape) for _, shape, _ in plan.entries)
     load = {}
     for dt in LOAD_DTYPES:  # the file's pages, mapped and read, plus a cast's copy (the pages are clean: reclaimable)
-        cast = sum(math.prod(shape) * dt.itemsize for _, shape, file_dt in plan.entries if file_dt != dt)
+        cast = sum(n * dt.itemsize for n, (_, _, run_dt) in zip(numels, plan.entries, strict=True) if run_dt != dt)
         load[str(dt).removeprefix("torch.")] = baseline + run_bytes + cast
     return CheckpointMemory(
-        folder=str(folder), layout=plan.layout.name, parameters=n_params, file_bytes=sum(sources), run_bytes=run_bytes,
-        largest_tensor=plan.entries[largest][0], baseline=baseline, tokenizer=tokenizer,
+        folder=str(folder), layout=plan.layout.name, parameters=sum(numels), file_bytes=sum(sources),
+        run_bytes=run_bytes, largest_tensor=plan.entries[largest][0], baseline=baseline, tokenizer=tokenizer,
         import_peak=baseline + tokenizer + max(held), load_peak=load,
     )  # fmt: skip
 
@@ -106,9 +101,10 @@ def _copies(shards, piece, dtype: torch.dtype) -> int:
 
 
 def print_checkpoint_memory(memory: CheckpointMemory) -> None:
-    m = memory
     from rich.console import Console
     from rich.table import Table
+
+    m = memory
 
     gib = 2**30
     table = Table(

@@ -398,7 +398,8 @@ def _results_blocks(rows: list[dict], unigram: dict[int, float], show_tuned: boo
     blocks = []
     summary = seed_summary(rows)
     seeds = sorted({r["seed"] for r in rows})
-    for U, level in ((U, level) for U, level in unigram.items() if U in {r["unique_tokens"] for r in rows}):
+    budgets = {r["unique_tokens"] for r in rows}
+    for U, level in ((U, level) for U, level in unigram.items() if U in budgets):
         table = []
         for e in sorted({s["epochs"] for s in summary if s["unique_tokens"] == U}):
             cells = {s["objective"]: s for s in summary if s["unique_tokens"] == U and s["epochs"] == e}
@@ -417,12 +418,17 @@ PLATEAU_MARGIN = 0.05
 """A run has left the unigram plateau at its first validation at least this far below the unigram level."""
 
 
+def on_plateau(loss: float, level: float, margin: float = PLATEAU_MARGIN) -> bool:
+    """Whether a loss is within `margin` nats of (or above) the unigram level `level`."""
+    return loss > level - margin
+
+
 def plateau_exit(run: str | Path, level: float, margin: float = PLATEAU_MARGIN) -> float | None:
     """The epoch of a run's first validation loss at least `margin` nats below `level` (None: never)."""
     from unmask.run import read_metrics
 
     for record in read_metrics(run):
-        if "val_loss" in record and record["val_loss"] <= level - margin:
+        if "val_loss" in record and not on_plateau(record["val_loss"], level, margin):
             return record.get("epoch")
     return None
 
@@ -462,7 +468,7 @@ def _scaling_blocks(rows: list[dict], unigram: dict[int, float]) -> list:
     on_plateau = []
     for objective in sorted({s["objective"] for s in summary}):
         flat = sorted({s["unique_tokens"] for s in summary if s["objective"] == objective
-                       and s["final_val_loss"] > unigram[s["unique_tokens"]] - PLATEAU_MARGIN})  # fmt: skip
+                       and on_plateau(s["final_val_loss"], unigram[s["unique_tokens"]])})  # fmt: skip
         if flat:
             on_plateau.append(f"{objective.upper()}'s single-epoch runs end on the unigram plateau (within "
                               f"{PLATEAU_MARGIN} nats) at U = {', '.join(f'{U:,}' for U in flat)} for some size: "
@@ -568,7 +574,7 @@ def _outside_the_law(rows: list[dict], unigram: dict[int, float], margin: float 
             elif best is last and len(runs) > 1:
                 diff = paired(seeds[setting_key(last)], seeds[setting_key(runs[-2])])
                 improving.append(f"U = {U:,}: {runs[-2]['epochs']} → {last['epochs']} epochs {diff.text()}")
-            if runs[0]["epochs"] == 1 and runs[0]["final_val_loss"] > level - margin:
+            if runs[0]["epochs"] == 1 and on_plateau(runs[0]["final_val_loss"], level, margin):
                 flat.append(U)
         if rising:
             lines.append(f"{objective.upper()}'s final loss rises with repetition ({'; '.join(rising)}): "
