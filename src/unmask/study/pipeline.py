@@ -465,12 +465,12 @@ def _scaling_blocks(rows: list[dict], unigram: dict[int, float]) -> list:
         cells = {s["objective"]: s for s in summary if (s["non_embedding_params"], s["unique_tokens"]) == (N, U)}
         size = next(iter(cells.values()))["size"]
         table.append([size, N, f"{U:,}", unigram[U], _mean_cell(cells.get("ar")), _mean_cell(cells.get("mdm"))])
-    on_plateau = []
+    plateau_lines = []
     for objective in sorted({s["objective"] for s in summary}):
         flat = sorted({s["unique_tokens"] for s in summary if s["objective"] == objective
                        and on_plateau(s["final_val_loss"], unigram[s["unique_tokens"]])})  # fmt: skip
         if flat:
-            on_plateau.append(f"{objective.upper()}'s single-epoch runs end on the unigram plateau (within "
+            plateau_lines.append(f"{objective.upper()}'s single-epoch runs end on the unigram plateau (within "
                               f"{PLATEAU_MARGIN} nats) at U = {', '.join(f'{U:,}' for U in flat)} for some size: "
                               "there stage 1 of the fit describes the plateau, not the law's regime.")  # fmt: skip
     return [
@@ -480,7 +480,7 @@ def _scaling_blocks(rows: list[dict], unigram: dict[int, float]) -> list:
                    + (" Mean ± standard error over seeds." if any(s["n_seeds"] > 1 for s in summary) else "")),
         Block("table", (["size", "non-embedding parameters", "U", "unigram", "AR final loss", "MDM final loss"],
                         table)),
-        *[Block("p", line) for line in on_plateau],
+        *[Block("p", line) for line in plateau_lines],
     ]  # fmt: skip
 
 
