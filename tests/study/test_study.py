@@ -149,6 +149,33 @@ def test_scaling_points_are_single_epoch_runs_at_every_size_and_budget_the_grid_
             StudyConfig(scaling=bad)
 
 
+def test_more_epochs_lengthen_one_objective_at_one_budget_and_survive_the_json_stamp():
+    import json
+
+    from unmask.config import ConfigError, OptimConfig, TrainConfig, to_dict
+    from unmask.study.grid import StudyConfig, jobs, study_from_dict
+
+    study = StudyConfig(
+        train=TrainConfig(optim=OptimConfig(schedule="wsd")),
+        unique_tokens=[1000, 2000],
+        epochs={"ar": [1, 4], "mdm": [4, 16]},
+        more_epochs={"mdm": {2000: [64]}},
+    )
+    grid = {j.name: j for j in jobs(study)}
+    assert study.epochs_at("mdm", 2000) == [4, 16, 64] and study.epochs_at("mdm", 1000) == [4, 16]
+    assert "mdm-demo-U2000-E64-s0" in grid and "mdm-demo-U1000-E64-s0" not in grid
+    # The longest run at that budget is the trunk of its shorter ones; elsewhere nothing changes.
+    assert grid["mdm-demo-U2000-E16-s0"].fork_of == "mdm-demo-U2000-E64-s0"
+    assert grid["mdm-demo-U1000-E4-s0"].fork_of == "mdm-demo-U1000-E16-s0"
+    assert study.in_grid(_row(grid["mdm-demo-U2000-E64-s0"]))
+    stamped = json.loads(json.dumps(to_dict(study)))  # a report's stamp: JSON keys are strings
+    assert study_from_dict(stamped, warn_flat=False).more_epochs == {"mdm": {2000: [64]}}
+    for bad, match in (({"lm": {1000: [8]}}, "not among the objectives"), ({"mdm": {3000: [8]}}, "not among unique"),
+                       ({"mdm": {1000: [0]}}, ">= 1")):  # fmt: skip
+        with pytest.raises(ConfigError, match=f"study.more_epochs.*{match}"):
+            StudyConfig(epochs={"ar": [1], "mdm": [4]}, unique_tokens=[1000], more_epochs=bad)
+
+
 def _row(job) -> dict:
     return {"size": job.model.size, "unique_tokens": int(job.data.rsplit("U", 1)[1]), "epochs": job.train.epochs,
             "objective": job.train.objective}  # fmt: skip

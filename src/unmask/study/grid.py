@@ -9,6 +9,7 @@
     sizes: [demo]
     unique_tokens: [25000, 50000]
     epochs: {ar: [1, 4, 16], mdm: [1, 4, 16, 64]}  # a list for all objectives, or one per objective
+    more_epochs: {mdm: {50000: [128]}}            # optional: longer runs of one objective at some budgets only
     seeds: [0]
     tune: {lr: [0.001, 0.002, 0.004]}              # optional: each objective at its own best over this grid
     tune_objective: {ar: {weight_decay: [0.1, 3.0]}}  # optional: axes one objective alone is tuned over
@@ -75,6 +76,9 @@ class StudyConfig:
     sizes: list[str] = field(default_factory=lambda: ["demo"])
     unique_tokens: list[int] = field(default_factory=lambda: [25_000])
     epochs: dict[str, list[int]] = field(default_factory=lambda: {"ar": [1, 4, 16], "mdm": [1, 4, 16, 64]})
+    more_epochs: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+    """Epoch counts of one objective at some budgets only, beyond its `epochs` list: {mdm: {25000: [384]}} where
+    MDM is still falling at the list's end there, without paying for the longer runs at every budget."""
     seeds: list[int] = field(default_factory=lambda: [0])
     tune: dict[str, list[Any]] = field(default_factory=dict)
     tune_objective: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
@@ -95,6 +99,12 @@ class StudyConfig:
         missing = sorted(set(self.objectives) - set(self.epochs))
         check(not missing, f"study.epochs: no epoch list for {missing} (give a list per objective)")
         check(all(e >= 1 for es in self.epochs.values() for e in es), "study.epochs: every epoch count must be >= 1")
+        for objective, at in self.more_epochs.items():
+            where = f"study.more_epochs.{objective}"
+            check(objective in self.objectives, f"{where}: {objective!r} is not among the objectives {self.objectives}")
+            strange = sorted(set(at) - set(self.unique_tokens))
+            check(not strange, f"{where}: budgets {strange} are not among unique_tokens {self.unique_tokens}")
+            check(all(e >= 1 for es in at.values() for e in es), f"{where}: every epoch count must be >= 1")
         bad = sorted(set(self.tune) - set(TUNABLE))
         model_fields = sorted(k for k, v in TUNABLE.items() if v == "model")
         check(not bad, f"study.tune: {bad} cannot be tuned; choose TrainConfig fields or the model's {model_fields}")
@@ -125,6 +135,10 @@ class StudyConfig:
         """The tuning grid of one objective: the shared axes and its own."""
         return {**self.tune, **self.tune_objective.get(objective, {})}
 
+    def epochs_at(self, objective: str, U: int) -> list[int]:
+        """The epoch counts of `objective` at budget U: its `epochs` list and any `more_epochs` there."""
+        return sorted(set(self.epochs[objective]) | set(self.more_epochs.get(objective, {}).get(U, [])))
+
     def budgets(self) -> list[int]:
         """Every unique-token budget a run of this study trains on: the grid's and the scaling points'."""
         return sorted(set(self.unique_tokens) | set(self.scaling.unique_tokens))
@@ -134,7 +148,7 @@ class StudyConfig:
         return (
             row["size"] in self.sizes
             and row["unique_tokens"] in self.unique_tokens
-            and row["epochs"] in self.epochs[row["objective"]]
+            and row["epochs"] in self.epochs_at(row["objective"], row["unique_tokens"])
         )
 
     def tuned(self) -> bool:
@@ -174,6 +188,12 @@ def study_from_dict(raw: dict, warn_flat: bool = True) -> StudyConfig:
     values = {k: from_dict(nested[k], v or {}, warn_flat) if k in nested else v for k, v in raw.items()}
     if isinstance(values.get("epochs"), list):  # one list for every objective
         values["epochs"] = {o: values["epochs"] for o in values.get("objectives", StudyConfig().objectives)}
+    if isinstance(values.get("more_epochs"), dict):  # a report's stamp is JSON, whose keys are strings
+        values["more_epochs"] = {
+            o: {int(U) if isinstance(U, str) and U.isdigit() else U: es for U, es in at.items()}
+            if isinstance(at, dict) else at
+            for o, at in values["more_epochs"].items()
+        }
     return from_dict(StudyConfig, values)
 
 
@@ -202,7 +222,7 @@ def jobs(study: StudyConfig) -> list[Job]:
         keys = sorted(grid)
         for tuned, epochs in itertools.product(
             [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(grid[k] for k in keys))],
-            study.epochs[objective],
+            study.epochs_at(objective, U),
         ):
             model = dataclasses.replace(
                 study.model, size=size, **{k: v for k, v in tuned.items() if TUNABLE[k] == "model"}
@@ -216,8 +236,9 @@ def jobs(study: StudyConfig) -> list[Job]:
             differs = {k: v for k, v in tuned.items() if v != shared[k]}
             name = point_name(objective, size, U, epochs, seed, differs)
             out.append(Job(name, str(data_dir(study, U)), str(Path(study.out) / "runs" / name), model, train))
-            if study.train.optim.schedule == "wsd" and epochs != max(study.epochs[objective]):  # a decay branch
-                trunk = point_name(objective, size, U, max(study.epochs[objective]), seed, differs)
+            longest = max(study.epochs_at(objective, U))
+            if study.train.optim.schedule == "wsd" and epochs != longest:  # a decay branch
+                trunk = point_name(objective, size, U, longest, seed, differs)
                 out[-1] = dataclasses.replace(out[-1], fork_of=trunk)
     names = {job.name for job in out}
     for objective, size, U, seed in itertools.product(
