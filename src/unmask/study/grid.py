@@ -191,7 +191,8 @@ def study_from_dict(raw: dict, warn_flat: bool = True) -> StudyConfig:
     if isinstance(values.get("more_epochs"), dict):  # a report's stamp is JSON, whose keys are strings
         values["more_epochs"] = {
             o: {int(U) if isinstance(U, str) and U.isdigit() else U: es for U, es in at.items()}
-            if isinstance(at, dict) else at
+            if isinstance(at, dict)
+            else at
             for o, at in values["more_epochs"].items()
         }
     return from_dict(StudyConfig, values)
