@@ -25,6 +25,7 @@ from unmask.study.fit import (
     critical_compute,
     critical_compute_power_law,
     fit_law,
+    fit_repeated,
     law_loss,
 )
 
@@ -185,6 +186,65 @@ def test_no_saturation_gives_no_number_for_rd_star():
     assert bound > 1.0
     strong = fit_law(runs({**BASE, "rd_star": 1e7, "rn_star": 5.0}, epochs=[2.0, 4.0, 8.0, 16.0]))  # R_D ≤ 15
     assert strong.lower_bounds["rd_star"] > bound  # more repetition seen, a higher bound
+
+
+# ---------------------------------------------------------------- the repeated-runs fit
+
+STUDY_BUDGETS = [6250.0, 12500.0, 25000.0, 50000.0]
+
+
+def study_runs(truth, epochs, seeds=3, noise=0.005, N=3e5) -> list[Point]:
+    """A study's grid at one model size: every budget × epoch count × seed, from a law without an N term."""
+    rng = np.random.default_rng(0)
+    grid = [(N, e * u, u) for u in STUDY_BUDGETS for e in epochs for _ in range(seeds)]
+    N_, D, U = np.array(grid).T
+    loss = law_loss(truth, N_, D, U) * np.exp(noise * rng.standard_normal(len(D)))
+    return [Point(*row) for row in zip(N_, D, U, loss, strict=True)]
+
+
+@pytest.mark.parametrize(
+    ("rd_star", "epochs"), [(5.0, [2, 4, 8, 16, 32]), (40.0, [8, 24, 96, 192, 384])], ids=["ar-like", "mdm-like"]
+)
+def test_the_repeated_runs_fit_recovers_rd_star_with_an_interval_that_covers_it(rd_star, epochs):
+    truth = {"E": 1.5, "B": 50.0, "beta": 0.18, "rd_star": rd_star}
+    points = study_runs(truth, epochs)
+    fit = fit_repeated(points)
+    assert fit.n_single == 0 and fit.n_repeated == len(points)
+    assert fit.values["rd_star"] == pytest.approx(rd_star, rel=0.3)
+    assert "REPEATED-RUNS" in fit.notes[0] and "A" in fit.unidentified and fit.only_at == {"N": 3e5}
+    low, high, n = bootstrap(points, n_boot=16, point=fit, fitter=fit_repeated)["rd_star"]
+    assert n == 16 and low <= rd_star <= high
+
+
+def test_single_epoch_runs_on_a_plateau_hide_repetition_from_the_two_stage_fit_not_from_the_repeated_runs_fit():
+    truth = {"E": 1.5, "B": 50.0, "beta": 0.18, "rd_star": 40.0}
+    repeated = study_runs(truth, [8, 24, 96, 192, 384])
+    plateau = [Point(3e5, u, u, 5.9 - 0.01 * i) for i, u in enumerate(np.geomspace(6250, 8e5, 8))]  # MDM's first steps
+    two_stage = fit_law(plateau + repeated)
+    assert "rd_star" not in two_stage.values  # stage 1's flat curve leaves repetition nothing to explain
+    assert fit_repeated(plateau + repeated).values["rd_star"] == pytest.approx(40.0, rel=0.3)  # single epochs left out
+
+
+def test_runs_all_past_their_decay_bound_rd_star_from_above_only():
+    truth = {"E": 1.5, "B": 50.0, "beta": 0.18, "rd_star": 2.0}
+    fit = fit_repeated(study_runs(truth, [96, 192]))  # exp(-95/2): every run saturated, R_D* is B's twin
+    assert "rd_star" not in fit.values
+    why = fit.unidentified["rd_star"]
+    assert why.startswith("saturated at every point") and "upper bound" in why
+    upper = float(why.rsplit("rd_star ≤ ", 1)[1].split(" ")[0])
+    assert 2.0 <= upper < 95
+
+
+def test_the_repeated_runs_fit_refuses_designs_that_cannot_determine_it():
+    truth = {"E": 1.5, "B": 50.0, "beta": 0.18, "rd_star": 40.0}
+    one_budget = [p for p in study_runs(truth, [8, 24, 96]) if p.U == 6250.0]
+    with pytest.raises(FitError, match="2 budgets"):
+        fit_repeated(one_budget)
+    two_sizes = study_runs(truth, [8, 24, 96]) + study_runs(truth, [8, 24, 96], N=1e6)
+    with pytest.raises(FitError, match="model sizes"):
+        fit_repeated(two_sizes)
+    with pytest.raises(FitError, match="repetition counts"):
+        fit_repeated([Point(3e5, 1, 1, 5.0)] * 5)  # single-epoch points only
 
 
 # ---------------------------------------------------------------- critical compute

@@ -59,11 +59,17 @@ def test_a_four_point_sweep_runs_resumes_fits_and_reports(tmp_path, capsys):
         for objective in ("ar", "mdm"):
             fit = entry["objectives"][objective]
             assert "error" in fit or fit["unidentified"], fit
+            assert "2 budgets" in entry["repeated_runs"]["objectives"][objective]["error"]  # the variant says why
+        assert entry["repeated_runs"]["label"].startswith("REPEATED-RUNS fit")
 
     assert cli.main(["study", "report", str(config)]) == 0
     report = tmp_path / "local" / "report"
     text = (report / "report.md").read_text()
     assert "unigram cross-entropy" in text and "MDM final loss" in text and "R_D*" not in text or "rd_star" in text
+    findings = text.split("## Findings")[1].split("\n## ")[0]
+    assert findings.count("REPEATED-RUNS fit") == 4  # one per protocol, labelled
+    fitted_sections = [f for f in text.split("## Fit:")[1:] if "| parameter |" in f]
+    assert fitted_sections and all("REPEATED-RUNS fit" in f for f in fitted_sections)
     for name in ("loss_vs_epochs", "loss_vs_flops"):
         assert (report / f"{name}.png").stat().st_size > 5_000 and (report / f"{name}.svg").exists()
     html = (report / "report.html").read_text()

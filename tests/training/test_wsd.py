@@ -70,3 +70,32 @@ def test_a_wsd_study_trains_each_trunk_once_with_its_branches_labelled_and_resum
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*.safetensors")}
     assert cli.main(["study", "run", str(config)]) == 0  # nothing left to train
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*.safetensors")} == before
+
+
+def test_an_epoch_count_added_to_a_finished_wsd_study_trains_as_its_own_run(tmp_path):
+    import csv
+
+    from tests.study.test_study import STUDY
+    from unmask import cli
+
+    config = tmp_path / "wsd.yaml"
+    text = STUDY.format(name="wsd", out=tmp_path / "out", runner="local").replace(
+        "train: {batch_size: 8,", "train: {batch_size: 8, optim: {schedule: wsd, warmup_steps: 2, decay_frac: 0.25},"
+    )
+    config.write_text(text.replace("objectives: [ar, mdm]", "objectives: [mdm]").replace("[1, 2]", "[1, 4]"))
+    assert cli.main(["study", "run", str(config)]) == 0
+    trunk = tmp_path / "out" / "runs" / "mdm-tiny-U2000-E4-s0"
+    before = {p: p.stat().st_mtime_ns for p in trunk.rglob("*.safetensors")}
+    config.write_text(config.read_text().replace("[1, 4]", "[1, 3, 4]"))  # its fork point lies behind the trunk
+    assert cli.main(["study", "run", str(config)]) == 0
+    rows = {r["name"]: r for r in csv.DictReader(open(tmp_path / "out" / "results.csv"))}
+    assert rows["mdm-tiny-U2000-E3-s0"]["status"] == "finished" and rows["mdm-tiny-U2000-E3-s0"]["schedule"] == "wsd"
+    assert {p: p.stat().st_mtime_ns for p in trunk.rglob("*.safetensors")} == before  # the trunk is left alone
+    separate = tmp_path / "separate.yaml"  # the same point in a study of its own: the same run, bitwise
+    separate.write_text(
+        config.read_text().replace("[1, 3, 4]", "[3]").replace(str(tmp_path / "out"), str(tmp_path / "sep"))
+    )
+    assert cli.main(["study", "run", str(separate)]) == 0
+    assert_same_weights(
+        tmp_path / "sep" / "runs" / "mdm-tiny-U2000-E3-s0", tmp_path / "out" / "runs" / "mdm-tiny-U2000-E3-s0"
+    )

@@ -51,6 +51,9 @@ EXPONENT_BOUND = 3.0
 VANISHING_NATS = 1e-3
 """A stage-1 term smaller than this at every single-epoch point (or with its exponent at EXPONENT_BOUND) is one the
 points do not resolve: the fit set it to zero rather than measured it."""
+SATURATED = 0.05
+"""exp(−R/R*) below this at every repeated point: each run's repetition is past its decay, so (repeated-runs fit)
+D' = U·(1 + R*) at every point and R* is confounded with B."""
 NO_SATURATION = "no saturation"
 """How the reason for an R* that the data only bound from below begins."""
 
@@ -321,31 +324,43 @@ def _stage2(base: dict[str, float], N, D, U, log_obs, fit_rn: bool, delta: float
     best, _, residuals = model(theta)
 
     scale = _lr_scale(residuals, delta)
-
-    def profile(i: int, log_r: float) -> float:
-        """The likelihood-ratio statistic of R* pinned at exp(log_r), the other constant re-fitted."""
-        pinned = theta.copy()
-        pinned[i] = log_r
-        if k == 2:
-            j = 1 - i
-
-            def other(x, pinned=pinned, j=j):
-                th = pinned.copy()
-                th[j] = x[0]
-                value, grad = fun(th)
-                return value, grad[[j]]
-
-            pinned[j] = _lbfgs(other, [theta[[j]]], [bounds[j]])[0]
-        return 2 * n * delta * (fun(pinned)[0] - best) * scale  # Σ Huber = n·δ·J
-
     statistic, lower = {}, {}
     for i, name in enumerate(names):
-        statistic[name] = profile(i, bounds[i][1])  # "no decay": R* at its upper bound
-        if statistic[name] < CHI2_1_95:  # unidentified: its 95% lower bound, the smallest R* the data do not
-            grid = np.linspace(math.log(0.1), bounds[i][1], 64)  # reject (the profile falls as R* grows to ∞)
-            lower[name] = next((math.exp(g) for g in grid if profile(i, g) < CHI2_1_95), math.exp(bounds[i][1]))
+        statistic[name], bound = _no_decay_test(fun, theta, i, bounds, best, n * delta * scale)
+        if bound is not None:
+            lower[name] = bound
     largest = {"rd_star": float(RD.max()), "rn_star": float(RN.max()) if has_N else 0.0}
     return dict(zip(names, np.exp(theta).tolist(), strict=True)), statistic, largest, lower
+
+
+def _pinned_fit(fun, theta: np.ndarray, i: int, value: float, bounds) -> float:
+    """The objective at θ_i pinned to `value`, every other coordinate re-fitted (L-BFGS from θ)."""
+    pinned = theta.copy()
+    pinned[i] = value
+    free = [j for j in range(len(theta)) if j != i]
+    if free:
+
+        def partial(x):
+            th = pinned.copy()
+            th[free] = x
+            value, grad = fun(th)
+            return value, grad[free]
+
+        pinned[free] = _lbfgs(partial, [theta[free]], [bounds[j] for j in free])
+    return fun(pinned)[0]
+
+
+def _no_decay_test(fun, theta: np.ndarray, i: int, bounds, best: float, scale: float) -> tuple[float, float | None]:
+    """The likelihood-ratio statistic of "no decay" (log R* = θ_i at its upper bound, the rest re-fitted) against
+    the estimate, and when it is below χ²₁(95%), the 95% lower bound: the smallest R* the data do not reject (the
+    profile falls as R* grows to ∞). `scale` turns a difference of mean Huber losses into the statistic's units
+    (n·δ·`_lr_scale`: Σ Huber = n·δ·J)."""
+    statistic = lambda log_r: 2 * scale * (_pinned_fit(fun, theta, i, log_r, bounds) - best)
+    at_infinity = statistic(bounds[i][1])
+    if at_infinity >= CHI2_1_95:
+        return at_infinity, None
+    grid = np.linspace(math.log(0.1), bounds[i][1], 64)
+    return at_infinity, next((math.exp(g) for g in grid if statistic(g) < CHI2_1_95), math.exp(bounds[i][1]))
 
 
 def fit_law(
@@ -456,6 +471,95 @@ def fit_law(
     return FitResult(values, unidentified, only_at, tuple(notes), n1, n_rep, lower_bounds)
 
 
+def fit_repeated(
+    points: Points, *, delta: float = HUBER_DELTA, n_starts: int = 8, init: Mapping[str, float] | None = None
+) -> FitResult:
+    """REPEATED-RUNS fit, a labelled variant: E, B, β and R_D* together on the repeated points (D > U) alone, of
+    one model size (the N term is a constant in E); single-epoch points are left out. θ = [log E, log B, β,
+    log R_D*].
+
+    Why: the two-stage fit learns the fresh-data curve B/D^β from single-epoch runs and reads repetition off it.
+    A masked diffusion model at small scale sits on the unigram plateau for its first few hundred steps, so its
+    single-epoch losses barely move with D, stage 1 fits β ≈ 0, and repetition becomes invisible (R_D* only a
+    lower bound, whatever the repeated runs show). The repeated runs carry the information themselves: runs that
+    saw the same D from fewer unique tokens U end higher by what repetition costs. What differs from the paper's
+    estimate: E, B, β here describe runs that have left the plateau, not fresh-data scaling, so R_D* is read
+    off the repeated runs' own curve; it is comparable between objectives only when both are fitted this way.
+
+    Identified when the points span at least 2 budgets U and 2 repetition counts, number more than 4 distinct
+    (U, D), the D term does not vanish, and no decay (R_D* = ∞) is rejected at 95% (otherwise a lower bound,
+    as in `fit_law`)."""
+    N, D, U, L = _as_arrays(points)
+    rep = D > U * (1 + 1e-9)
+    N, D, U, L = N[rep], D[rep], U[rep], L[rep]
+    if _distinct(N) > 1:
+        raise FitError(f"the repeated points span {_distinct(N)} model sizes; this fit takes one (the N term is E's)")
+    R = D / U - 1
+    distinct_points = len({(round(u), round(d)) for u, d in zip(U, D, strict=True)})
+    if len(L) == 0 or _distinct(U) < 2 or _distinct(R) < 2 or distinct_points <= 4:
+        raise FitError(
+            f"{distinct_points} distinct repeated points over {_distinct(U) if len(U) else 0} budgets U and "
+            f"{_distinct(R) if len(R) else 0} repetition counts: need more than 4 points, 2 budgets and 2 repetition "
+            "counts to fit E, B, beta and R_D* together"
+        )
+    log_obs, n = np.log(L), len(L)
+
+    def model(theta):  # θ = [log E, log B, β, log R_D*]
+        D_eff, dlogD = _saturate(U, R, theta[3])
+        log_d = np.log(D_eff)
+        d0, d1 = np.zeros((n, 4)), np.zeros((n, 4))
+        d0[:, 0] = 1.0
+        d1[:, 1], d1[:, 2], d1[:, 3] = 1.0, -log_d, -theta[2] * dlogD
+        return _logsumexp_fit([np.full(n, theta[0]), theta[1] - theta[2] * log_d], [d0, d1], log_obs, delta)
+
+    fun = lambda theta: model(theta)[:2]
+    bounds = [(None, None), (None, None), (1e-3, EXPONENT_BOUND), tuple(np.log(R_STAR_BOUNDS))]
+    names = ["E", "B", "beta", "rd_star"]
+    e0 = np.log(L.min() * np.array([0.05, 0.3, 0.6, 0.9]))  # the starting grid of stage 1 and stage 2 together
+    axes = [e0, np.arange(0.0, 21.0, 4.0), np.array([0.1, 0.3, 0.6, 1.0]), np.log([1, 3, 10, 30, 100, 300, 1000])]
+    grid = np.array(list(itertools.product(*axes)))
+    scores = np.array([fun(g)[0] for g in grid])
+    given = init is not None and all(k in init for k in names)
+    starts = [grid[i] for i in np.argsort(scores)[: n_starts if given else max(n_starts, 1)]]
+    if given:
+        starts.insert(0, np.array([math.log(max(init["E"], 1e-300)), math.log(init["B"]), init["beta"],
+                                   math.log(init["rd_star"])]))  # fmt: skip
+    theta = _lbfgs(fun, starts, bounds)
+    best, _, residuals = model(theta)
+    values = {"E": math.exp(theta[0]), "B": math.exp(theta[1]), "beta": float(theta[2])}
+    why_n = "a repeated-runs fit of one model size: A/N^alpha is a constant inside E"
+    unidentified = {"A": why_n, "alpha": why_n, "rn_star": why_n}
+    notes = ("REPEATED-RUNS fit: E, B, beta and R_D* fitted together on the repeated runs alone",)
+    vanished = _vanished_terms(values, N, D)
+    if vanished:
+        why = vanished["B", "beta"]
+        return FitResult({"E": values["E"]}, unidentified | {"B": why, "beta": why, "rd_star": why},
+                         {"N": float(N[0])}, notes, 0, n)  # fmt: skip
+    scale = n * delta * _lr_scale(residuals, delta)
+    statistic, lower = _no_decay_test(fun, theta, 3, bounds, best, scale)
+    lower_bounds, r_star = {}, math.exp(theta[3])
+    if math.exp(-R.min() / r_star) < SATURATED:  # every point past its decay: D' = U(1 + R_D*), B's twin
+        grid = np.linspace(math.log(R.max()), bounds[3][0], 64)
+        upper = next(
+            math.exp(g) for g in grid if 2 * scale * (_pinned_fit(fun, theta, 3, g, bounds) - best) < CHI2_1_95
+        )
+        unidentified["rd_star"] = (
+            f"saturated at every point: the estimate {r_star:.3g} is far below the smallest repetition seen "
+            f"({R.min():.3g}), so the decay is over at every run and R_D* trades off against B; the data give only "
+            f"an upper bound: rd_star ≤ {upper:.3g} (95%)"
+        )
+    elif lower is None:
+        values["rd_star"] = math.exp(theta[3])
+    else:
+        lower_bounds["rd_star"] = lower
+        unidentified["rd_star"] = (
+            f"{NO_SATURATION}: rd_star = ∞ (no decay) fits as well as the estimate {math.exp(theta[3]):.3g} "
+            f"(likelihood-ratio statistic {statistic:.2g} < {CHI2_1_95}; largest repetition seen {R.max():.3g}), so "
+            f"the data give only a lower bound: rd_star ≥ {lower:.3g} (95%)"
+        )
+    return FitResult(values, unidentified, {"N": float(N[0])}, notes, 0, n, lower_bounds)
+
+
 def _vanished_terms(values: dict[str, float], N: np.ndarray, D: np.ndarray) -> dict[tuple[str, str], str]:
     """The stage-1 terms (A, alpha) / (B, beta) the fit drove to zero, each with why it is not identified."""
     out = {}
@@ -474,24 +578,20 @@ def _vanished_terms(values: dict[str, float], N: np.ndarray, D: np.ndarray) -> d
 # ---------------------------------------------------------------- uncertainty
 
 
-def bootstrap(
+def bootstrap_draws(
     points: Points,
     n_boot: int = 200,
     seed: int = 0,
     *,
-    level: float = 0.95,
     point: FitResult | None = None,
     delta: float = HUBER_DELTA,
-) -> dict[str, Interval]:
-    """Percentile intervals for every parameter the full-data fit identifies.
-
-    Resampling is stratified by stage: single-epoch and repeated points are each resampled with replacement
-    within their own group, so every resample keeps the design's stage sizes. Each refit starts from the
-    full-data estimate (one L-BFGS start per stage). A resample in which an R* shows no saturation counts as
-    R* = ∞ (the interval then reaches ∞); one that cannot determine a parameter for another reason is skipped for
-    that parameter (`Interval.n` counts the resamples used). Percentiles are order statistics (inverted CDF)."""
+    fitter: Callable[..., FitResult] | None = None,
+) -> dict[str, list[float]]:
+    """Every resample's estimate of each parameter the full-data fit identifies (see `bootstrap`); `fitter` is
+    `fit_law` (the default) or `fit_repeated`."""
+    fitter = fitter or fit_law
     N, D, U, L = table = _as_arrays(points)
-    point = point or fit_law(points, delta=delta)
+    point = point or fitter(points, delta=delta)
     rng = np.random.default_rng(seed)
     single = D <= U * (1 + 1e-9)
     strata = [np.flatnonzero(single), np.flatnonzero(~single)]
@@ -500,7 +600,7 @@ def bootstrap(
     for _ in range(n_boot):
         idx = np.concatenate([rng.choice(s, size=len(s), replace=True) for s in strata if len(s)])
         try:
-            refit = fit_law(rows[idx], delta=delta, n_starts=0, init=point.values)
+            refit = fitter(rows[idx], delta=delta, n_starts=0, init=point.values)
         except FitError:
             continue
         for k in draws:
@@ -508,9 +608,39 @@ def bootstrap(
                 draws[k].append(refit.values[k])
             elif refit.unidentified.get(k, "").startswith(NO_SATURATION):
                 draws[k].append(math.inf)
+    return draws
+
+
+def percentile_interval(draws: Sequence[float], level: float = 0.95) -> Interval | None:
+    """The percentile interval of bootstrap draws (order statistics, inverted CDF); None from fewer than 2."""
+    draws = [d for d in draws if not math.isnan(d)]
+    if len(draws) < 2:
+        return None
     tail = 100 * (1 - level) / 2
-    cut = lambda v, q: float(np.percentile(v, q, method="inverted_cdf"))
-    return {k: Interval(cut(v, tail), cut(v, 100 - tail), len(v)) for k, v in draws.items() if len(v) >= 2}
+    cut = lambda q: float(np.percentile(draws, q, method="inverted_cdf"))
+    return Interval(cut(tail), cut(100 - tail), len(draws))
+
+
+def bootstrap(
+    points: Points,
+    n_boot: int = 200,
+    seed: int = 0,
+    *,
+    level: float = 0.95,
+    point: FitResult | None = None,
+    delta: float = HUBER_DELTA,
+    fitter: Callable[..., FitResult] | None = None,
+) -> dict[str, Interval]:
+    """Percentile intervals for every parameter the full-data fit identifies.
+
+    Resampling is stratified by stage: single-epoch and repeated points are each resampled with replacement
+    within their own group, so every resample keeps the design's stage sizes. Each refit starts from the
+    full-data estimate (one L-BFGS start per stage). A resample in which an R* shows no saturation counts as
+    R* = ∞ (the interval then reaches ∞); one that cannot determine a parameter for another reason is skipped for
+    that parameter (`Interval.n` counts the resamples used). Percentiles are order statistics (inverted CDF)."""
+    draws = bootstrap_draws(points, n_boot, seed, point=point, delta=delta, fitter=fitter)
+    intervals = {k: percentile_interval(v, level) for k, v in draws.items()}
+    return {k: v for k, v in intervals.items() if v is not None}
 
 
 # ---------------------------------------------------------------- critical compute

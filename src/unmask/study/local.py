@@ -96,9 +96,11 @@ def _run_one(job: Job, queue, replace_stale: bool, parent: int | None = None) ->
 def _run_chain(trunk: Job, branches: list[Job], queue, replace_stale: bool, parent: int | None = None) -> str:
     """A WSD trunk and its decay branches, shortest first: the trunk trains to each branch's decay start, the
     branch is forked from it (unmask.training.fork) and trained, then the trunk goes on. Resumable: finished
-    branches are skipped, a forked one is resumed."""
+    branches are skipped, a forked one is resumed. A branch added to a grid whose trunk is already past its decay
+    start (an epoch count added to a finished study) trains as its own WSD run, which is bitwise the branch."""
     from dataclasses import replace
 
+    from unmask.checkpoint import Checkpoints
     from unmask.data.dataset import TokenData
     from unmask.training import Budget
     from unmask.training.fork import fork_run
@@ -107,6 +109,10 @@ def _run_chain(trunk: Job, branches: list[Job], queue, replace_stale: bool, pare
     for branch in sorted(branches, key=lambda j: j.train.epochs):
         if same_run(branch) is None:
             step = decay_start(Budget.of(TokenData(trunk.data), branch.train), branch.train.optim)
+            latest = Checkpoints(trunk.out).latest() if same_run(trunk) else None
+            if latest is not None and (latest["step"] > step or _finished(Path(trunk.out))):  # its fork point is gone
+                _run_one(branch, queue, replace_stale, parent)
+                continue
             _run_one(replace(trunk, train=trunk.train.with_flat(stop_at_step=step)), queue, replace_stale, parent)
             shutil.rmtree(branch.out, ignore_errors=True)  # an empty folder of ours (same_run: no run there)
             fork_run(trunk.out, branch.out, branch.train.epochs)

@@ -142,6 +142,7 @@ def fit_study(config: str | Path, n_boot: int = 200, quiet: bool = False) -> dic
                 "only_at": fit.only_at,
                 "notes": list(fit.notes),
             }
+        entry["repeated_runs"] = repeated_runs_fit([r for r in chosen if study.in_grid(r)], loss, n_boot)
         if {"ar", "mdm"} <= set(fits):
             entry["critical_compute"] = _critical(fits, chosen, critical_compute, critical_compute_power_law)
         entry["observed"] = observed_crossover([r for r in chosen if study.in_grid(r)], loss)
@@ -150,6 +151,49 @@ def fit_study(config: str | Path, n_boot: int = 200, quiet: bool = False) -> dic
     if not quiet:
         print(fit_summary(result))
     return result
+
+
+REPEATED_RUNS = (
+    "REPEATED-RUNS fit: E, B, beta and R_D* fitted together on the repeated runs alone (not the paper's two stages)"
+)
+"""The label of `repeated_runs_fit` wherever it is shown."""
+
+
+def repeated_runs_fit(rows: list[dict], loss: str, n_boot: int) -> dict:
+    """Per objective, `unmask.study.fit.fit_repeated` on the grid's repeated runs with bootstrap intervals, and
+    the ratio R_D*(MDM)/R_D*(AR) with the percentile interval of paired resample ratios."""
+    from unmask.study.fit import FitError, Point, bootstrap_draws, fit_repeated, percentile_interval
+
+    out: dict[str, Any] = {"label": REPEATED_RUNS, "objectives": {}}
+    rd_draws = {}
+    for objective in sorted({r["objective"] for r in rows}):
+        pts = [Point(r["non_embedding_params"], r["tokens_seen"], r["unique_tokens"], r[loss])
+               for r in rows if r["objective"] == objective]  # fmt: skip
+        try:
+            fit = fit_repeated(pts)
+        except FitError as e:
+            out["objectives"][objective] = {"error": str(e)}
+            continue
+        draws = bootstrap_draws(pts, n_boot, point=fit, fitter=fit_repeated) if n_boot else {}
+        intervals = {k: percentile_interval(v) for k, v in draws.items()}
+        out["objectives"][objective] = {
+            "points": fit.n_repeated,
+            "values": fit.values,
+            "intervals_95": {k: list(v[:2]) for k, v in intervals.items() if v is not None},
+            "unidentified": fit.unidentified,
+            "lower_bounds": fit.lower_bounds,
+        }
+        if "rd_star" in draws:
+            rd_draws[objective] = draws["rd_star"]
+    fits = out["objectives"]
+    if {"ar", "mdm"} <= set(rd_draws):
+        ratios = [m / a for m, a in zip(rd_draws["mdm"], rd_draws["ar"], strict=False)]  # ∞/∞: nan, dropped
+        interval = percentile_interval(ratios)
+        out["ratio_mdm_over_ar"] = {
+            "estimate": fits["mdm"]["values"]["rd_star"] / fits["ar"]["values"]["rd_star"],
+            "interval_95": list(interval[:2]) if interval else None,
+        }
+    return out
 
 
 def _critical(fits, rows, critical_compute, power_law) -> dict:
@@ -218,6 +262,8 @@ def fit_summary(result: dict) -> str:
             rd_text = (f"R_D* = {rd:.3g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")) if rd else (
                 "R_D* not identified: " + fit["unidentified"].get("rd_star", "?"))  # fmt: skip
             lines.append(f"  {objective}: {rd_text}")
+        if entry.get("repeated_runs"):
+            lines.append("  " + _repeated_runs_text(entry["repeated_runs"]))
         for U, c in entry.get("critical_compute", {}).get("per_U", {}).items():
             text = f"C_crit = {c['compute']:.3g} FLOPs" if c["compute"] else c["reason"]
             lines.append(f"  U = {int(U):,}: {text}")
@@ -310,7 +356,7 @@ def report_study(config: str | Path, quiet: bool = False) -> Path:
             blocks.append(Block("p", "This study has no tuning grid: each objective's own best is its only "
                                      "setting, so this protocol equals the identical-settings one above."))  # fmt: skip
             continue
-        blocks += _fit_blocks(entry, PAPER)
+        blocks += _fit_blocks(entry, PAPER) + _repeated_runs_blocks(entry.get("repeated_runs"))
     fits = _fits_of(fitted["protocols"].get("identical", {}))
     if fits:
         fitted_rows = protocol_rows(rows, study, "identical")
@@ -522,6 +568,8 @@ def findings(fitted: dict, rows: list[dict], unigram: dict[int, float]) -> list[
                             for o, f in fits.items() if not rd.get(o))  # fmt: skip
             lines.append(f"{name}: R_D* is not determined by these runs, so R_D*(MDM) > R_D*(AR) is neither shown "
                          f"nor refuted ({why}).")  # fmt: skip
+        if entry.get("repeated_runs"):
+            lines.append(f"{name}: " + _repeated_runs_text(entry["repeated_runs"]))
         for U, o in entry.get("observed", {}).items():
             lines.append(f"{name}, U = {int(U):,}: " + _crossover_text(o))
         crit = entry.get("critical_compute", {}).get("per_U", {})
@@ -535,6 +583,26 @@ def findings(fitted: dict, rows: list[dict], unigram: dict[int, float]) -> list[
         elif crit:
             lines.append(f"{name}: no extrapolated crossover: {next(iter(crit.values()))['reason']}.")
     return lines
+
+
+def _repeated_runs_text(fitted: dict) -> str:
+    """The repeated-runs fit's R_D* for both objectives as one finding."""
+    parts = []
+    for objective, fit in fitted["objectives"].items():
+        rd, ci = fit.get("values", {}).get("rd_star"), fit.get("intervals_95", {}).get("rd_star")
+        if rd is None:
+            parts.append(f"{objective.upper()}: " + fit.get("unidentified", {}).get("rd_star", fit.get("error", "?")))
+        else:
+            parts.append(f"{objective.upper()}: R_D* = {rd:.3g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""))
+    text = f"{fitted['label']}: " + "; ".join(parts)
+    ratio = fitted.get("ratio_mdm_over_ar")
+    if ratio and ratio["interval_95"]:
+        low, high = ratio["interval_95"]
+        verdict = "no difference is established"
+        if low > 1 or high < 1:
+            verdict = f"{'MDM' if low > 1 else 'AR'}'s repeated data keep their value longer (the interval excludes 1)"
+        text += f"; R_D*(MDM)/R_D*(AR) = {ratio['estimate']:.3g} [{low:.3g}, {high:.3g}]: {verdict}"
+    return text + "."
 
 
 def _crossover_text(o: dict) -> str:
@@ -628,6 +696,35 @@ def _fit_blocks(entry: dict, paper: dict) -> list:
         header = ["U", "AR best", "at epochs", "MDM best", "at epochs", "MDM − AR (paired by seed)",
                   "MDM beats AR's best from epochs (95% CI below 0)"]  # fmt: skip
         blocks.append(Block("table", (header, rows)))
+    return blocks
+
+
+def _repeated_runs_blocks(fitted: dict | None) -> list:
+    """The repeated-runs fit's table, labelled, with the ratio R_D*(MDM)/R_D*(AR)."""
+    from unmask.study.report import Block
+
+    if not fitted:
+        return []
+    objectives = fitted["objectives"]
+    table = []
+    for name in ("E", "B", "beta", "rd_star"):
+        cells = []
+        for fit in objectives.values():
+            if "error" in fit:
+                cells.append("no fit: " + fit["error"])
+            elif name in fit["values"]:
+                ci = fit["intervals_95"].get(name)
+                cells.append(f"{fit['values'][name]:.4g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""))
+            else:
+                cells.append("not identified: " + fit["unidentified"].get(name, "?"))
+        table.append([name, *cells])
+    header = ["parameter", *[f"{o.upper()} [95% CI]" for o in objectives]]
+    blocks = [Block("p", fitted["label"] + ":"), Block("table", (header, table))]
+    ratio = fitted.get("ratio_mdm_over_ar")
+    if ratio:
+        ci = ratio["interval_95"]
+        blocks.append(Block("p", f"R_D*(MDM)/R_D*(AR) = {ratio['estimate']:.3g}"
+                                 + (f" [{ci[0]:.3g}, {ci[1]:.3g}] (95%, paired resamples)" if ci else "")))  # fmt: skip
     return blocks
 
 
