@@ -242,3 +242,30 @@ def test_an_mdm_lower_bound_is_compared_with_ars_interval(bound, verdict):
     lines = findings({"protocols": {"own_best": {"objectives": fits}}}, [], {})
     assert any("R_D* = 9.2 [5.9, 35.6] for AR" in line and f"R_D* ≥ {bound:.3g}" in line and verdict in line
                for line in lines), lines  # fmt: skip
+
+
+def test_the_repeated_runs_fits_give_the_ratio_of_rd_stars_and_where_the_laws_cross():
+    import numpy as np
+
+    from unmask.study.fit import law_loss
+    from unmask.study.pipeline import repeated_runs_fit
+
+    laws = {"ar": {"E": 1.5, "B": 50.0, "beta": 0.18, "rd_star": 5.0},  # better per fresh token, decays fast
+            "mdm": {"E": 1.5, "B": 56.0, "beta": 0.18, "rd_star": 40.0}}  # fmt: skip
+    epochs = {"ar": [2, 4, 8, 16, 32], "mdm": [8, 24, 96, 192, 384]}
+    noise = np.random.default_rng(0).normal(0, 0.003, 200)
+    rows = [{"objective": o, "non_embedding_params": 3e5, "tokens_seen": e * U, "unique_tokens": U,
+             "best_val_loss": law_loss(law, 3e5, e * U, U) * np.exp(noise[i % 200])}
+            for o, law in laws.items() for i, (U, e, _) in enumerate(
+                (U, e, s) for U in (6250, 12500, 25000, 50000) for e in epochs[o] for s in range(3))]  # fmt: skip
+    fitted = repeated_runs_fit(rows, "best_val_loss", n_boot=8)
+    ratio = fitted["ratio_mdm_over_ar"]
+    assert 4 < ratio["estimate"] < 16 and ratio["interval_95"][0] > 1  # 40 / 5 = 8
+    crossings = fitted["critical_compute"]["per_U"]
+    assert set(crossings) == {"6250", "12500", "25000", "50000"} and all(c["compute"] for c in crossings.values())
+    for U, c in crossings.items():  # where the generating laws cross, at the fits' model size
+        gap = lambda C, U=int(U): law_loss(laws["mdm"], 3e5, C / 1.8e6, U) - law_loss(laws["ar"], 3e5, C / 1.8e6, U)
+        assert gap(c["compute"] / 1.3) > 0 > gap(c["compute"] * 1.3)
+    from unmask.study.pipeline import _repeated_runs_text
+
+    assert "MDM's repeated data keep their value longer" in _repeated_runs_text(fitted)

@@ -162,15 +162,23 @@ REPEATED_RUNS = (
 def repeated_runs_fit(rows: list[dict], loss: str, n_boot: int) -> dict:
     """Per objective, `unmask.study.fit.fit_repeated` on the grid's repeated runs with bootstrap intervals, and
     the ratio R_D*(MDM)/R_D*(AR) with the percentile interval of paired resample ratios."""
-    from unmask.study.fit import FitError, Point, bootstrap_draws, fit_repeated, percentile_interval
+    from unmask.study.fit import (
+        FitError,
+        Point,
+        bootstrap_draws,
+        critical_compute,
+        critical_compute_power_law,
+        fit_repeated,
+        percentile_interval,
+    )
 
     out: dict[str, Any] = {"label": REPEATED_RUNS, "objectives": {}}
-    rd_draws = {}
+    rd_draws, results = {}, {}
     for objective in sorted({r["objective"] for r in rows}):
         pts = [Point(r["non_embedding_params"], r["tokens_seen"], r["unique_tokens"], r[loss])
                for r in rows if r["objective"] == objective]  # fmt: skip
         try:
-            fit = fit_repeated(pts)
+            fit = results[objective] = fit_repeated(pts)
         except FitError as e:
             out["objectives"][objective] = {"error": str(e)}
             continue
@@ -193,6 +201,8 @@ def repeated_runs_fit(rows: list[dict], loss: str, n_boot: int) -> dict:
             "estimate": fits["mdm"]["values"]["rd_star"] / fits["ar"]["values"]["rd_star"],
             "interval_95": list(interval[:2]) if interval else None,
         }
+    if {"ar", "mdm"} <= set(results):  # at the grid's one model size, where these fits hold
+        out["critical_compute"] = _critical(results, rows, critical_compute, critical_compute_power_law)
     return out
 
 
@@ -572,17 +582,22 @@ def findings(fitted: dict, rows: list[dict], unigram: dict[int, float]) -> list[
             lines.append(f"{name}: " + _repeated_runs_text(entry["repeated_runs"]))
         for U, o in entry.get("observed", {}).items():
             lines.append(f"{name}, U = {int(U):,}: " + _crossover_text(o))
-        crit = entry.get("critical_compute", {}).get("per_U", {})
-        found = {U: c for U, c in crit.items() if c.get("compute")}
-        if found:
-            lines.append(
-                f"{name}: the fitted laws cross (extrapolated C_crit) at "
-                + ", ".join(f"U = {int(U):,}: {c['compute']:.3g} FLOPs" for U, c in found.items())
-                + "."
+        lines += _critical_text(name, entry.get("critical_compute", {}))
+        if entry.get("repeated_runs"):
+            lines += _critical_text(
+                f"{name}, {entry['repeated_runs']['label']}", entry["repeated_runs"].get("critical_compute", {})
             )
-        elif crit:
-            lines.append(f"{name}: no extrapolated crossover: {next(iter(crit.values()))['reason']}.")
     return lines
+
+
+def _critical_text(name: str, crit: dict) -> list[str]:
+    """The extrapolated crossover of the fitted laws as a finding (none when nothing was computed)."""
+    per_u = crit.get("per_U", {})
+    found = {U: c for U, c in per_u.items() if c.get("compute")}
+    if found:
+        where = ", ".join(f"U = {int(U):,}: {c['compute']:.3g} FLOPs" for U, c in found.items())
+        return [f"{name}: the fitted laws cross (extrapolated C_crit) at {where}."]
+    return [f"{name}: no extrapolated crossover: {next(iter(per_u.values()))['reason']}."] if per_u else []
 
 
 def _repeated_runs_text(fitted: dict) -> str:
@@ -679,15 +694,7 @@ def _fit_blocks(entry: dict, paper: dict) -> list:
                 cells.append("not identified: " + fit["unidentified"].get(name, "?"))
         ref = " / ".join(f"{o.upper()} ≈ {paper[o][name]:g}" for o in objectives if name in paper.get(o, {}))
         table.append([name, *cells, ref or "—"])
-    blocks = [Block("table", (header, table))]
-    crit = entry.get("critical_compute", {})
-    if crit:
-        rows = [[f"{int(U):,}", c["compute"], c.get("epochs"), c["reason"] or "crossing found"]
-                for U, c in crit["per_U"].items()]  # fmt: skip
-        blocks.append(Block("table", (["U", "C_crit (FLOPs)", "at epochs", "note"], rows)))
-        law = crit.get("power_law", {})
-        blocks.append(Block("p", f"C_crit ∝ U^k: k = {law['k']:.3g}" if "k" in law else
-                                 f"C_crit power law: {law.get('error', 'not fitted')}"))  # fmt: skip
+    blocks = [Block("table", (header, table)), *_critical_blocks(entry.get("critical_compute", {}))]
     observed = entry.get("observed", {})
     if observed:
         rows = [[f"{int(U):,}", o["ar_best"], o["ar_best_epochs"], o["mdm_best"], o["mdm_best_epochs"],
@@ -697,6 +704,26 @@ def _fit_blocks(entry: dict, paper: dict) -> list:
                   "MDM beats AR's best from epochs (95% CI below 0)"]  # fmt: skip
         blocks.append(Block("table", (header, rows)))
     return blocks
+
+
+def _critical_blocks(crit: dict) -> list:
+    """The extrapolated critical compute per U, and its power law in U."""
+    from unmask.study.report import Block
+
+    if not crit:
+        return []
+    rows = [[f"{int(U):,}", c["compute"], c.get("epochs"), c["reason"] or "crossing found"]
+            for U, c in crit["per_U"].items()]  # fmt: skip
+    law = crit.get("power_law", {})
+    return [
+        Block("table", (["U", "C_crit (FLOPs)", "at epochs", "note"], rows)),
+        Block(
+            "p",
+            f"C_crit ∝ U^k: k = {law['k']:.3g}"
+            if "k" in law
+            else f"C_crit power law: {law.get('error', 'not fitted')}",
+        ),  # fmt: skip
+    ]
 
 
 def _repeated_runs_blocks(fitted: dict | None) -> list:
@@ -725,7 +752,7 @@ def _repeated_runs_blocks(fitted: dict | None) -> list:
         ci = ratio["interval_95"]
         blocks.append(Block("p", f"R_D*(MDM)/R_D*(AR) = {ratio['estimate']:.3g}"
                                  + (f" [{ci[0]:.3g}, {ci[1]:.3g}] (95%, paired resamples)" if ci else "")))  # fmt: skip
-    return blocks
+    return blocks + _critical_blocks(fitted.get("critical_compute", {}))
 
 
 def _fits_of(entry: dict) -> dict:
