@@ -329,3 +329,17 @@ def test_stage_two_takes_a_first_stage_without_a_floor():
     N = np.full_like(U, 3e5)
     stars, *_ = _stage2(truth, N, D, U, np.log(law_loss(truth, N, D, U)), False, HUBER_DELTA, 4, None)
     assert stars["rd_star"] == pytest.approx(15.0, rel=1e-3)
+
+
+def test_a_first_stage_whose_optimal_size_underflows_is_a_fit_error_not_a_warning(monkeypatch):
+    import warnings
+
+    import unmask.study.fit as fit_module
+
+    flat_n_term = {"E": 1.0, "A": 5.0, "alpha": 1e-3, "B": 400.0, "beta": 0.3}  # (αA/βB)^(1/α) = 0 in floats
+    monkeypatch.setattr(fit_module, "_stage1", lambda *args, **kwargs: dict(flat_n_term))
+    points = runs(AR_LIKE, sizes=np.geomspace(1e6, 1e8, 3), budgets=[1e7, 1e8], epochs=EPOCHS[:3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no divide-by-zero on the way
+        with pytest.raises(FitError, match="underflows to 0"):
+            fit_law(points)

@@ -429,6 +429,11 @@ def fit_law(
     elif n_rep == 0:
         why = "no repeated points (every run has D ≤ U, one epoch or less)"
         unidentified |= {"rd_star": why, "rn_star": why}
+    elif n_term and not np.all(compute_optimal_n(values, np.minimum(U[rep], D[rep])) > 0):
+        raise FitError(  # e.g. a bootstrap resample with alpha at its lower bound: (αA/βB)^(1/α) is 0 in floats
+            f"stage 1's compute-optimal size underflows to 0 (alpha = {values['alpha']:.3g}): no repeated run can be "
+            "modelled"
+        )
     else:
         fit_rn = n_term
         if not has_N:
