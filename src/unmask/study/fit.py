@@ -531,7 +531,8 @@ def fit_repeated(
                                    math.log(init["rd_star"])]))  # fmt: skip
     theta = _lbfgs(fun, starts, bounds)
     best, _, residuals = model(theta)
-    values = {"E": math.exp(theta[0]), "B": math.exp(theta[1]), "beta": float(theta[2])}
+    E = math.exp(theta[0])
+    values = {"E": E if E >= VANISHING_NATS else 0.0, "B": math.exp(theta[1]), "beta": float(theta[2])}  # no floor
     why_n = "a repeated-runs fit of one model size: A/N^alpha is a constant inside E"
     unidentified = {"A": why_n, "alpha": why_n, "rn_star": why_n}
     notes = ("REPEATED-RUNS fit: E, B, beta and R_D* fitted together on the repeated runs alone",)

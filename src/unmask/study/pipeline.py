@@ -739,6 +739,8 @@ def _repeated_runs_blocks(fitted: dict | None) -> list:
         for fit in objectives.values():
             if "error" in fit:
                 cells.append("no fit: " + fit["error"])
+            elif name == "E" and fit["values"]["E"] == 0:
+                cells.append("0: the fit drives the floor to zero (none resolved)")
             elif name in fit["values"]:
                 ci = fit["intervals_95"].get(name)
                 cells.append(f"{fit['values'][name]:.4g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""))
