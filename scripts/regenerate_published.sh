@@ -10,7 +10,7 @@
 #   finetune  runs/published/finetune/*.json  SFT / R2FT task metrics on the demo's bases (docs/finetuning.md)
 #   edlm      runs/published/edlm/*.json      EDLM rows of `unmask bench sample` (docs/finetuning.md)
 #   prior     runs/studies/local-prior/report  the local attention prior on Austen, 3 seeds, and mask-rate sampling
-#             against it, 2 seeds (docs/study/mask-rate)
+#             against it, 2 seeds (docs/study/mask-rate, docs/study/mask-rate-tmin)
 #   emma      runs/studies/*-emma/report       the same checks on *Emma* alone, a corpus not tuned on
 #   adapt     docs/finetune/adapt.json         AR -> MDM adaptation vs MDM from scratch (after demo and emma)
 #   long      docs/study/long, docs/study/long-emma   Study II (after emma, which writes runs/emma.jsonl)
@@ -88,6 +88,7 @@ if want prior; then
     say "local prior on Austen, 3 seeds"
     study configs/studies/local-prior.yaml
     study configs/studies/mask-rate.yaml docs/study/mask-rate
+    study configs/studies/mask-rate-tmin.yaml docs/study/mask-rate-tmin
 fi
 
 if want emma; then
@@ -103,6 +104,7 @@ EOF
     study configs/studies/local-prior-emma.yaml
     study configs/studies/mini-emma.yaml
     study configs/studies/mask-rate-emma.yaml docs/study/mask-rate-emma
+    study configs/studies/mask-rate-tmin-emma.yaml docs/study/mask-rate-tmin-emma
 fi
 if want adapt; then
     say "AR -> MDM adaptation: the demo's ar-E12 (Austen) and the Emma check's AR, against MDM from scratch"
