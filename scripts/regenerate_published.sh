@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerate every number the docs publish from the code in this checkout (2 CPU cores: about 90 minutes).
+# Regenerate every number the docs publish from the code in this checkout (2 CPU cores: about 90 minutes, plus
+# about 8 for the clipped-t studies of the prior and emma steps).
 #
 #   bash scripts/regenerate_published.sh [STEP ...]    # steps: mini demo finetune edlm prior emma adapt (default: all)
 #   bash scripts/regenerate_published.sh long          # Study II on Austen and on Emma: ~3 hours more, never by default
