@@ -681,17 +681,7 @@ def _fit_blocks(entry: dict, paper: dict) -> list:
     header = ["parameter", *[f"{o.upper()} [95% CI]" for o in objectives], "paper (2507.15857)"]
     table = []
     for name in names:
-        cells = []
-        for o in objectives:
-            fit = entry["objectives"][o]
-            if "error" in fit:
-                cells.append("no fit")
-            elif name in fit["values"]:
-                ci = fit["intervals_95"].get(name)
-                value = fit["values"][name]
-                cells.append(f"{value:.4g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""))
-            else:
-                cells.append("not identified: " + fit["unidentified"].get(name, "?"))
+        cells = [_param_cell(entry["objectives"][o], name) for o in objectives]
         ref = " / ".join(f"{o.upper()} ≈ {paper[o][name]:g}" for o in objectives if name in paper.get(o, {}))
         table.append([name, *cells, ref or "—"])
     blocks = [Block("table", (header, table)), *_critical_blocks(entry.get("critical_compute", {}))]
@@ -706,6 +696,17 @@ def _fit_blocks(entry: dict, paper: dict) -> list:
     return blocks
 
 
+def _param_cell(fit: dict, name: str) -> str:
+    """One parameter of a recorded fit as a table cell: its value and 95% interval, or why it is not identified
+    ("no fit" when the objective could not be fitted at all)."""
+    if "error" in fit:
+        return "no fit"
+    if name in fit["values"]:
+        ci = fit["intervals_95"].get(name)
+        return f"{fit['values'][name]:.4g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")
+    return "not identified: " + fit["unidentified"].get(name, "?")
+
+
 def _critical_blocks(crit: dict) -> list:
     """The extrapolated critical compute per U, and its power law in U."""
     from unmask.study.report import Block
@@ -715,15 +716,8 @@ def _critical_blocks(crit: dict) -> list:
     rows = [[f"{int(U):,}", c["compute"], c.get("epochs"), c["reason"] or "crossing found"]
             for U, c in crit["per_U"].items()]  # fmt: skip
     law = crit.get("power_law", {})
-    return [
-        Block("table", (["U", "C_crit (FLOPs)", "at epochs", "note"], rows)),
-        Block(
-            "p",
-            f"C_crit ∝ U^k: k = {law['k']:.3g}"
-            if "k" in law
-            else f"C_crit power law: {law.get('error', 'not fitted')}",
-        ),  # fmt: skip
-    ]
+    power = f"C_crit ∝ U^k: k = {law['k']:.3g}" if "k" in law else f"C_crit power law: {law.get('error', 'not fitted')}"
+    return [Block("table", (["U", "C_crit (FLOPs)", "at epochs", "note"], rows)), Block("p", power)]
 
 
 def _repeated_runs_blocks(fitted: dict | None) -> list:
@@ -735,17 +729,12 @@ def _repeated_runs_blocks(fitted: dict | None) -> list:
     objectives = fitted["objectives"]
     table = []
     for name in ("E", "B", "beta", "rd_star"):
-        cells = []
-        for fit in objectives.values():
-            if "error" in fit:
-                cells.append("no fit: " + fit["error"])
-            elif name == "E" and fit["values"]["E"] == 0:
-                cells.append("0: the fit drives the floor to zero (none resolved)")
-            elif name in fit["values"]:
-                ci = fit["intervals_95"].get(name)
-                cells.append(f"{fit['values'][name]:.4g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""))
-            else:
-                cells.append("not identified: " + fit["unidentified"].get(name, "?"))
+        cells = [
+            "no fit: " + fit["error"] if "error" in fit
+            else "0: the fit drives the floor to zero (none resolved)" if name == "E" and fit["values"]["E"] == 0
+            else _param_cell(fit, name)
+            for fit in objectives.values()
+        ]  # fmt: skip
         table.append([name, *cells])
     header = ["parameter", *[f"{o.upper()} [95% CI]" for o in objectives]]
     blocks = [Block("p", fitted["label"] + ":"), Block("table", (header, table))]
