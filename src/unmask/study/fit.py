@@ -350,12 +350,18 @@ def _pinned_fit(fun, theta: np.ndarray, i: int, value: float, bounds) -> float:
     return fun(pinned)[0]
 
 
+def _profile_statistic(fun, theta: np.ndarray, i: int, bounds, best: float, scale: float) -> Callable[[float], float]:
+    """log R* → the likelihood-ratio statistic of θ_i pinned there against the estimate (the rest re-fitted);
+    `scale` as in `_no_decay_test`."""
+    return lambda log_r: 2 * scale * (_pinned_fit(fun, theta, i, log_r, bounds) - best)
+
+
 def _no_decay_test(fun, theta: np.ndarray, i: int, bounds, best: float, scale: float) -> tuple[float, float | None]:
     """The likelihood-ratio statistic of "no decay" (log R* = θ_i at its upper bound, the rest re-fitted) against
     the estimate, and when it is below χ²₁(95%), the 95% lower bound: the smallest R* the data do not reject (the
     profile falls as R* grows to ∞). `scale` turns a difference of mean Huber losses into the statistic's units
     (n·δ·`_lr_scale`: Σ Huber = n·δ·J)."""
-    statistic = lambda log_r: 2 * scale * (_pinned_fit(fun, theta, i, log_r, bounds) - best)
+    statistic = _profile_statistic(fun, theta, i, bounds, best, scale)
     at_infinity = statistic(bounds[i][1])
     if at_infinity >= CHI2_1_95:
         return at_infinity, None
@@ -501,11 +507,10 @@ def fit_repeated(
         raise FitError(f"the repeated points span {_distinct(N)} model sizes; this fit takes one (the N term is E's)")
     R = D / U - 1
     distinct_points = len({(round(u), round(d)) for u, d in zip(U, D, strict=True)})
-    if len(L) == 0 or _distinct(U) < 2 or _distinct(R) < 2 or distinct_points <= 4:
+    if _distinct(U) < 2 or _distinct(R) < 2 or distinct_points <= 4:
         raise FitError(
-            f"{distinct_points} distinct repeated points over {_distinct(U) if len(U) else 0} budgets U and "
-            f"{_distinct(R) if len(R) else 0} repetition counts: need more than 4 points, 2 budgets and 2 repetition "
-            "counts to fit E, B, beta and R_D* together"
+            f"{distinct_points} distinct repeated points over {_distinct(U)} budgets U and {_distinct(R)} repetition "
+            "counts: need more than 4 points, 2 budgets and 2 repetition counts to fit E, B, beta and R_D* together"
         )
     log_obs, n = np.log(L), len(L)
 
@@ -542,26 +547,26 @@ def fit_repeated(
         return FitResult({"E": values["E"]}, unidentified | {"B": why, "beta": why, "rd_star": why},
                          {"N": float(N[0])}, notes, 0, n)  # fmt: skip
     scale = n * delta * _lr_scale(residuals, delta)
-    statistic, lower = _no_decay_test(fun, theta, 3, bounds, best, scale)
     lower_bounds, r_star = {}, math.exp(theta[3])
     if math.exp(-R.min() / r_star) < SATURATED:  # every point past its decay: D' = U(1 + R_D*), B's twin
+        statistic = _profile_statistic(fun, theta, 3, bounds, best, scale)
         grid = np.linspace(math.log(R.max()), bounds[3][0], 64)
-        upper = next(
-            math.exp(g) for g in grid if 2 * scale * (_pinned_fit(fun, theta, 3, g, bounds) - best) < CHI2_1_95
-        )
+        upper = next(math.exp(g) for g in grid if statistic(g) < CHI2_1_95)
         unidentified["rd_star"] = (
             f"saturated at every point: the estimate {r_star:.3g} is far below the smallest repetition seen "
             f"({R.min():.3g}), so the decay is over at every run and R_D* trades off against B; the data give only "
             f"an upper bound: rd_star ≤ {upper:.3g} (95%)"
         )
-    elif lower is None:
-        values["rd_star"] = math.exp(theta[3])
+        return FitResult(values, unidentified, {"N": float(N[0])}, notes, 0, n)
+    at_infinity, lower = _no_decay_test(fun, theta, 3, bounds, best, scale)
+    if lower is None:
+        values["rd_star"] = r_star
     else:
         lower_bounds["rd_star"] = lower
         unidentified["rd_star"] = (
-            f"{NO_SATURATION}: rd_star = ∞ (no decay) fits as well as the estimate {math.exp(theta[3]):.3g} "
-            f"(likelihood-ratio statistic {statistic:.2g} < {CHI2_1_95}; largest repetition seen {R.max():.3g}), so "
-            f"the data give only a lower bound: rd_star ≥ {lower:.3g} (95%)"
+            f"{NO_SATURATION}: rd_star = ∞ (no decay) fits as well as the estimate {r_star:.3g} (likelihood-ratio "
+            f"statistic {at_infinity:.2g} < {CHI2_1_95}; largest repetition seen {R.max():.3g}), so the data give only "
+            f"a lower bound: rd_star ≥ {lower:.3g} (95%)"
         )
     return FitResult(values, unidentified, {"N": float(N[0])}, notes, 0, n, lower_bounds)
 

@@ -111,7 +111,7 @@ def unigram_cross_entropy(data_path: Path) -> float:
 
 def fit_study(config: str | Path, n_boot: int = 200, quiet: bool = False) -> dict:
     """Fit both protocols; write OUT/fit.json; return it."""
-    from unmask.study.fit import FitError, Point, bootstrap, critical_compute, critical_compute_power_law, fit_law
+    from unmask.study.fit import FitError, bootstrap, critical_compute, critical_compute_power_law, fit_law
 
     study = load_study(config)
     target = Path(study.out, FIT)
@@ -124,8 +124,7 @@ def fit_study(config: str | Path, n_boot: int = 200, quiet: bool = False) -> dic
         chosen = protocol_rows(rows, study, protocol.removesuffix("_early_stopped"))
         fits, entry = {}, {"points": len(chosen), "loss": loss, "objectives": {}, "critical_compute": {}}
         for objective in sorted({r["objective"] for r in chosen}):
-            pts = [Point(r["non_embedding_params"], r["tokens_seen"], r["unique_tokens"], r[loss])
-                   for r in chosen if r["objective"] == objective]  # fmt: skip
+            pts = fit_points(chosen, objective, loss)
             try:
                 fit = fit_law(pts)
             except FitError as e:
@@ -142,15 +141,24 @@ def fit_study(config: str | Path, n_boot: int = 200, quiet: bool = False) -> dic
                 "only_at": fit.only_at,
                 "notes": list(fit.notes),
             }
-        entry["repeated_runs"] = repeated_runs_fit([r for r in chosen if study.in_grid(r)], loss, n_boot)
+        grid = [r for r in chosen if study.in_grid(r)]
+        entry["repeated_runs"] = repeated_runs_fit(grid, loss, n_boot)
         if {"ar", "mdm"} <= set(fits):
             entry["critical_compute"] = _critical(fits, chosen, critical_compute, critical_compute_power_law)
-        entry["observed"] = observed_crossover([r for r in chosen if study.in_grid(r)], loss)
+        entry["observed"] = observed_crossover(grid, loss)
         result["protocols"][protocol] = entry
     atomic_write_text(target, json.dumps(result, indent=1, default=_jsonable))
     if not quiet:
         print(fit_summary(result))
     return result
+
+
+def fit_points(rows: list[dict], objective: str, loss: str) -> list:
+    """One objective's runs as the fit's (N, D, U, loss) points: N the non-embedding parameters."""
+    from unmask.study.fit import Point
+
+    return [Point(r["non_embedding_params"], r["tokens_seen"], r["unique_tokens"], r[loss])
+            for r in rows if r["objective"] == objective]  # fmt: skip
 
 
 REPEATED_RUNS = (
@@ -164,7 +172,6 @@ def repeated_runs_fit(rows: list[dict], loss: str, n_boot: int) -> dict:
     the ratio R_D*(MDM)/R_D*(AR) with the percentile interval of paired resample ratios."""
     from unmask.study.fit import (
         FitError,
-        Point,
         bootstrap_draws,
         critical_compute,
         critical_compute_power_law,
@@ -175,8 +182,7 @@ def repeated_runs_fit(rows: list[dict], loss: str, n_boot: int) -> dict:
     out: dict[str, Any] = {"label": REPEATED_RUNS, "objectives": {}}
     rd_draws, results = {}, {}
     for objective in sorted({r["objective"] for r in rows}):
-        pts = [Point(r["non_embedding_params"], r["tokens_seen"], r["unique_tokens"], r[loss])
-               for r in rows if r["objective"] == objective]  # fmt: skip
+        pts = fit_points(rows, objective, loss)
         try:
             fit = results[objective] = fit_repeated(pts)
         except FitError as e:
@@ -193,12 +199,11 @@ def repeated_runs_fit(rows: list[dict], loss: str, n_boot: int) -> dict:
         }
         if "rd_star" in draws:
             rd_draws[objective] = draws["rd_star"]
-    fits = out["objectives"]
     if {"ar", "mdm"} <= set(rd_draws):
         ratios = [m / a for m, a in zip(rd_draws["mdm"], rd_draws["ar"], strict=False)]  # ∞/∞: nan, dropped
         interval = percentile_interval(ratios)
         out["ratio_mdm_over_ar"] = {
-            "estimate": fits["mdm"]["values"]["rd_star"] / fits["ar"]["values"]["rd_star"],
+            "estimate": results["mdm"].values["rd_star"] / results["ar"].values["rd_star"],
             "interval_95": list(interval[:2]) if interval else None,
         }
     if {"ar", "mdm"} <= set(results):  # at the grid's one model size, where these fits hold
